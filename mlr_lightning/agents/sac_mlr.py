@@ -1,0 +1,211 @@
+"""SAC + MLR for DeepMind Control from pixels (official ``MTMSacAgent``), as a LightningModule.
+
+One ``training_step`` is one agent update, in the official order:
+  1. ``update_critic``    -- twin-Q TD loss on randomly cropped transitions, bootstrapping through
+                             time limits;
+  2. ``update_mlr``       -- mask cubes, augment, encode, decode with actions, regress onto the
+                             momentum targets (skipped entirely when ``mlr.enabled=false``: Baseline);
+  3. ``update_actor_and_alpha`` every ``actor_update_freq`` updates;
+  4. ``update_targets``   every ``critic_target_update_freq`` updates (SAC targets and MLR targets).
+Each update returns a metrics dict. Optimisation is manual because the four losses have their own
+optimizers, as in the official code; Lightning still owns devices, precision and checkpoints.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import lightning.pytorch as pl
+import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig, OmegaConf
+from torch import Tensor, nn
+from torchrl.envs.utils import ExplorationType, exploration_type
+
+from mlr_lightning.augment import center_crop, random_crop, random_intensity
+from mlr_lightning.masking import apply_mask, cube_mask
+from mlr_lightning.models.encoder import PixelEncoder, orthogonal_init
+from mlr_lightning.models.mlr import (
+    PredictiveLatentDecoder,
+    inverse_sqrt_schedule,
+    mlr_loss,
+    projection_mlp,
+    soft_update,
+    truncated_normal_init,
+)
+from mlr_lightning.models.sac import Actor, Critic
+
+
+class SACPolicy(nn.Module):
+    """Acting policy: centre-cropped stacked frames -> action. Samples under TorchRL's RANDOM
+    exploration type (the collector's default) and returns the mean action otherwise (evaluation)."""
+
+    def __init__(self, actor: Actor, crop_size: int):
+        super().__init__()
+        self.actor, self.crop_size = actor, crop_size
+
+    def forward(self, pixels: Tensor) -> Tensor:
+        unbatched = pixels.dim() == 3
+        obs = center_crop(pixels[None] if unbatched else pixels, self.crop_size)
+        mu, pi, _ = self.actor(obs)
+        action = pi if exploration_type() in (ExplorationType.RANDOM, None) else mu
+        return action[0] if unbatched else action
+
+
+class SACMLRAgent(pl.LightningModule):
+    def __init__(self, cfg: DictConfig | dict, action_dim: int):
+        super().__init__()
+        cfg = OmegaConf.create(cfg)
+        self.save_hyperparameters({"cfg": OmegaConf.to_container(cfg, resolve=True), "action_dim": action_dim})
+        self.cfg, self.sac, self.mlr = cfg, cfg.sac, cfg.mlr
+        self.automatic_optimization = False
+        in_channels = 3 * cfg.env.frame_stack
+
+        def make_encoder() -> PixelEncoder:
+            return PixelEncoder(in_channels, cfg.env.crop_size, **cfg.encoder)
+
+        self.critic = Critic(make_encoder(), action_dim, self.sac.hidden_dim)
+        self.actor = Actor(make_encoder(), action_dim, self.sac.hidden_dim, self.sac.actor_log_std_min, self.sac.actor_log_std_max)
+        self.critic.apply(orthogonal_init)
+        self.actor.apply(orthogonal_init)
+        self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
+        self.actor.encoder.tie_conv_weights_to(self.critic.encoder)
+        self.log_alpha = nn.Parameter(torch.tensor(math.log(self.sac.init_temperature)))
+        self.target_entropy = -float(action_dim)
+        if self.mlr.enabled:
+            self._build_mlr(action_dim)
+        # Updates done so far; a buffer so that it is checkpointed (actor/target schedules depend on it).
+        self.register_buffer("num_updates", torch.zeros((), dtype=torch.long))
+        self.policy = SACPolicy(self.actor, cfg.env.crop_size)
+
+    def _build_mlr(self, action_dim: int) -> None:
+        mlr, dim = self.mlr, self.cfg.encoder.feature_dim
+        self.decoder = PredictiveLatentDecoder(dim, action_dim, mlr.num_attn_layers, mlr.num_heads, mlr.mlp_ratio, mlr.max_seq_positions)
+        self.projection = projection_mlp(dim, mlr.latent_dim)
+        self.prediction = projection_mlp(dim, mlr.latent_dim)
+        online = [self.decoder, self.projection, self.prediction]
+        if mlr.official_init:  # the official init also re-initialises the critic encoder's fc
+            online.append(self.critic.encoder.fc)
+        for module in online:
+            module.apply(lambda m: truncated_normal_init(m, mlr.init_std))
+        self.target_encoder = copy.deepcopy(self.critic.encoder).requires_grad_(False)
+        self.target_projection = copy.deepcopy(self.projection).requires_grad_(False)
+        if mlr.official_init:  # targets initialised independently of the online networks
+            for module in (self.target_encoder.fc, self.target_projection):
+                module.apply(lambda m: truncated_normal_init(m, mlr.init_std))
+
+    # ------------------------------------------------------------------------------ optimisers
+    def mlr_parameters(self) -> list[nn.Parameter]:
+        """What the MLR loss trains: the critic's encoder, the decoder and the online heads."""
+        modules = [self.critic.encoder, self.decoder, self.projection, self.prediction]
+        return [p for m in modules for p in m.parameters()]
+
+    def configure_optimizers(self):
+        sac = self.sac
+        tied = {id(p) for p in self.critic.encoder.convs.parameters()}
+        actor_params = [p for p in self.actor.parameters() if id(p) not in tied]  # convs get no actor gradient
+        optimizers = [
+            torch.optim.Adam(self.critic.parameters(), lr=sac.critic_lr, betas=(sac.critic_beta, 0.999)),
+            torch.optim.Adam(actor_params, lr=sac.actor_lr, betas=(sac.actor_beta, 0.999)),
+            torch.optim.Adam([self.log_alpha], lr=sac.alpha_lr, betas=(sac.alpha_beta, 0.999)),
+        ]
+        if not self.mlr.enabled:
+            return optimizers
+        mlr_opt = torch.optim.Adam(self.mlr_parameters(), lr=self.mlr.lr)
+        schedule = torch.optim.lr_scheduler.LambdaLR(mlr_opt, inverse_sqrt_schedule(self.mlr.warmup_steps, self.mlr.warmup_init_factor))
+        return optimizers + [mlr_opt], [{"scheduler": schedule, "interval": "step"}]
+
+    @property
+    def alpha(self) -> Tensor:
+        return self.log_alpha.exp()
+
+    # ---------------------------------------------------------------------------------- update
+    def training_step(self, batch: dict, batch_idx: int) -> None:
+        t = batch["transitions"]
+        crop = self.cfg.env.crop_size
+        obs = random_crop(t["pixels"], crop)  # [B, 3S, 84, 84] uint8
+        next_obs = random_crop(t["next_pixels"], crop)  # independent crop, as the official sampler
+        metrics = self.update_critic(obs, t["action"], t["reward"], next_obs, t["terminated"])
+        if self.mlr.enabled:
+            w = batch["windows"]
+            metrics |= self.update_mlr(w["pixels"], w["action"])
+        step = int(self.num_updates)
+        if step % self.sac.actor_update_freq == 0:
+            metrics |= self.update_actor_and_alpha(obs)
+        if step % self.sac.critic_target_update_freq == 0:
+            self.update_targets()
+        self.num_updates += 1
+        self.log_dict(metrics, on_step=True, on_epoch=False)
+        self.log("env_steps", float(batch["env_steps"]), prog_bar=True, on_step=True, on_epoch=False)
+        if not math.isnan(batch["episode_return"]):
+            self.log("train/episode_return", batch["episode_return"], prog_bar=True, on_step=True, on_epoch=False)
+
+    def _step(self, optimizer, loss: Tensor, grad_clip: float | None = None) -> None:
+        """zero_grad, backward (through Lightning, for precision and DDP), optional norm clip, step."""
+        optimizer.zero_grad(set_to_none=True)
+        self.manual_backward(loss)
+        if grad_clip is not None:  # clips the parameters of this optimizer only
+            self.clip_gradients(optimizer, gradient_clip_val=grad_clip, gradient_clip_algorithm="norm")
+        optimizer.step()
+
+    def update_critic(self, obs: Tensor, action: Tensor, reward: Tensor, next_obs: Tensor, terminated: Tensor) -> dict:
+        with torch.no_grad():
+            _, next_action, next_log_pi = self.actor(next_obs)
+            target_q1, target_q2 = self.critic_target(next_obs, next_action)
+            target_v = torch.min(target_q1, target_q2) - self.alpha.detach() * next_log_pi
+            # Only true terminations stop the bootstrap; time-limit ends (truncation) do not.
+            target_q = reward + (~terminated).float() * self.sac.discount * target_v  # [B, 1]
+        q1, q2 = self.critic(obs, action)
+        loss = F.mse_loss(q1.float(), target_q.float()) + F.mse_loss(q2.float(), target_q.float())
+        critic_opt = self.optimizers()[0]
+        self._step(critic_opt, loss)
+        return {"train/critic_loss": loss.detach(), "train/q1": q1.detach().mean()}
+
+    def update_actor_and_alpha(self, obs: Tensor) -> dict:
+        _, actor_opt, alpha_opt, *_ = self.optimizers()
+        _, pi, log_pi = self.actor(obs, detach_conv=True)
+        q1, q2 = self.critic(obs, pi, detach_conv=True)
+        actor_loss = (self.alpha.detach() * log_pi - torch.min(q1, q2)).float().mean()
+        self._step(actor_opt, actor_loss)
+        alpha_loss = (self.alpha * (-log_pi - self.target_entropy).detach()).float().mean()
+        self._step(alpha_opt, alpha_loss)
+        return {
+            "train/actor_loss": actor_loss.detach(),
+            "train/alpha_loss": alpha_loss.detach(),
+            "train/alpha": self.alpha.detach(),
+            "train/entropy": -log_pi.detach().mean(),
+        }
+
+    def update_mlr(self, frames: Tensor, actions: Tensor) -> dict:
+        """frames uint8 [B, K, 3S, H, W] (uncropped), actions [B, K, A]."""
+        mlr, env = self.mlr, self.cfg.env
+        b, k = frames.shape[:2]
+        mask = cube_mask(k, env.image_size, mlr.patch_size, mlr.block_size, mlr.mask_ratio,
+                         batch_size=b if mlr.per_sample_mask else None, device=frames.device)
+        masked = apply_mask(frames, mask)  # before augmentation, shared over B and channels by default
+        online_in = self.augment_mlr(masked.flatten(0, 1))  # [B*K, 3S, 84, 84]
+        target_in = self.augment_mlr(frames.flatten(0, 1))  # independent crop and intensity draws
+        states = self.critic.encoder(online_in).view(b, k, -1)  # [B, K, D]
+        prediction = self.prediction(self.projection(self.decoder(states, actions)))  # [B, K, D]
+        with torch.no_grad():
+            target = self.target_projection(self.target_encoder(target_in)).view(b, k, -1)
+        loss = mlr_loss(prediction, target, mlr.normalize_eps).mean()  # over all K positions and B
+        mlr_opt = self.optimizers()[3]
+        self._step(mlr_opt, loss, grad_clip=mlr.grad_clip)
+        self.lr_schedulers().step()
+        return {"train/mlr_loss": loss.detach(), "train/mlr_lr": torch.tensor(mlr_opt.param_groups[0]["lr"])}
+
+    def augment_mlr(self, frames: Tensor) -> Tensor:
+        """uint8 [N, C, H, W] -> float [N, C, crop, crop] in pixel units (the encoder divides by 255)."""
+        return random_intensity(random_crop(frames, self.cfg.env.crop_size).float(), self.mlr.intensity_scale)
+
+    @torch.no_grad()
+    def update_targets(self) -> None:
+        sac = self.sac
+        soft_update(self.critic_target.q1, self.critic.q1, sac.critic_tau)
+        soft_update(self.critic_target.q2, self.critic.q2, sac.critic_tau)
+        soft_update(self.critic_target.encoder, self.critic.encoder, sac.encoder_tau)
+        if self.mlr.enabled:
+            soft_update(self.target_encoder, self.critic.encoder, self.mlr.momentum_tau)
+            soft_update(self.target_projection, self.projection, self.mlr.momentum_tau)

@@ -1,0 +1,147 @@
+"""Replay of single uint8 frames, stacked at sample time.
+
+Each stored row is one observation frame ``o_t`` ``[3, H, W]`` with the transition that leaves it
+(``a_t``, ``r_{t+1}``, termination flags). After the last transition of an episode one more row
+holds the final observation, which truncated episodes need for bootstrapping; it has
+``has_action=False``. So every frame is stored once (TorchRL's ``compact_obs`` would drop that final
+observation), and the next observation of row ``i`` is always row ``i + 1``.
+
+Stacks of ``frame_stack`` frames are rebuilt from ``step_count``: slot ``j`` of row ``i`` is row
+``i - min(frame_stack - 1 - j, step_count_i)``, which repeats the first frame at an episode start,
+exactly like ``CatFrames(padding="same")`` does while acting.
+"""
+
+from __future__ import annotations
+
+import torch
+from tensordict import TensorDict, TensorDictBase
+from torch import Tensor
+from torchrl.data import LazyTensorStorage, SliceSampler, TensorDictReplayBuffer
+
+
+class FrameReplay:
+    """Transitions for the RL loss and K-step windows for MLR, over one ``LazyTensorStorage``."""
+
+    def __init__(self, capacity: int, frame_stack: int, seq_len: int, device: torch.device | str = "cpu"):
+        self.frame_stack = frame_stack
+        self.seq_len = seq_len
+        self.storage = LazyTensorStorage(capacity, device=device)
+        # Writing goes through this buffer (TorchRL's round-robin writer over the storage).
+        self.buffer = TensorDictReplayBuffer(storage=self.storage)
+        # Windows of seq_len consecutive rows of one episode. Final-observation rows carry their own
+        # trajectory id, so a window never contains one (every step of a window needs an action).
+        self.window_sampler = SliceSampler(slice_len=seq_len, traj_key="trajectory", strict_length=True)
+
+    def __len__(self) -> int:
+        return len(self.storage)
+
+    @property
+    def capacity(self) -> int:
+        return self.storage.max_size
+
+    @property
+    def cursor(self) -> int:
+        """Row the next write goes to (the oldest row once the storage is full)."""
+        return int(self.buffer._writer._cursor) % self.capacity
+
+    # ----------------------------------------------------------------------------------- writing
+    def extend(self, steps: TensorDictBase) -> None:
+        """Store a collector batch ``[T]`` of steps with stacked ``pixels`` ``[3*S, H, W]``."""
+        steps = steps.reshape(-1)
+        channels = steps["pixels"].shape[-3] // self.frame_stack
+        episode = steps["collector", "traj_ids"].reshape(-1)
+        rows = TensorDict(
+            {
+                "pixels": steps["pixels"][..., -channels:, :, :],  # newest frame only
+                "action": steps["action"],
+                "reward": steps["next", "reward"],
+                "terminated": steps["next", "terminated"],
+                "step_count": steps["step_count"],
+                "has_action": torch.ones_like(steps["next", "terminated"]),
+                "trajectory": 2 * episode,
+            },
+            batch_size=steps.batch_size,
+        )
+        ends = steps["next", "done"].reshape(-1)
+        if ends.any():
+            final = TensorDict(
+                {
+                    "pixels": steps["next", "pixels"][ends][..., -channels:, :, :],
+                    "action": torch.zeros_like(rows["action"][ends]),
+                    "reward": torch.zeros_like(rows["reward"][ends]),
+                    "terminated": rows["terminated"][ends],
+                    "step_count": steps["next", "step_count"][ends],
+                    "has_action": torch.zeros_like(rows["has_action"][ends]),
+                    "trajectory": 2 * episode[ends] + 1,
+                },
+                batch_size=[int(ends.sum())],
+            )
+            # Interleave: each final-observation row goes right after the step that ended its episode.
+            order = torch.arange(len(rows)) + torch.cumsum(ends.long(), 0) - ends.long()
+            merged = torch.cat([rows, final])
+            position = torch.cat([order, order[ends] + 1])
+            rows = merged[position.argsort()]
+        self.buffer.extend(rows)
+
+    # ---------------------------------------------------------------------------------- sampling
+    def _age_order(self, index: Tensor) -> Tensor:
+        """Position of each row from the oldest stored row (0 = oldest)."""
+        if len(self) < self.capacity:
+            return index
+        return (index - self.cursor) % self.capacity
+
+    def stacked_pixels(self, index: Tensor) -> Tensor:
+        """Rows ``[...]`` -> stacked frames ``[..., 3*S, H, W]`` (uint8)."""
+        step_count = self.storage[index.reshape(-1)]["step_count"].reshape(index.shape)
+        # Never reach past the oldest stored row: the start of the oldest episode may be overwritten.
+        reach = torch.minimum(step_count, self._age_order(index))
+        back = torch.arange(self.frame_stack - 1, -1, -1)  # [S]: oldest slot first
+        rows = (index[..., None] - torch.minimum(back, reach[..., None])) % self.capacity  # [..., S]
+        frames = self.storage[rows.reshape(-1)]["pixels"]  # [N*S, 3, H, W]
+        return frames.reshape(*index.shape, self.frame_stack * frames.shape[-3], *frames.shape[-2:])
+
+    def sample_transitions(self, batch_size: int) -> TensorDict:
+        """Uniform over stored transitions: ``pixels``, ``action``, ``reward``, ``terminated``, ``next_pixels``.
+
+        Hand-written index sampling instead of a TorchRL sampler: ``RandomSampler`` cannot skip rows
+        without a successor (final observations, the newest row), and ``SliceSampler(slice_len=2)``
+        is uniform over episodes rather than transitions and ~30x slower per call.
+        """
+        index = self._valid_transition_rows(batch_size)
+        rows = self.storage[index]
+        return TensorDict(
+            {
+                "pixels": self.stacked_pixels(index),
+                "action": rows["action"],
+                "reward": rows["reward"],
+                "terminated": rows["terminated"],
+                "next_pixels": self.stacked_pixels((index + 1) % self.capacity),
+            },
+            batch_size=[batch_size],
+        )
+
+    def _valid_transition_rows(self, batch_size: int) -> Tensor:
+        has_action = self.storage[: len(self)]["has_action"].reshape(-1).clone()
+        newest = (self.cursor - 1) % self.capacity
+        has_action[newest] = False  # its next observation is not written yet
+        valid = has_action.nonzero().squeeze(-1)
+        if valid.numel() == 0:
+            raise RuntimeError("the replay holds no complete transition yet")
+        return valid[torch.randint(valid.numel(), (batch_size,))]
+
+    def sample_windows(self, batch_size: int) -> TensorDict:
+        """``batch_size`` windows of ``seq_len`` consecutive steps of one episode.
+
+        Returns ``pixels`` ``[B, K, 3*S, H, W]`` uint8, ``action`` ``[B, K, A]``, ``index`` ``[B, K]``.
+        """
+        index, _ = self.window_sampler.sample(self.storage, batch_size * self.seq_len)
+        index = (index if isinstance(index, Tensor) else index[0]).reshape(batch_size, self.seq_len)
+        rows = self.storage[index.reshape(-1)]
+        return TensorDict(
+            {
+                "pixels": self.stacked_pixels(index),
+                "action": rows["action"].reshape(batch_size, self.seq_len, -1),
+                "index": index,
+            },
+            batch_size=[batch_size, self.seq_len],
+        )

@@ -1,0 +1,95 @@
+"""The training data stream: collector -> replay -> sampled batches, as Lightning's dataloader.
+
+Each item of :class:`ExperienceStream` is produced by stepping the TorchRL collector once (one
+agent step, ``action_repeat`` environment steps), writing the step into the replay, and, once the
+random seed steps are done, sampling one update's worth of data. Lightning's fit loop therefore
+drives interaction and learning at the paper's ratio of one update per agent step.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+from tensordict import TensorDictBase
+from torch.utils.data import IterableDataset
+from torchrl.collectors import Collector
+
+from mlr_lightning.data.replay import FrameReplay
+
+
+@dataclass
+class StreamCounters:
+    """Progress of the interaction, checkpointed with the module."""
+
+    agent_steps: int = 0
+    episodes: int = 0
+    last_episode_return: float = math.nan
+    recent_returns: list[float] = field(default_factory=list)
+
+
+class ExperienceStream(IterableDataset):
+    def __init__(
+        self,
+        collector: Collector,
+        replay: FrameReplay,
+        total_agent_steps: int,
+        init_steps: int,
+        action_repeat: int,
+        batch_size: int,
+        window_batch_size: int | None,
+    ):
+        super().__init__()
+        self.collector, self.replay = collector, replay
+        self.total_agent_steps, self.init_steps, self.action_repeat = total_agent_steps, init_steps, action_repeat
+        self.batch_size, self.window_batch_size = batch_size, window_batch_size
+        self.counters = StreamCounters()
+
+    @property
+    def env_steps(self) -> int:
+        return self.counters.agent_steps * self.action_repeat
+
+    def __len__(self) -> int:
+        """Number of updates: one per agent step from ``init_steps`` on (as the official loop)."""
+        return self.total_agent_steps - self.init_steps
+
+    def __iter__(self):
+        # The collector stops after total_agent_steps; the last step gets no update after it,
+        # as in the official loop (updates happen before steps init_steps .. total - 1).
+        for steps in self.collector:
+            self._record(steps)
+            if self.init_steps <= self.counters.agent_steps < self.total_agent_steps:
+                yield self.sample()
+
+    def sample(self) -> dict:
+        batch = {"transitions": self.replay.sample_transitions(self.batch_size), "env_steps": self.env_steps}
+        if self.window_batch_size:
+            batch["windows"] = self.replay.sample_windows(self.window_batch_size)
+        batch["episode_return"] = self.counters.last_episode_return
+        return batch
+
+    def _record(self, steps: TensorDictBase) -> None:
+        self.replay.extend(steps)
+        steps = steps.reshape(-1)
+        self.counters.agent_steps += steps.numel()
+        done = steps["next", "done"].reshape(-1)
+        if done.any():
+            returns = steps["next", "episode_reward"].reshape(-1)[done].tolist()
+            self.counters.episodes += len(returns)
+            self.counters.last_episode_return = returns[-1]
+            self.counters.recent_returns = (self.counters.recent_returns + returns)[-10:]
+
+
+def make_collector(env, policy, total_agent_steps: int, init_steps: int, policy_device: torch.device) -> Collector:
+    """One environment stepped one agent step per iteration; uniform random actions for ``init_steps``."""
+    return Collector(
+        env,
+        policy,
+        frames_per_batch=1,
+        total_frames=total_agent_steps,
+        init_random_frames=init_steps,
+        policy_device=policy_device,
+        env_device="cpu",
+        storing_device="cpu",
+    )

@@ -1,0 +1,46 @@
+"""dm_control pixel wrapper with the action repeat inside the environment.
+
+Imports dm_control at module import: import it only after :func:`mlr_lightning.rendering.select_gl_backend`.
+"""
+
+from __future__ import annotations
+
+import collections
+
+from dm_control.mujoco.engine import Camera
+from dm_control.suite.wrappers import pixels
+
+
+class ActionRepeatPixels(pixels.Wrapper):
+    """Repeats each action ``action_repeat`` physics steps, summing rewards, and renders once.
+
+    TorchRL's ``frame_skip`` would render after every inner step; rendering only the last one is
+    what the official code (dmc2gym ``frame_skip``) does and is ``action_repeat`` times cheaper.
+    """
+
+    def __init__(self, env, action_repeat: int, height: int, width: int, camera_id: int, fast_render: bool):
+        self._action_repeat = action_repeat
+        self._camera = None
+        if fast_render:
+            # No anti-aliasing, no cast shadows and a persistent camera: the image differs from the
+            # default render only by the shadow (mean abs difference ~1/255), and is 7-10x cheaper on CPU.
+            env.physics.model.vis.quality.offsamples = 0
+            env.physics.model.light_castshadow[:] = 0
+            self._camera = Camera(env.physics, height=height, width=width, camera_id=camera_id)
+        super().__init__(env, pixels_only=True, render_kwargs=dict(height=height, width=width, camera_id=camera_id))
+
+    def step(self, action):
+        reward = 0.0
+        for _ in range(self._action_repeat):
+            time_step = self._env.step(action)
+            reward += time_step.reward or 0.0
+            if time_step.last():
+                break
+        return self._add_pixel_observation(time_step._replace(reward=reward))
+
+    def _add_pixel_observation(self, time_step):
+        if self._camera is None:
+            frame = self._env.physics.render(**self._render_kwargs)
+        else:
+            frame = self._camera.render()
+        return time_step._replace(observation=collections.OrderedDict(pixels=frame))

@@ -1,0 +1,1 @@
+"""Networks: pixel encoder, SAC actor/critic, and the MLR predictive latent decoder with its heads."""

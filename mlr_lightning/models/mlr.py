@@ -1,0 +1,116 @@
+"""MLR's predictive latent decoder, BYOL-style heads and loss (MLR paper, sections 2.2-2.7)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+def sinusoidal_positions(max_len: int, dim: int) -> Tensor:
+    """[max_len, dim]: sin on even dims, cos on odd dims, base 10000 (official ``PositionalEmbedding``)."""
+    position = torch.arange(max_len, dtype=torch.float32)[:, None]
+    div = torch.exp(torch.arange(0, dim, 2, dtype=torch.float32) * (-math.log(10000.0) / dim))
+    table = torch.zeros(max_len, dim)
+    table[:, 0::2] = torch.sin(position * div)
+    table[:, 1::2] = torch.cos(position * div[: dim // 2])
+    return table
+
+
+class Attention(nn.Module):
+    """timm/BEiT attention: qkv without bias, output projection with bias.
+
+    Hand-written rather than ``nn.MultiheadAttention`` because that module cannot drop the qkv bias
+    while keeping the output bias, which the official decoder has.
+    """
+
+    def __init__(self, dim: int, num_heads: int):
+        super().__init__()
+        self.num_heads = num_heads
+        self.qkv = nn.Linear(dim, 3 * dim, bias=False)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        b, n, d = x.shape
+        q, k, v = self.qkv(x).view(b, n, 3, self.num_heads, d // self.num_heads).permute(2, 0, 3, 1, 4)
+        out = F.scaled_dot_product_attention(q, k, v)  # full bidirectional attention, no mask
+        return self.proj(out.transpose(1, 2).reshape(b, n, d))
+
+
+class Block(nn.Module):
+    """Pre-LayerNorm transformer block: x + Attn(LN(x)), then x + MLP(LN(x)); no dropout."""
+
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float):
+        super().__init__()
+        hidden = int(dim * mlp_ratio)
+        self.norm1, self.attn = nn.LayerNorm(dim), Attention(dim, num_heads)
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = x + self.attn(self.norm1(x))
+        return x + self.mlp(self.norm2(x))
+
+
+class PredictiveLatentDecoder(nn.Module):
+    """Reconstructs the latents of a masked window from its state tokens and action tokens.
+
+    State and action tokens of step t share the sinusoidal embedding of t and are interleaved
+    ``[s0, a0, s1, a1, ...]``; attention is bidirectional and unmasked, and only the outputs at the
+    state positions are returned. There is no final LayerNorm.
+    """
+
+    def __init__(self, dim: int, action_dim: int, num_layers: int, num_heads: int, mlp_ratio: float, max_len: int):
+        super().__init__()
+        self.action_embedding = nn.Linear(action_dim, dim)
+        self.register_buffer("positions", sinusoidal_positions(max_len, dim), persistent=False)
+        self.blocks = nn.ModuleList(Block(dim, num_heads, mlp_ratio) for _ in range(num_layers))
+
+    def forward(self, states: Tensor, actions: Tensor) -> Tensor:
+        """states [B, K, D], actions [B, K, A] -> reconstructed states [B, K, D]."""
+        b, k, d = states.shape
+        pos = self.positions[:k]  # [K, D]
+        tokens = torch.stack([states + pos, self.action_embedding(actions) + pos], dim=2).view(b, 2 * k, d)
+        for block in self.blocks:
+            tokens = block(tokens)
+        return tokens.view(b, k, 2, d)[:, :, 0]
+
+
+def projection_mlp(dim: int, hidden_dim: int) -> nn.Sequential:
+    """Projection/prediction head of the DMC code: Linear -> ReLU -> Linear, back to ``dim``."""
+    return nn.Sequential(nn.Linear(dim, hidden_dim), nn.ReLU(), nn.Linear(hidden_dim, dim))
+
+
+def mlr_loss(prediction: Tensor, target: Tensor, eps: float) -> Tensor:
+    """Per-position ``2 - 2 cos(prediction, target)`` [...], via normalised L2 as in the official code."""
+    prediction = F.normalize(prediction.float(), dim=-1, eps=eps)
+    target = F.normalize(target.float(), dim=-1, eps=eps)
+    return (prediction - target).pow(2).sum(dim=-1)
+
+
+def truncated_normal_init(module: nn.Module, std: float) -> None:
+    """Official MLR init of every Linear: truncated normal at +-std, zero bias."""
+    if isinstance(module, nn.Linear):
+        nn.init.trunc_normal_(module.weight, std=std, a=-std, b=std)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+
+def inverse_sqrt_schedule(warmup_steps: int, init_factor: float):
+    """LR factor: linear from ``init_factor`` to 1 over ``warmup_steps`` updates, then sqrt(warmup / step)."""
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return init_factor + (1.0 - init_factor) * step / warmup_steps
+        return math.sqrt(warmup_steps / step)
+
+    return factor
+
+
+@torch.no_grad()
+def soft_update(target: nn.Module, online: nn.Module, tau: float) -> None:
+    """target <- tau * online + (1 - tau) * target, in fp32 whatever the autocast state."""
+    for t, o in zip(target.parameters(), online.parameters()):
+        t.lerp_(o.detach(), tau)
