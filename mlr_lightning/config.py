@@ -165,7 +165,7 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -
 
 def validate(cfg: DictConfig) -> None:
     """Cross-field checks that the schema's types cannot express."""
-    missing = sorted(k for k in _all_keys(cfg) if OmegaConf.is_missing(cfg, k))
+    missing = sorted(_missing_keys(cfg))
     if missing:
         raise ConfigError(f"missing value for {', '.join(missing)}: set it in the config file or as key=value")
     env, mlr, train = cfg.env, cfg.mlr, cfg.train
@@ -202,14 +202,13 @@ def _require(ok: bool, key: str, what: str) -> None:
         raise ConfigError(f"{key} {what}")
 
 
-def _all_keys(cfg: DictConfig, prefix: str = "") -> list[str]:
+def _missing_keys(cfg: DictConfig, prefix: str = "") -> list[str]:
     keys = []
     for key in cfg:
-        full = f"{prefix}{key}"
         if OmegaConf.is_missing(cfg, key):
-            keys.append(full)
+            keys.append(f"{prefix}{key}")
         elif isinstance(cfg[key], DictConfig):
-            keys.extend(_all_keys(cfg[key], full + "."))
+            keys.extend(_missing_keys(cfg[key], f"{prefix}{key}."))
     return keys
 
 

@@ -150,17 +150,20 @@ class SACMLRAgent(pl.LightningModule):
         optimizer.step()
 
     def update_critic(self, obs: Tensor, action: Tensor, reward: Tensor, next_obs: Tensor, terminated: Tensor) -> dict:
-        with torch.no_grad():
-            _, next_action, next_log_pi = self.actor(next_obs)
-            target_q1, target_q2 = self.critic_target(next_obs, next_action)
-            target_v = torch.min(target_q1, target_q2) - self.alpha.detach() * next_log_pi
-            # Only true terminations stop the bootstrap; time-limit ends (truncation) do not.
-            target_q = reward + (~terminated).float() * self.sac.discount * target_v  # [B, 1]
+        target_q = self.td_target(reward, next_obs, terminated)
         q1, q2 = self.critic(obs, action)
-        loss = F.mse_loss(q1.float(), target_q.float()) + F.mse_loss(q2.float(), target_q.float())
-        critic_opt = self.optimizers()[0]
-        self._step(critic_opt, loss)
+        loss = F.mse_loss(q1.float(), target_q) + F.mse_loss(q2.float(), target_q)
+        self._step(self.optimizers()[0], loss)
         return {"train/critic_loss": loss.detach(), "train/q1": q1.detach().mean()}
+
+    @torch.no_grad()
+    def td_target(self, reward: Tensor, next_obs: Tensor, terminated: Tensor) -> Tensor:
+        """r + gamma * (min target Q - alpha * log pi) [B, 1]; only true terminations stop the
+        bootstrap, time-limit ends (truncation) do not (the official "infinite bootstrap")."""
+        _, next_action, next_log_pi = self.actor(next_obs)
+        target_q1, target_q2 = self.critic_target(next_obs, next_action)
+        target_v = torch.min(target_q1, target_q2) - self.alpha.detach() * next_log_pi
+        return (reward + (~terminated).float() * self.sac.discount * target_v).float()
 
     def update_actor_and_alpha(self, obs: Tensor) -> dict:
         _, actor_opt, alpha_opt, *_ = self.optimizers()
@@ -179,22 +182,35 @@ class SACMLRAgent(pl.LightningModule):
 
     def update_mlr(self, frames: Tensor, actions: Tensor) -> dict:
         """frames uint8 [B, K, 3S, H, W] (uncropped), actions [B, K, A]."""
-        mlr, env = self.mlr, self.cfg.env
+        loss = self.compute_mlr_loss(frames, actions)
+        mlr_opt = self.optimizers()[3]
+        self._step(mlr_opt, loss, grad_clip=self.mlr.grad_clip)
+        self.lr_schedulers().step()
+        return {"train/mlr_loss": loss.detach(), "train/mlr_lr": torch.tensor(mlr_opt.param_groups[0]["lr"])}
+
+    def compute_mlr_loss(self, frames: Tensor, actions: Tensor) -> Tensor:
+        """Mean of 2 - 2 cos(prediction, target) over all B x K positions."""
         b, k = frames.shape[:2]
-        mask = cube_mask(k, env.image_size, mlr.patch_size, mlr.block_size, mlr.mask_ratio,
-                         batch_size=b if mlr.per_sample_mask else None, device=frames.device)
-        masked = apply_mask(frames, mask)  # before augmentation, shared over B and channels by default
-        online_in = self.augment_mlr(masked.flatten(0, 1))  # [B*K, 3S, 84, 84]
-        target_in = self.augment_mlr(frames.flatten(0, 1))  # independent crop and intensity draws
+        online_in, target_in, _ = self.mlr_views(frames)
         states = self.critic.encoder(online_in).view(b, k, -1)  # [B, K, D]
         prediction = self.prediction(self.projection(self.decoder(states, actions)))  # [B, K, D]
         with torch.no_grad():
             target = self.target_projection(self.target_encoder(target_in)).view(b, k, -1)
-        loss = mlr_loss(prediction, target, mlr.normalize_eps).mean()  # over all K positions and B
-        mlr_opt = self.optimizers()[3]
-        self._step(mlr_opt, loss, grad_clip=mlr.grad_clip)
-        self.lr_schedulers().step()
-        return {"train/mlr_loss": loss.detach(), "train/mlr_lr": torch.tensor(mlr_opt.param_groups[0]["lr"])}
+        return mlr_loss(prediction, target, self.mlr.normalize_eps).mean()
+
+    def mlr_views(self, frames: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """frames uint8 [B, K, C, H, W] -> (online input, target input) [B*K, C, crop, crop] and the mask.
+
+        The cube mask is applied to the raw frames *before* augmentation; the online (masked) and
+        target (unmasked) views get independent crops and intensity draws per image.
+        """
+        mlr, env = self.mlr, self.cfg.env
+        b, k = frames.shape[:2]
+        mask = cube_mask(k, env.image_size, mlr.patch_size, mlr.block_size, mlr.mask_ratio,
+                         batch_size=b if mlr.per_sample_mask else None, device=frames.device)
+        online_in = self.augment_mlr(apply_mask(frames, mask).flatten(0, 1))
+        target_in = self.augment_mlr(frames.flatten(0, 1))
+        return online_in, target_in, mask
 
     def augment_mlr(self, frames: Tensor) -> Tensor:
         """uint8 [N, C, H, W] -> float [N, C, crop, crop] in pixel units (the encoder divides by 255)."""

@@ -92,4 +92,5 @@ def make_collector(env, policy, total_agent_steps: int, init_steps: int, policy_
         policy_device=policy_device,
         env_device="cpu",
         storing_device="cpu",
+        auto_register_policy_transforms=False,  # the policy needs no extra env transform
     )

@@ -1,0 +1,94 @@
+"""Frame replay on real dm_control data: stacking at sample time, windows, truncation."""
+
+import pytest
+import torch
+from tensordict.nn import TensorDictModule
+
+from mlr_lightning.data.replay import FrameReplay
+from mlr_lightning.data.stream import make_collector
+from mlr_lightning.experiment import make_env
+
+STACK = 3
+
+
+@pytest.fixture(scope="module")
+def collected():
+    """Three real cartpole episodes (125 agent steps each at action repeat 8), random actions."""
+    from mlr_lightning.config import load_config
+    from tests.conftest import TINY_OVERRIDES
+
+    cfg = load_config(None, TINY_OVERRIDES)
+    env = make_env(cfg, seed=0)
+    policy = TensorDictModule(lambda pixels: torch.zeros(1), in_keys=["pixels"], out_keys=["action"])
+    steps = 3 * 125
+    collector = make_collector(env, policy, total_agent_steps=steps, init_steps=steps, policy_device=torch.device("cpu"))
+    data = torch.cat([batch.clone() for batch in collector])
+    collector.shutdown()
+    return data
+
+
+def fill(data, capacity, seq_len=4):
+    replay = FrameReplay(capacity, STACK, seq_len)
+    for t in range(len(data)):  # one agent step at a time, as during training
+        replay.extend(data[t : t + 1])
+    return replay
+
+
+def test_every_frame_is_stored_once_plus_one_final_observation_per_episode(collected):
+    replay = fill(collected, capacity=10_000)
+    episodes = int(collected["next", "done"].sum())
+    assert episodes == 3
+    assert len(replay) == len(collected) + episodes
+    assert replay.storage[0]["pixels"].shape == (3, 24, 24) and replay.storage[0]["pixels"].dtype == torch.uint8
+
+
+def test_stacked_frames_equal_what_the_agent_saw(collected):
+    """Rebuilt stacks match CatFrames' stacks from the environment, including at episode starts."""
+    replay = fill(collected, capacity=10_000)
+    rows = replay.storage[: len(replay)]
+    action_rows = rows["has_action"].reshape(-1).nonzero().squeeze(-1)
+    assert len(action_rows) == len(collected)
+    stacked = replay.stacked_pixels(action_rows)
+    assert torch.equal(stacked, collected["pixels"])
+    assert torch.equal(replay.stacked_pixels(action_rows + 1), collected["next", "pixels"])
+
+
+def test_transitions_bootstrap_through_time_limits(collected):
+    replay = fill(collected, capacity=10_000)
+    last = collected["next", "done"].reshape(-1)
+    assert collected["next", "truncated"].reshape(-1)[last].all(), "dm_control time limits are truncations"
+    assert not collected["next", "terminated"].any()
+    batch = replay.sample_transitions(512)
+    assert not batch["terminated"].any(), "a time-limit end must not stop the bootstrap"
+    # Sampled next observations are real successors: every sampled (pixels, next_pixels) pair occurs in the data.
+    pairs = {(p[-3:].sum().item(), n[-3:].sum().item()) for p, n in zip(collected["pixels"], collected["next", "pixels"])}
+    assert all((p[-3:].sum().item(), n[-3:].sum().item()) in pairs for p, n in zip(batch["pixels"], batch["next_pixels"]))
+
+
+def test_transitions_skip_final_observations_and_the_newest_row(collected):
+    replay = fill(collected[:10], capacity=10_000)
+    index = replay._valid_transition_rows(2000)
+    assert index.max() == 8, "row 9 has no successor yet"
+    replay = fill(collected[:125], capacity=10_000)
+    assert 125 not in replay._valid_transition_rows(5000).tolist(), "the final observation row is not a transition"
+
+
+@pytest.mark.parametrize("capacity", [10_000, 300])  # 300 < 378 rows: the storage wraps around
+def test_windows_never_cross_an_episode_end(collected, capacity):
+    replay = fill(collected, capacity=capacity, seq_len=16)
+    windows = replay.sample_windows(256)
+    rows = replay.storage[windows["index"].reshape(-1)]
+    trajectory = rows["trajectory"].reshape(256, 16)
+    step = rows["step_count"].reshape(256, 16)
+    assert (trajectory == trajectory[:, :1]).all()
+    assert (step[:, 1:] - step[:, :-1] == 1).all(), "a window skips or repeats a step"
+    assert rows["has_action"].all(), "a window contains an episode's final observation"
+    assert windows["pixels"].shape == (256, 16, 3 * STACK, 24, 24)
+
+
+def test_wrapped_storage_never_stacks_frames_from_a_newer_episode(collected):
+    replay = fill(collected, capacity=300)
+    oldest = replay.cursor
+    stacked = replay.stacked_pixels(torch.tensor([oldest]))
+    frame = replay.storage[oldest]["pixels"]
+    assert torch.equal(stacked[0], frame.repeat(STACK, 1, 1)), "reached past the oldest stored row"
