@@ -6,10 +6,13 @@ import statistics
 from pathlib import Path
 
 import lightning.pytorch as pl
+import numpy as np
 from tensordict.nn import TensorDictModule
 from torchrl.envs import EnvBase
 
-from mlr_lightning.evaluation import evaluate
+from mlr_lightning.evaluation import evaluate, record_episode
+from mlr_lightning.plots import episode_gif, learning_curves
+from mlr_lightning.tracking import mlflow_logger
 
 
 class PeriodicEvaluation(pl.Callback):
@@ -38,8 +41,7 @@ class PeriodicEvaluation(pl.Callback):
             self._evaluate(trainer, pl_module, self.final)
 
     def _evaluate(self, trainer: pl.Trainer, pl_module, env_steps: int) -> None:
-        policy = TensorDictModule(pl_module.policy, in_keys=["pixels"], out_keys=["action"])
-        returns = evaluate(self.env, policy, self.num_episodes)
+        returns = evaluate(self.env, as_policy(pl_module), self.num_episodes)
         metrics = {
             "eval/return_mean": statistics.fmean(returns),
             "eval/return_std": statistics.pstdev(returns),
@@ -55,6 +57,10 @@ class PeriodicEvaluation(pl.Callback):
 
     def load_state_dict(self, state_dict: dict) -> None:
         self.next_eval, self.history = state_dict["next_eval"], state_dict["history"]
+
+
+def as_policy(pl_module) -> TensorDictModule:
+    return TensorDictModule(pl_module.policy, in_keys=["pixels"], out_keys=["action"])
 
 
 class UpdateCheckpoint(pl.Callback):
@@ -77,3 +83,44 @@ class UpdateCheckpoint(pl.Callback):
 
     def on_train_end(self, trainer, pl_module):
         trainer.save_checkpoint(self.last_path)
+
+    def on_exception(self, trainer, pl_module, exception):
+        # A crash or Ctrl-C keeps what was learned: save before Lightning tears the run down.
+        trainer.save_checkpoint(self.last_path)
+
+
+class RunArtifacts(pl.Callback):
+    """At the end of training: a learning-curve PNG and an evaluation GIF in the run directory, and
+    the config, those figures and the final checkpoint (or its path, when large) as MLflow artifacts.
+
+    Place it after :class:`PeriodicEvaluation` and :class:`UpdateCheckpoint`: it reads their output.
+    """
+
+    def __init__(self, run_dir: Path, evaluation: PeriodicEvaluation, checkpoint: UpdateCheckpoint,
+                 video: bool, max_checkpoint_mb: float):
+        self.run_dir, self.evaluation, self.checkpoint = Path(run_dir), evaluation, checkpoint
+        self.video, self.max_checkpoint_mb = video, max_checkpoint_mb
+
+    def on_train_end(self, trainer, pl_module):
+        steps = np.array([h["env_steps"] for h in self.evaluation.history])
+        returns = [np.array(h["returns"]) for h in self.evaluation.history]
+        mean = np.array([r.mean() for r in returns])
+        std = np.array([r.std() for r in returns])
+        files = [self.run_dir / "config.yaml", self.run_dir / "metrics.csv",
+                 learning_curves({self.run_dir.name: (steps, mean, mean - std, mean + std)},
+                                 self.run_dir / "learning_curve.png", title="evaluation return (mean ± std over episodes)")]
+        if self.video:
+            _, frames = record_episode(self.evaluation.env, as_policy(pl_module))
+            files.append(episode_gif(frames.numpy(), self.run_dir / "eval_episode.gif"))
+        logger = mlflow_logger(trainer.loggers)
+        if logger is None:
+            return
+        for logger_ in trainer.loggers:  # flush metrics.csv before uploading it
+            logger_.save()
+        client, run_id = logger.experiment, logger.run_id
+        for path in files:
+            client.log_artifact(run_id, str(path))
+        ckpt = self.checkpoint.last_path
+        client.set_tag(run_id, "checkpoint_path", str(ckpt))
+        if ckpt.stat().st_size <= self.max_checkpoint_mb * 2**20:
+            client.log_artifact(run_id, str(ckpt), artifact_path="checkpoints")

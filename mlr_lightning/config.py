@@ -121,6 +121,17 @@ class TrainerConfig:
 
 
 @dataclass
+class TrackingConfig:
+    mlflow: bool = True
+    # None: $MLFLOW_TRACKING_URI if set, else an embedded sqlite store at <output_dir>/mlflow.db.
+    uri: str | None = None
+    experiment: str = "mlr_lightning"
+    # Final checkpoints up to this size are uploaded as MLflow artifacts; larger ones are recorded by path.
+    max_checkpoint_artifact_mb: float = 512.0
+    video: bool = True  # a GIF of one deterministic evaluation episode at the end
+
+
+@dataclass
 class ExperimentConfig:
     seed: int = 1
     output_dir: str = "runs"  # each run gets output_dir/<run_name>
@@ -133,6 +144,7 @@ class ExperimentConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
 
 PRECISIONS = ("32-true", "bf16-mixed", "16-mixed")

@@ -4,16 +4,24 @@ from __future__ import annotations
 
 import torch
 from tensordict.nn import TensorDictModule
+from torch import Tensor
 from torchrl.envs import EnvBase
 from torchrl.envs.utils import ExplorationType, set_exploration_type
+
+MAX_EPISODE_STEPS = 10**7  # episodes end through the environment's own time limit
 
 
 @torch.no_grad()
 def evaluate(env: EnvBase, policy: TensorDictModule, num_episodes: int) -> list[float]:
     """Returns of ``num_episodes`` episodes with the mean action (exploration off)."""
-    returns = []
+    return [record_episode(env, policy)[0] for _ in range(num_episodes)]
+
+
+@torch.no_grad()
+def record_episode(env: EnvBase, policy: TensorDictModule) -> tuple[float, Tensor]:
+    """One deterministic episode: its return and its frames ``[T + 1, H, W, 3]`` uint8 (newest of each stack)."""
     with set_exploration_type(ExplorationType.DETERMINISTIC):
-        for _ in range(num_episodes):
-            rollout = env.rollout(max_steps=10**7, policy=policy, break_when_any_done=True)
-            returns.append(float(rollout["next", "reward"].sum()))
-    return returns
+        rollout = env.rollout(max_steps=MAX_EPISODE_STEPS, policy=policy, break_when_any_done=True)
+    pixels = torch.cat([rollout["pixels"], rollout["next", "pixels"][-1:]])  # [T + 1, 3S, H, W]
+    frames = pixels[:, -3:].permute(0, 2, 3, 1).contiguous()
+    return float(rollout["next", "reward"].sum()), frames

@@ -10,17 +10,17 @@ from pathlib import Path
 
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import TQDMProgressBar
-from lightning.pytorch.loggers import CSVLogger
 from omegaconf import DictConfig, OmegaConf
 from tensordict.nn import TensorDictModule
 from torch.utils.data import DataLoader
 
 from mlr_lightning.agents.sac_mlr import SACMLRAgent
-from mlr_lightning.callbacks import PeriodicEvaluation, UpdateCheckpoint
+from mlr_lightning.callbacks import PeriodicEvaluation, RunArtifacts, UpdateCheckpoint
 from mlr_lightning.config import to_yaml
 from mlr_lightning.data.replay import FrameReplay
 from mlr_lightning.data.stream import ExperienceStream, make_collector
 from mlr_lightning.envs.dmc import make_dmc_env, split_task
+from mlr_lightning.tracking import make_loggers
 
 
 def make_env(cfg: DictConfig, seed: int):
@@ -83,19 +83,22 @@ def fit(cfg: DictConfig) -> Path:
     env = make_env(cfg, cfg.seed)
     eval_env = make_env(cfg, cfg.seed + cfg.eval.seed_offset)
     agent = SACMLRAgent(OmegaConf.to_container(cfg, resolve=True), action_dim=env.action_spec.shape[-1])
+    evaluation = PeriodicEvaluation(eval_env, cfg.eval.every_env_steps, cfg.eval.num_episodes, cfg.train.num_env_steps)
+    checkpoint = UpdateCheckpoint(run_dir / "checkpoints", cfg.trainer.checkpoint_every_updates)
     trainer = pl.Trainer(
         default_root_dir=run_dir,
         accelerator=cfg.trainer.accelerator,
         devices=cfg.trainer.devices,
         precision=cfg.trainer.precision,
         max_epochs=1,
-        logger=CSVLogger(run_dir, name="", version=""),
+        logger=make_loggers(cfg, run_dir),
         log_every_n_steps=cfg.trainer.log_every_updates,
         enable_checkpointing=False,  # UpdateCheckpoint below counts agent updates, not optimizer steps
         callbacks=[
             TQDMProgressBar(refresh_rate=cfg.trainer.log_every_updates),
-            PeriodicEvaluation(eval_env, cfg.eval.every_env_steps, cfg.eval.num_episodes, cfg.train.num_env_steps),
-            UpdateCheckpoint(run_dir / "checkpoints", cfg.trainer.checkpoint_every_updates),
+            evaluation,
+            checkpoint,
+            RunArtifacts(run_dir, evaluation, checkpoint, cfg.tracking.video, cfg.tracking.max_checkpoint_artifact_mb),
         ],
     )
     trainer.fit(agent, datamodule=ExperienceDataModule(cfg, env))

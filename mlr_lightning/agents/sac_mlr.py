@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
+from torchrl import timeit
 from torchrl.envs.utils import ExplorationType, exploration_type
 
 from mlr_lightning.augment import center_crop, random_crop, random_intensity
@@ -126,13 +127,15 @@ class SACMLRAgent(pl.LightningModule):
         crop = self.cfg.env.crop_size
         obs = random_crop(t["pixels"], crop)  # [B, 3S, 84, 84] uint8
         next_obs = random_crop(t["next_pixels"], crop)  # independent crop, as the official sampler
-        metrics = self.update_critic(obs, t["action"], t["reward"], next_obs, t["terminated"])
+        with timeit("update/critic"):
+            metrics = self.update_critic(obs, t["action"], t["reward"], next_obs, t["terminated"])
         if self.mlr.enabled:
-            w = batch["windows"]
-            metrics |= self.update_mlr(w["pixels"], w["action"])
+            with timeit("update/mlr"):
+                metrics |= self.update_mlr(batch["windows"]["pixels"], batch["windows"]["action"])
         step = int(self.num_updates)
         if step % self.sac.actor_update_freq == 0:
-            metrics |= self.update_actor_and_alpha(obs)
+            with timeit("update/actor"):
+                metrics |= self.update_actor_and_alpha(obs)
         if step % self.sac.critic_target_update_freq == 0:
             self.update_targets()
         self.num_updates += 1
@@ -140,6 +143,10 @@ class SACMLRAgent(pl.LightningModule):
         self.log("env_steps", float(batch["env_steps"]), prog_bar=True, on_step=True, on_epoch=False)
         if not math.isnan(batch["episode_return"]):
             self.log("train/episode_return", batch["episode_return"], prog_bar=True, on_step=True, on_epoch=False)
+        if step % self.trainer.log_every_n_steps == 0:
+            # Where the time goes (seconds per call since the last report), as TorchRL's SOTA scripts.
+            self.log_dict(timeit.todict(prefix="time"), on_step=True, on_epoch=False)
+            timeit.erase()
 
     def _step(self, optimizer, loss: Tensor, grad_clip: float | None = None) -> None:
         """zero_grad, backward (through Lightning, for precision and DDP), optional norm clip, step."""

@@ -16,18 +16,25 @@ from __future__ import annotations
 import torch
 from tensordict import TensorDict, TensorDictBase
 from torch import Tensor
-from torchrl.data import LazyTensorStorage, SliceSampler, TensorDictReplayBuffer
+from torchrl.data import LazyTensorStorage, ReplayBuffer, SliceSampler, TensorDictReplayBuffer
 
 
 class FrameReplay:
-    """Transitions for the RL loss and K-step windows for MLR, over one ``LazyTensorStorage``."""
+    """Transitions for the RL loss and K-step windows for MLR.
+
+    Two ``LazyTensorStorage`` written in lockstep by TorchRL's round-robin writers: ``frames`` holds
+    the uint8 pixels, ``storage`` the per-step fields. Keeping the pixels apart lets the samplers,
+    which scan whole fields of the storage (``SliceSampler`` reads ``storage[:]``), touch a few MB
+    instead of copying gigabytes of frames on every call.
+    """
 
     def __init__(self, capacity: int, frame_stack: int, seq_len: int, device: torch.device | str = "cpu"):
         self.frame_stack = frame_stack
         self.seq_len = seq_len
         self.storage = LazyTensorStorage(capacity, device=device)
-        # Writing goes through this buffer (TorchRL's round-robin writer over the storage).
+        self.frames = LazyTensorStorage(capacity, device=device)
         self.buffer = TensorDictReplayBuffer(storage=self.storage)
+        self.frame_buffer = ReplayBuffer(storage=self.frames)
         # Windows of seq_len consecutive rows of one episode. Final-observation rows carry their own
         # trajectory id, so a window never contains one (every step of a window needs an action).
         self.window_sampler = SliceSampler(slice_len=seq_len, traj_key="trajectory", strict_length=True)
@@ -81,6 +88,7 @@ class FrameReplay:
             merged = torch.cat([rows, final])
             position = torch.cat([order, order[ends] + 1])
             rows = merged[position.argsort()]
+        self.frame_buffer.extend(rows.pop("pixels"))
         self.buffer.extend(rows)
 
     # ---------------------------------------------------------------------------------- sampling
@@ -97,7 +105,9 @@ class FrameReplay:
         reach = torch.minimum(step_count, self._age_order(index))
         back = torch.arange(self.frame_stack - 1, -1, -1)  # [S]: oldest slot first
         rows = (index[..., None] - torch.minimum(back, reach[..., None])) % self.capacity  # [..., S]
-        frames = self.storage[rows.reshape(-1)]["pixels"]  # [N*S, 3, H, W]
+        # index_select on the storage's tensor: LazyTensorStorage's own indexing is advanced indexing,
+        # ~7x slower for [N, 3, 100, 100] uint8 (1536 frames: 106 ms vs 16 ms on 2 CPU cores).
+        frames = self.frames._storage.index_select(0, rows.reshape(-1))  # [N*S, 3, H, W]
         return frames.reshape(*index.shape, self.frame_stack * frames.shape[-3], *frames.shape[-2:])
 
     def sample_transitions(self, batch_size: int) -> TensorDict:

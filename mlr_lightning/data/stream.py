@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import torch
 from tensordict import TensorDictBase
 from torch.utils.data import IterableDataset
+from torchrl import timeit
 from torchrl.collectors import Collector
 
 from mlr_lightning.data.replay import FrameReplay
@@ -57,15 +58,22 @@ class ExperienceStream(IterableDataset):
     def __iter__(self):
         # The collector stops after total_agent_steps; the last step gets no update after it,
         # as in the official loop (updates happen before steps init_steps .. total - 1).
-        for steps in self.collector:
+        collecting = iter(self.collector)
+        while True:
+            with timeit("data/collect"):
+                steps = next(collecting, None)
+            if steps is None:
+                return
             self._record(steps)
             if self.init_steps <= self.counters.agent_steps < self.total_agent_steps:
                 yield self.sample()
 
     def sample(self) -> dict:
-        batch = {"transitions": self.replay.sample_transitions(self.batch_size), "env_steps": self.env_steps}
+        with timeit("data/sample_transitions"):
+            batch = {"transitions": self.replay.sample_transitions(self.batch_size), "env_steps": self.env_steps}
         if self.window_batch_size:
-            batch["windows"] = self.replay.sample_windows(self.window_batch_size)
+            with timeit("data/sample_windows"):
+                batch["windows"] = self.replay.sample_windows(self.window_batch_size)
         batch["episode_return"] = self.counters.last_episode_return
         return batch
 

@@ -1,14 +1,15 @@
-"""dm_control pixel wrapper with the action repeat inside the environment.
-
-Imports dm_control at module import: import it only after :func:`mlr_lightning.rendering.select_gl_backend`.
-"""
+"""dm_control pixel wrapper with the action repeat inside the environment."""
 
 from __future__ import annotations
 
 import collections
 
-from dm_control.mujoco.engine import Camera
-from dm_control.suite.wrappers import pixels
+from mlr_lightning.rendering import select_gl_backend
+
+select_gl_backend()  # MUJOCO_GL must be set before dm_control is first imported
+
+from dm_control.mujoco.engine import Camera  # noqa: E402
+from dm_control.suite.wrappers import pixels  # noqa: E402
 
 
 class ActionRepeatPixels(pixels.Wrapper):

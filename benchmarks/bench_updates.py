@@ -1,0 +1,162 @@
+"""Benchmark (prints figures; not a test): agent update cost, replay sampling, environment throughput.
+
+    .venv/bin/python benchmarks/bench_updates.py            # everything (~5 min on 2 CPU cores)
+    .venv/bin/python benchmarks/bench_updates.py --skip-paper-mlr   # without the ~20 s/update case
+
+Update times are measured through the real Lightning ``training_step`` (manual optimization, all
+optimizers) on synthetic uint8 batches of the right shapes; the breakdown comes from the same
+``timeit`` blocks the training loop logs as ``time/*``.
+"""
+
+from __future__ import annotations
+
+import mlr_lightning  # noqa: F401  (torch stack before dm_control)
+
+import argparse
+import statistics
+import time
+from pathlib import Path
+
+import lightning.pytorch as pl
+import torch
+from tensordict import TensorDict
+from tensordict.nn import TensorDictModule
+from torch.utils.data import DataLoader
+from torchrl import timeit
+
+from mlr_lightning.agents.sac_mlr import SACMLRAgent
+from mlr_lightning.config import load_config
+from mlr_lightning.data.replay import FrameReplay
+from mlr_lightning.data.stream import make_collector
+from mlr_lightning.experiment import _as_is, make_env
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
+
+
+class StepTimer(pl.Callback):
+    def __init__(self):
+        self.times: list[float] = []
+
+    def on_train_batch_start(self, *args):
+        self.t0 = time.perf_counter()
+
+    def on_train_batch_end(self, *args):
+        self.times.append(time.perf_counter() - self.t0)
+
+
+def synthetic_batch(cfg, action_dim: int) -> dict:
+    e, b = cfg.env, cfg.train.batch_size
+    c, s = 3 * e.frame_stack, e.image_size
+    frames = lambda *shape: torch.randint(0, 256, (*shape, c, s, s), dtype=torch.uint8)  # noqa: E731
+    batch = {
+        "transitions": TensorDict(
+            {"pixels": frames(b), "next_pixels": frames(b), "action": torch.rand(b, action_dim) * 2 - 1,
+             "reward": torch.rand(b, 1), "terminated": torch.zeros(b, 1, dtype=torch.bool)}, [b]),
+        "env_steps": 0,
+        "episode_return": float("nan"),
+    }
+    if cfg.mlr.enabled:
+        m, k = cfg.mlr.batch_size, cfg.mlr.seq_len
+        batch["windows"] = TensorDict({"pixels": frames(m, k), "action": torch.rand(m, k, action_dim) * 2 - 1}, [m, k])
+    return batch
+
+
+def time_updates(label: str, cfg, repeats: int, action_dim: int = 1) -> None:
+    torch.manual_seed(0)
+    agent = SACMLRAgent(cfg, action_dim)
+    timer = StepTimer()
+    batch = synthetic_batch(cfg, action_dim)
+    loader = DataLoader([batch] * (repeats + 1), batch_size=None, collate_fn=_as_is)
+    trainer = pl.Trainer(accelerator="cpu", max_epochs=1, logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, log_every_n_steps=10**6,
+                         callbacks=[timer])
+    timeit.erase()
+    trainer.fit(agent, loader)
+    parts = {k.split("/")[-1]: v for k, v in timeit.todict().items() if k.startswith("update/")}
+    shapes = f"RL batch {cfg.train.batch_size}" + (
+        f", MLR {cfg.mlr.batch_size}x{cfg.mlr.seq_len} frames" if cfg.mlr.enabled else "")
+    timed = timer.times[1:]  # the first update includes one-off allocations
+    print(f"{label:<28} {shapes:<34} {statistics.median(timed):7.3f} s/update   "
+          + "  ".join(f"{k} {v:.3f}" for k, v in parts.items()))
+
+
+def replay_sampling(num_rows: int, episode_len: int, seq_len: int) -> None:
+    """Fill a replay with synthetic 3x100x100 frames and time both samplers at the paper's sizes."""
+    replay = FrameReplay(num_rows, frame_stack=3, seq_len=seq_len)
+    chunk = 5000
+    for start in range(0, num_rows, chunk):
+        n = min(chunk, num_rows - start)
+        step = (torch.arange(start, start + n) % episode_len).reshape(n, 1)
+        replay.frame_buffer.extend(torch.randint(0, 256, (n, 3, 100, 100), dtype=torch.uint8))
+        replay.buffer.extend(TensorDict({
+            "action": torch.zeros(n, 1), "reward": torch.zeros(n, 1), "terminated": torch.zeros(n, 1, dtype=torch.bool),
+            "step_count": step, "has_action": torch.ones(n, 1, dtype=torch.bool),
+            "trajectory": torch.arange(start, start + n) // episode_len}, [n]))
+    for label, fn in [("transitions x512", lambda: replay.sample_transitions(512)),
+                      (f"windows 128x{seq_len}", lambda: replay.sample_windows(128))]:
+        fn()
+        t0 = time.perf_counter()
+        for _ in range(5):
+            fn()
+        print(f"replay of {num_rows} frames: sample {label:<16} {(time.perf_counter() - t0) / 5 * 1000:7.1f} ms")
+
+
+def env_throughput(task: str, action_repeat: int, fast_render: bool, agent_steps: int) -> None:
+    """Collector agent steps per second against a bare dm_control loop with the same rendering."""
+    from mlr_lightning.envs.dmc import split_task
+    from mlr_lightning.envs.dmc_pixels import ActionRepeatPixels  # selects the GL backend first
+
+    from dm_control import suite
+
+    domain, name = split_task(task)
+    bare = ActionRepeatPixels(suite.load(domain, name, task_kwargs={"random": 0}), action_repeat, 100, 100, 0, fast_render)
+    spec = bare.action_spec()
+    bare.reset()
+    t0 = time.perf_counter()
+    for _ in range(agent_steps):
+        if bare.step(spec.generate_value()).last():
+            bare.reset()
+    bare_rate = agent_steps / (time.perf_counter() - t0)
+
+    cfg = load_config(CONF / "dmc" / f"{task}.yaml", [f"env.fast_render={str(fast_render).lower()}"])
+    env = make_env(cfg, seed=0)
+    policy = TensorDictModule(lambda pixels: torch.zeros(env.action_spec.shape), in_keys=["pixels"], out_keys=["action"])
+    collector = make_collector(env, policy, agent_steps, init_steps=agent_steps, policy_device=torch.device("cpu"))
+    replay = FrameReplay(10_000, cfg.env.frame_stack, cfg.mlr.seq_len)
+    t0 = time.perf_counter()
+    for steps in collector:
+        replay.extend(steps)
+    rate = agent_steps / (time.perf_counter() - t0)
+    collector.shutdown()
+    render = "fast render" if fast_render else "default render"
+    print(f"{task:<18} AR {action_repeat} {render:<14} bare dm_control {bare_rate:6.1f} agent steps/s "
+          f"({bare_rate * action_repeat:6.0f} env steps/s) | collector+replay {rate:6.1f} agent steps/s "
+          f"({rate * action_repeat:6.0f} env steps/s, {rate / bare_rate:.0%} of bare)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--skip-paper-mlr", action="store_true", help="skip the paper-size SAC+MLR update (~20 s each)")
+    args = parser.parse_args()
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU\n")
+
+    print("== One agent update (median) ==")
+    quick = CONF / "quickstart.yaml"
+    time_updates("quickstart SAC", load_config(quick, ["mlr.enabled=false"]), repeats=5)
+    time_updates("quickstart SAC+MLR", load_config(quick), repeats=5)
+    paper = CONF / "dmc" / "cartpole_swingup.yaml"
+    time_updates("paper SAC (Baseline)", load_config(paper, ["mlr.enabled=false"]), repeats=2)
+    if not args.skip_paper_mlr:
+        time_updates("paper SAC+MLR", load_config(paper), repeats=2)
+
+    print("\n== Replay sampling (paper sizes) ==")
+    replay_sampling(100_000, episode_len=126, seq_len=16)
+
+    print("\n== Environment throughput (100x100 pixels, camera 0, 3 stacked frames) ==")
+    for task, repeat in [("cartpole_swingup", 8), ("cheetah_run", 4)]:
+        for fast in (False, True):
+            env_throughput(task, repeat, fast, agent_steps=250)
+
+
+if __name__ == "__main__":
+    main()

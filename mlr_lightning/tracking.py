@@ -1,0 +1,90 @@
+"""Experiment tracking: CSV and MLflow loggers on the environment-step axis, tags and artifacts.
+
+Lightning's own step counter counts optimizer steps, and under manual optimization with 3-4
+optimizers per agent update that is neither agent updates nor environment steps, so every logger
+here records against environment steps, the paper's x-axis.
+
+MLflow needs no server: the default store is an embedded sqlite database at
+``<output_dir>/mlflow.db`` (MLflow's file store is deprecated), browsable with
+``mlflow ui --backend-store-uri sqlite:///<output_dir>/mlflow.db``. ``tracking.uri`` or
+``MLFLOW_TRACKING_URI`` point at a real server instead.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Mapping
+from pathlib import Path
+
+from lightning.pytorch.loggers import CSVLogger, Logger, MLFlowLogger
+from omegaconf import DictConfig
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+
+
+class EnvStepAxis:
+    """Mixin for Lightning loggers: use the logged ``env_steps`` value as the step of each record."""
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        if "env_steps" in metrics:
+            step = int(metrics["env_steps"])
+        super().log_metrics(metrics, step)
+
+
+class EnvStepCSVLogger(EnvStepAxis, CSVLogger):
+    """``metrics.csv`` with ``step`` = environment steps."""
+
+
+class EnvStepMLFlowLogger(EnvStepAxis, MLFlowLogger):
+    """MLflow metrics with ``step`` = environment steps."""
+
+
+def default_store(output_dir: str | Path) -> Path:
+    return Path(output_dir).resolve() / "mlflow.db"
+
+
+def tracking_uri(cfg: DictConfig) -> str:
+    return cfg.tracking.uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{default_store(cfg.output_dir)}"
+
+
+def git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=PACKAGE_DIR, capture_output=True, text=True, timeout=10)
+    except OSError:
+        return "unknown"
+    return out.stdout.strip() if out.returncode == 0 else "unknown"
+
+
+def run_tags(cfg: DictConfig) -> dict[str, str]:
+    """The tags ``compare`` selects and groups runs by."""
+    return {
+        "domain": "dmc",
+        "task": cfg.env.task,
+        "algorithm": "sac_mlr" if cfg.mlr.enabled else "sac",
+        "mlr": "on" if cfg.mlr.enabled else "off",
+        "seed": str(cfg.seed),
+        "git_commit": git_commit(),
+    }
+
+
+def make_loggers(cfg: DictConfig, run_dir: Path) -> list[Logger]:
+    loggers: list[Logger] = [EnvStepCSVLogger(run_dir, name="", version="")]
+    if cfg.tracking.mlflow:
+        uri = tracking_uri(cfg)
+        # With the embedded store, keep artifacts beside the database rather than in ./mlruns of the CWD.
+        artifacts = (default_store(cfg.output_dir).parent / "mlartifacts").as_uri() if uri.startswith("sqlite:") else None
+        loggers.append(
+            EnvStepMLFlowLogger(
+                experiment_name=cfg.tracking.experiment,
+                run_name=run_dir.name,
+                tracking_uri=uri,
+                tags=run_tags(cfg),
+                artifact_location=artifacts,
+            )
+        )
+    return loggers
+
+
+def mlflow_logger(loggers: list[Logger]) -> MLFlowLogger | None:
+    return next((lg for lg in loggers if isinstance(lg, MLFlowLogger)), None)
