@@ -1,4 +1,4 @@
-"""Command line: ``python -m mlr_lightning fit --config FILE [key=value ...]``.
+"""Command line: ``python -m mlr_lightning {fit,grid,compare} ...``.
 
 Knows about files, arguments and messages; nothing about tensors.
 """
@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from mlr_lightning.config import ConfigError, load_config
 
@@ -17,28 +18,99 @@ def build_parser() -> argparse.ArgumentParser:
         description="Mask-based Latent Reconstruction (MLR) experiments on PyTorch Lightning and TorchRL.",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
     fit = commands.add_parser("fit", help="train an agent from a config file", description="Train an agent.")
     fit.add_argument("--config", required=True, help="YAML file, e.g. conf/quickstart.yaml or conf/dmc/walker_walk.yaml")
     fit.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. mlr.enabled=false seed=3")
+
+    grid = commands.add_parser("grid", help="run seeds x overrides into one MLflow experiment",
+                               description="Run every combination of --seeds and --vary, one after the other, "
+                                           "into one MLflow experiment; --print-only prints the commands instead.")
+    grid.add_argument("--config", required=True)
+    grid.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
+    grid.add_argument("--vary", action="append", default=[], metavar="key=v1,v2",
+                      help="an override axis, repeatable, e.g. --vary mlr.enabled=true,false")
+    grid.add_argument("--experiment", help="MLflow experiment name (tracking.experiment)")
+    grid.add_argument("--print-only", action="store_true", help="print one fit command per run and exit")
+    grid.add_argument("overrides", nargs="*", metavar="key=value", help="overrides shared by every run")
+
+    cmp = commands.add_parser("compare", help="tables and plots from an MLflow experiment",
+                              description="Per-task mean ± std at step budgets beside the paper's numbers, "
+                                          "aggregate IQM/median/mean/optimality gap with bootstrap CIs, plots.")
+    cmp.add_argument("--experiment", default="mlr_lightning")
+    cmp.add_argument("--filter", default="", help="MLflow filter, e.g. \"tags.task = 'walker_walk'\"")
+    cmp.add_argument("--budgets", type=int, nargs="+", default=[100_000, 500_000], help="environment steps")
+    cmp.add_argument("--tracking-uri", help="default: $MLFLOW_TRACKING_URI, else sqlite:///<output-dir>/mlflow.db")
+    cmp.add_argument("--output-dir", default="runs", help="where fit wrote runs (locates the embedded store)")
+    cmp.add_argument("--out", default=None, help="directory for tables and plots (default <output-dir>/compare-<experiment>)")
+    cmp.add_argument("--reps", type=int, default=2000, help="bootstrap repetitions")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.command == "fit":
-        try:
-            cfg = load_config(args.config, args.overrides)
-        except ConfigError as err:
-            print(f"config error: {err}", file=sys.stderr)
-            return 2
-        from mlr_lightning.envs.dmc import UnknownTaskError
-        from mlr_lightning.experiment import fit
-        from mlr_lightning.rendering import RenderBackendError
+    try:
+        return {"fit": run_fit, "grid": run_grid, "compare": run_compare}[args.command](args)
+    except ConfigError as err:
+        print(f"config error: {err}", file=sys.stderr)
+        return 2
 
-        try:
-            run_dir = fit(cfg)
-        except (UnknownTaskError, RenderBackendError) as err:
-            print(f"error: {err}", file=sys.stderr)
-            return 2
-        print(f"Results: {run_dir} (config.yaml, metrics.csv, checkpoints/last.ckpt)")
+
+def run_fit(args) -> int:
+    cfg = load_config(args.config, args.overrides)
+    from mlr_lightning.envs.dmc import UnknownTaskError
+    from mlr_lightning.experiment import fit
+    from mlr_lightning.rendering import RenderBackendError
+
+    try:
+        run_dir = fit(cfg)
+    except (UnknownTaskError, RenderBackendError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(f"Results: {run_dir} (config.yaml, metrics.csv, checkpoints/last.ckpt)")
+    return 0
+
+
+def run_grid(args) -> int:
+    from mlr_lightning.grid import expand_grid, fit_command
+
+    try:
+        runs = expand_grid(args.seeds, args.vary)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    shared = list(args.overrides) + ([f"tracking.experiment={args.experiment}"] if args.experiment else [])
+    configs = [load_config(args.config, shared + run) for run in runs]  # validate every run before starting any
+    commands = [fit_command(args.config, shared + run) for run in runs]
+    if args.print_only:
+        print("\n".join(commands))
+        return 0
+    print(f"{len(runs)} runs into MLflow experiment {configs[0].tracking.experiment!r}, one after the other. "
+          "To hand them to your own launcher (a SLURM array, GNU parallel), print them with --print-only.")
+    for i, (command, run) in enumerate(zip(commands, runs), 1):
+        print(f"[{i}/{len(runs)}] {command}", flush=True)
+        code = run_fit(argparse.Namespace(config=args.config, overrides=shared + run))
+        if code:
+            return code
+    return 0
+
+
+def run_compare(args) -> int:
+    from mlflow import MlflowClient
+
+    from mlr_lightning.compare import CompareError, compare
+    from mlr_lightning.tracking import resolve_tracking_uri
+
+    client = MlflowClient(resolve_tracking_uri(args.tracking_uri, args.output_dir))
+    out = Path(args.out or Path(args.output_dir) / f"compare-{args.experiment}")
+    try:
+        result = compare(client, args.experiment, out, args.budgets, args.filter, reps=args.reps)
+    except CompareError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print((out / "per_task.md").read_text())
+    for budget in result["aggregate"]:
+        print(f"Aggregate over tasks at {budget} environment steps (normalised scores, 95% stratified bootstrap CIs):")
+        print((out / f"aggregate_{budget}.md").read_text())
+    print(f"Tables and plots: {out}")
     return 0

@@ -33,6 +33,11 @@ def make_run_dir(cfg: DictConfig) -> Path:
         [cfg.env.task, "mlr" if cfg.mlr.enabled else "baseline", f"s{cfg.seed}", time.strftime("%Y%m%d-%H%M%S")]
     )
     run_dir = Path(cfg.output_dir).resolve() / name
+    if not cfg.run_name:  # never mix two runs started in the same second
+        suffix = 1
+        while run_dir.exists():
+            suffix += 1
+            run_dir = run_dir.with_name(f"{name}-{suffix}")
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(to_yaml(cfg))
     return run_dir

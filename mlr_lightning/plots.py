@@ -5,12 +5,9 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")  # headless: figures are written to files
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from PIL import Image  # noqa: E402
+import matplotlib.pyplot as plt  # without a display matplotlib picks its headless Agg backend itself
+import numpy as np
+from PIL import Image
 
 
 def learning_curves(curves: Mapping[str, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]], path: Path,
@@ -42,7 +39,7 @@ def performance_profiles(profiles: Mapping[str, np.ndarray], cis: Mapping[str, n
 
     fig, ax = plt.subplots(figsize=(6, 4))
     plot_utils.plot_performance_profiles(profiles, np.asarray(taus), performance_profile_cis=cis, ax=ax, xlabel=xlabel)
-    ax.legend(list(profiles))
+    ax.legend(ax.get_lines()[: len(profiles)], list(profiles))  # one line per algorithm, in order
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

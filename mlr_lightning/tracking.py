@@ -21,6 +21,10 @@ from lightning.pytorch.loggers import CSVLogger, Logger, MLFlowLogger
 from omegaconf import DictConfig
 
 PACKAGE_DIR = Path(__file__).resolve().parent
+# The user's MLFLOW_TRACKING_URI, read once at import: mlflow.set_tracking_uri() (which Lightning's
+# MLFlowLogger calls) overwrites the environment variable, so reading it later would pick up the
+# URI of whatever run came before in this process.
+USER_TRACKING_URI = os.environ.get("MLFLOW_TRACKING_URI")
 
 
 class EnvStepAxis:
@@ -44,8 +48,9 @@ def default_store(output_dir: str | Path) -> Path:
     return Path(output_dir).resolve() / "mlflow.db"
 
 
-def tracking_uri(cfg: DictConfig) -> str:
-    return cfg.tracking.uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{default_store(cfg.output_dir)}"
+def resolve_tracking_uri(uri: str | None, output_dir: str | Path) -> str:
+    """An explicit URI, else $MLFLOW_TRACKING_URI, else the embedded store under ``output_dir``."""
+    return uri or USER_TRACKING_URI or f"sqlite:///{default_store(output_dir)}"
 
 
 def git_commit() -> str:
@@ -71,7 +76,7 @@ def run_tags(cfg: DictConfig) -> dict[str, str]:
 def make_loggers(cfg: DictConfig, run_dir: Path) -> list[Logger]:
     loggers: list[Logger] = [EnvStepCSVLogger(run_dir, name="", version="")]
     if cfg.tracking.mlflow:
-        uri = tracking_uri(cfg)
+        uri = resolve_tracking_uri(cfg.tracking.uri, cfg.output_dir)
         # With the embedded store, keep artifacts beside the database rather than in ./mlruns of the CWD.
         artifacts = (default_store(cfg.output_dir).parent / "mlartifacts").as_uri() if uri.startswith("sqlite:") else None
         loggers.append(

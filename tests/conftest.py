@@ -41,3 +41,15 @@ def tiny_overrides(tmp_path):
 @pytest.fixture
 def tiny_cfg(tiny_overrides):
     return load_config(None, tiny_overrides)
+
+
+@pytest.fixture(scope="session")
+def tiny_experiment(tmp_path_factory):
+    """A real MLflow experiment made by the CLI's ``grid``: MLR on/off x 2 seeds of the tiny agent."""
+    from mlr_lightning.cli import main
+
+    out = tmp_path_factory.mktemp("experiment")
+    code = main(["grid", "--config", "conf/quickstart.yaml", "--seeds", "1", "2", "--vary", "mlr.enabled=true,false",
+                 "--experiment", "tiny", *TINY_OVERRIDES, f"output_dir={out}", "tracking.video=false"])
+    assert code == 0
+    return {"output_dir": out, "uri": f"sqlite:///{out / 'mlflow.db'}", "experiment": "tiny"}

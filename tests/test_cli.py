@@ -88,3 +88,21 @@ def test_entry_points_import_torch_stack_before_dm_control(name):
                             env=dict(os.environ, PYTHONPATH=str(ROOT)))
     assert result.returncode == 0, result.stderr[-2000:]
     assert "torch.Size([3, 9, 24, 24])" in result.stdout
+
+
+def test_grid_prints_one_validated_command_per_run(capsys):
+    code = main(["grid", "--config", str(ROOT / "conf/dmc/walker_walk.yaml"), "--seeds", "1", "2", "3",
+                 "--vary", "mlr.enabled=true,false", "--experiment", "ablation", "--print-only", "train.batch_size=256"])
+    assert code == 0
+    commands = capsys.readouterr().out.strip().splitlines()
+    assert len(commands) == 6
+    assert all(c.startswith("python -m mlr_lightning fit --config ") and "tracking.experiment=ablation" in c
+               and "train.batch_size=256" in c for c in commands)
+    assert {c.split("seed=")[1] for c in commands} == {"1", "2", "3"}
+    assert sum("mlr.enabled=false" in c for c in commands) == 3
+
+
+def test_grid_validates_every_run_before_starting(capsys):
+    code = main(["grid", "--config", str(ROOT / "conf/dmc/walker_walk.yaml"), "--vary", "mlr.seq_len=16,12", "--print-only"])
+    assert code == 2
+    assert "mlr.seq_len (12) must be divisible by mlr.block_size (8)" in capsys.readouterr().err

@@ -1,0 +1,41 @@
+"""Both notebooks run top to bottom against real tiny runs and produce their figures and tables."""
+
+from pathlib import Path
+
+import nbformat
+import pytest
+from nbclient import NotebookClient
+
+NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
+
+
+def execute(name: str, **params) -> nbformat.NotebookNode:
+    """Run a notebook with ``params`` appended to its parameter cell (as papermill injects them)."""
+    nb = nbformat.read(NOTEBOOKS / name, as_version=4)
+    cell = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
+    cell.source += "\n# Injected by the test\n" + "\n".join(f"{k} = {v!r}" for k, v in params.items())
+    NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(NOTEBOOKS)}}).execute()
+    return nb
+
+
+def outputs(nb, mime: str) -> list:
+    return [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if mime in o.get("data", {})]
+
+
+@pytest.mark.slow
+def test_latent_cosine_similarity_notebook(tiny_experiment):
+    nb = execute("latent_cosine_similarity.ipynb", TRACKING_URI=tiny_experiment["uri"], EXPERIMENT="tiny")
+    assert len(outputs(nb, "image/png")) == 2, "similarity matrices and similarity-vs-distance figures"
+    tables = outputs(nb, "text/html")
+    assert len(tables) == 2 and "masked (first block)" in tables[-1]["data"]["text/html"]
+    assert "cartpole_swingup" in tables[0]["data"]["text/html"]
+
+
+@pytest.mark.slow
+def test_compare_runs_notebook(tiny_experiment, tmp_path):
+    nb = execute("compare_runs.ipynb", TRACKING_URI=tiny_experiment["uri"], EXPERIMENT="tiny", BUDGETS=[160, 320],
+                 OUT_DIR=str(tmp_path), BOOTSTRAP_REPS=100)
+    html = [o["data"]["text/html"] for o in outputs(nb, "text/html")]
+    assert any("cartpole_swingup" in h for h in html) and any("Optimality gap" in h for h in html)
+    assert len(outputs(nb, "image/png")) >= 4, "curves, two performance profiles and the drill-down"
+    assert (tmp_path / "per_task.csv").exists()
