@@ -6,6 +6,7 @@ Thin on purpose: every piece is built by a small ``make_*`` function, and Lightn
 from __future__ import annotations
 
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -74,6 +75,9 @@ class ExperienceDataModule(pl.LightningDataModule):
         # batch_size=None: the stream yields ready batches; num_workers=0: the collector shares the
         # live policy weights with the agent, so it must run in this process.
         return DataLoader(self.stream, batch_size=None, num_workers=0, collate_fn=_as_is)
+
+    def state_dict(self) -> dict:
+        return asdict(self.stream.counters) if self.stream is not None else {}
 
     def teardown(self, stage: str) -> None:
         if self.stream is not None:

@@ -41,6 +41,8 @@ def test_fit_end_to_end_writes_a_checkpoint_with_finite_losses(tiny_overrides, t
     assert int(state["num_updates"]) == updates
     assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point())
     assert {"critic.encoder.fc.weight", "decoder.action_embedding.weight", "target_encoder.fc.weight"} <= set(state)
+    assert not any(k.startswith("policy.") for k in state), "the actor is stored once"
+    assert ckpt["ExperienceDataModule"]["agent_steps"] == 320 // 8
 
     rows = list(csv.DictReader((run_dir / "metrics.csv").open()))
     for key in ("train/critic_loss", "train/actor_loss", "train/mlr_loss", "train/alpha"):

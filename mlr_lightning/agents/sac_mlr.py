@@ -38,6 +38,9 @@ from mlr_lightning.models.mlr import (
 from mlr_lightning.models.sac import Actor, Critic
 
 
+PROGRESS_BAR_METRICS = ("train/critic_loss", "train/actor_loss", "train/mlr_loss")
+
+
 class SACPolicy(nn.Module):
     """Acting policy: centre-cropped stacked frames -> action. Samples under TorchRL's RANDOM
     exploration type (the collector's default) and returns the mean action otherwise (evaluation)."""
@@ -78,7 +81,11 @@ class SACMLRAgent(pl.LightningModule):
             self._build_mlr(action_dim)
         # Updates done so far; a buffer so that it is checkpointed (actor/target schedules depend on it).
         self.register_buffer("num_updates", torch.zeros((), dtype=torch.long))
-        self.policy = SACPolicy(self.actor, cfg.env.crop_size)
+
+    @property
+    def policy(self) -> SACPolicy:
+        """The acting policy over the live actor (not a submodule, so checkpoints hold the actor once)."""
+        return SACPolicy(self.actor, self.cfg.env.crop_size)
 
     def _build_mlr(self, action_dim: int) -> None:
         mlr, dim = self.mlr, self.cfg.encoder.feature_dim
@@ -139,7 +146,9 @@ class SACMLRAgent(pl.LightningModule):
         if step % self.sac.critic_target_update_freq == 0:
             self.update_targets()
         self.num_updates += 1
-        self.log_dict(metrics, on_step=True, on_epoch=False)
+        shown = {k: v for k, v in metrics.items() if k in PROGRESS_BAR_METRICS}
+        self.log_dict(shown, on_step=True, on_epoch=False, prog_bar=True)
+        self.log_dict({k: v for k, v in metrics.items() if k not in shown}, on_step=True, on_epoch=False)
         self.log("env_steps", float(batch["env_steps"]), prog_bar=True, on_step=True, on_epoch=False)
         if not math.isnan(batch["episode_return"]):
             self.log("train/episode_return", batch["episode_return"], prog_bar=True, on_step=True, on_epoch=False)

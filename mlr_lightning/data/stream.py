@@ -9,7 +9,7 @@ drives interaction and learning at the paper's ratio of one update per agent ste
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from tensordict import TensorDictBase
@@ -22,12 +22,11 @@ from mlr_lightning.data.replay import FrameReplay
 
 @dataclass
 class StreamCounters:
-    """Progress of the interaction, checkpointed with the module."""
+    """Progress of the interaction (saved in checkpoints through the data module's state_dict)."""
 
     agent_steps: int = 0
     episodes: int = 0
     last_episode_return: float = math.nan
-    recent_returns: list[float] = field(default_factory=list)
 
 
 class ExperienceStream(IterableDataset):
@@ -56,17 +55,20 @@ class ExperienceStream(IterableDataset):
         return self.total_agent_steps - self.init_steps
 
     def __iter__(self):
-        # The collector stops after total_agent_steps; the last step gets no update after it,
-        # as in the official loop (updates happen before steps init_steps .. total - 1).
         collecting = iter(self.collector)
-        while True:
-            with timeit("data/collect"):
-                steps = next(collecting, None)
-            if steps is None:
-                return
+        while (steps := self._collect(collecting)) is not None:
             self._record(steps)
             if self.init_steps <= self.counters.agent_steps < self.total_agent_steps:
-                yield self.sample()
+                batch = self.sample()
+                if self.counters.agent_steps == self.total_agent_steps - 1:
+                    # Lightning stops after len(self) batches, so the final agent step, which no
+                    # update follows (as in the official loop), is collected here.
+                    self._record(self._collect(collecting))
+                yield batch
+
+    def _collect(self, collecting) -> TensorDictBase | None:
+        with timeit("data/collect"):
+            return next(collecting, None)
 
     def sample(self) -> dict:
         with timeit("data/sample_transitions"):
@@ -86,7 +88,6 @@ class ExperienceStream(IterableDataset):
             returns = steps["next", "episode_reward"].reshape(-1)[done].tolist()
             self.counters.episodes += len(returns)
             self.counters.last_episode_return = returns[-1]
-            self.counters.recent_returns = (self.counters.recent_returns + returns)[-10:]
 
 
 def make_collector(env, policy, total_agent_steps: int, init_steps: int, policy_device: torch.device) -> Collector:
