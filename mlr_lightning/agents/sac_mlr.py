@@ -39,6 +39,7 @@ from mlr_lightning.models.sac import Actor, Critic
 
 
 PROGRESS_BAR_METRICS = ("train/critic_loss", "train/actor_loss", "train/mlr_loss")
+ADAM_BETA2 = 0.999  # the official configs set only beta1 (critic_beta, actor_beta, alpha_beta)
 
 
 class SACPolicy(nn.Module):
@@ -114,9 +115,9 @@ class SACMLRAgent(pl.LightningModule):
         tied = {id(p) for p in self.critic.encoder.convs.parameters()}
         actor_params = [p for p in self.actor.parameters() if id(p) not in tied]  # convs get no actor gradient
         optimizers = [
-            torch.optim.Adam(self.critic.parameters(), lr=sac.critic_lr, betas=(sac.critic_beta, 0.999)),
-            torch.optim.Adam(actor_params, lr=sac.actor_lr, betas=(sac.actor_beta, 0.999)),
-            torch.optim.Adam([self.log_alpha], lr=sac.alpha_lr, betas=(sac.alpha_beta, 0.999)),
+            torch.optim.Adam(self.critic.parameters(), lr=sac.critic_lr, betas=(sac.critic_beta, ADAM_BETA2)),
+            torch.optim.Adam(actor_params, lr=sac.actor_lr, betas=(sac.actor_beta, ADAM_BETA2)),
+            torch.optim.Adam([self.log_alpha], lr=sac.alpha_lr, betas=(sac.alpha_beta, ADAM_BETA2)),
         ]
         if not self.mlr.enabled:
             return optimizers
