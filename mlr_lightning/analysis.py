@@ -28,6 +28,7 @@ from torch import Tensor
 from mlr_lightning.agents.sac_mlr import SACMLRAgent
 from mlr_lightning.augment import center_crop
 from mlr_lightning.callbacks import as_policy
+from mlr_lightning.evaluation import deterministic_episode
 from mlr_lightning.masking import apply_mask, cube_mask
 
 
@@ -63,13 +64,10 @@ def load_agent(checkpoint: str | Path) -> SACMLRAgent:
 @torch.no_grad()
 def collect_trajectory(agent: SACMLRAgent, seed: int) -> dict[str, Tensor]:
     """One deterministic episode of ``agent``: ``pixels`` [T, 3S, H, W] uint8 and ``action`` [T, A]."""
-    from mlr_lightning.evaluation import MAX_EPISODE_STEPS
     from mlr_lightning.experiment import make_env
-    from torchrl.envs.utils import ExplorationType, set_exploration_type
 
     env = make_env(agent.cfg, seed)
-    with set_exploration_type(ExplorationType.DETERMINISTIC):
-        rollout = env.rollout(MAX_EPISODE_STEPS, as_policy(agent), break_when_any_done=True)
+    rollout = deterministic_episode(env, as_policy(agent))
     env.close()
     return {"pixels": rollout["pixels"], "action": rollout["action"]}
 

@@ -47,7 +47,8 @@ class PeriodicEvaluation(pl.Callback):
             "eval/return_std": statistics.pstdev(returns),
             "env_steps": float(env_steps),
         }
-        self.history.append({"env_steps": env_steps, "returns": returns})
+        self.history.append({"env_steps": env_steps, "returns": returns,
+                             "mean": metrics["eval/return_mean"], "std": metrics["eval/return_std"]})
         for logger in trainer.loggers:
             logger.log_metrics(metrics, step=env_steps)
         trainer.progress_bar_metrics["eval_return"] = round(metrics["eval/return_mean"], 1)
@@ -102,10 +103,7 @@ class RunArtifacts(pl.Callback):
         self.video, self.max_checkpoint_mb = video, max_checkpoint_mb
 
     def on_train_end(self, trainer, pl_module):
-        steps = np.array([h["env_steps"] for h in self.evaluation.history])
-        returns = [np.array(h["returns"]) for h in self.evaluation.history]
-        mean = np.array([r.mean() for r in returns])
-        std = np.array([r.std() for r in returns])
+        steps, mean, std = (np.array([h[key] for h in self.evaluation.history]) for key in ("env_steps", "mean", "std"))
         files = [self.run_dir / "config.yaml", self.run_dir / "metrics.csv",
                  learning_curves({self.run_dir.name: (steps, mean, mean - std, mean + std)},
                                  self.run_dir / "learning_curve.png", title="evaluation return (mean ± std over episodes)")]

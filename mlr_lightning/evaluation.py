@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+from tensordict import TensorDictBase
 from tensordict.nn import TensorDictModule
 from torch import Tensor
 from torchrl.envs import EnvBase
@@ -18,10 +19,15 @@ def evaluate(env: EnvBase, policy: TensorDictModule, num_episodes: int) -> list[
 
 
 @torch.no_grad()
+def deterministic_episode(env: EnvBase, policy: TensorDictModule) -> TensorDictBase:
+    """One episode with the mean action (exploration off), as a TorchRL rollout ``[T]``."""
+    with set_exploration_type(ExplorationType.DETERMINISTIC):
+        return env.rollout(max_steps=MAX_EPISODE_STEPS, policy=policy, break_when_any_done=True)
+
+
 def record_episode(env: EnvBase, policy: TensorDictModule) -> tuple[float, Tensor]:
     """One deterministic episode: its return and its frames ``[T + 1, H, W, 3]`` uint8 (newest of each stack)."""
-    with set_exploration_type(ExplorationType.DETERMINISTIC):
-        rollout = env.rollout(max_steps=MAX_EPISODE_STEPS, policy=policy, break_when_any_done=True)
+    rollout = deterministic_episode(env, policy)
     pixels = torch.cat([rollout["pixels"], rollout["next", "pixels"][-1:]])  # [T + 1, 3S, H, W]
     frames = pixels[:, -3:].permute(0, 2, 3, 1).contiguous()
     return float(rollout["next", "reward"].sum()), frames
