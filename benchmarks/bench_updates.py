@@ -87,7 +87,7 @@ def replay_sampling(num_rows: int, episode_len: int, seq_len: int) -> None:
     for start in range(0, num_rows, chunk):
         n = min(chunk, num_rows - start)
         step = (torch.arange(start, start + n) % episode_len).reshape(n, 1)
-        replay.frame_buffer.extend(torch.randint(0, 256, (n, 3, 100, 100), dtype=torch.uint8))
+        replay.frame_buffer.extend(TensorDict({"pixels": torch.randint(0, 256, (n, 3, 100, 100), dtype=torch.uint8)}, [n]))
         replay.buffer.extend(TensorDict({
             "action": torch.zeros(n, 1), "reward": torch.zeros(n, 1), "terminated": torch.zeros(n, 1, dtype=torch.bool),
             "step_count": step, "has_action": torch.ones(n, 1, dtype=torch.bool),

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import signal
 import statistics
+import sys
+import threading
+import warnings
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -10,6 +14,9 @@ import numpy as np
 from tensordict.nn import TensorDictModule
 from torchrl.envs import EnvBase
 
+from mlr_lightning.agents.numerics import NonFiniteLossError
+from mlr_lightning.checkpointing import LAST, MODEL_FILE, CheckpointError, snapshot_name, write_snapshot
+from mlr_lightning.data.stream import simulator
 from mlr_lightning.evaluation import evaluate, record_episode
 from mlr_lightning.plots import episode_gif, learning_curves
 from mlr_lightning.tracking import mlflow_logger
@@ -20,20 +27,25 @@ class PeriodicEvaluation(pl.Callback):
 
     Environment steps are agent steps x action repeat, the paper's x-axis. Evaluation points that
     fall inside the random seed phase (no update yet) are evaluated with the untrained policy when
-    the first update arrives, so none is skipped.
+    the first update arrives, so none is skipped. Under DDP only global rank 0 has an ``env`` and
+    evaluates; the others pass ``None``.
     """
 
-    def __init__(self, env: EnvBase, every_env_steps: int, num_episodes: int, final_env_steps: int):
+    def __init__(self, env: EnvBase | None, every_env_steps: int, num_episodes: int, final_env_steps: int):
         self.env, self.every, self.num_episodes, self.final = env, every_env_steps, num_episodes, final_env_steps
         self.next_eval = 0
         self.history: list[dict] = []
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if self.env is None:  # not the evaluating rank
+            return
         while self.next_eval <= batch["env_steps"]:
             self._evaluate(trainer, pl_module, self.next_eval)
             self.next_eval += self.every
 
     def on_train_end(self, trainer, pl_module):
+        if self.env is None:
+            return
         while self.next_eval <= self.final:
             self._evaluate(trainer, pl_module, self.next_eval)
             self.next_eval += self.every
@@ -54,10 +66,16 @@ class PeriodicEvaluation(pl.Callback):
         trainer.progress_bar_metrics["eval_return"] = round(metrics["eval/return_mean"], 1)
 
     def state_dict(self) -> dict:
-        return {"next_eval": self.next_eval, "history": self.history}
+        if self.env is None:
+            return {}
+        # The evaluation environment's RNG decides the next evaluation episodes' initial states.
+        return {"next_eval": self.next_eval, "history": self.history, "env": simulator(self.env).get_state()}
 
     def load_state_dict(self, state_dict: dict) -> None:
+        if self.env is None:
+            return
         self.next_eval, self.history = state_dict["next_eval"], state_dict["history"]
+        simulator(self.env).set_state(state_dict["env"])
 
 
 def as_policy(pl_module) -> TensorDictModule:
@@ -65,29 +83,86 @@ def as_policy(pl_module) -> TensorDictModule:
 
 
 class UpdateCheckpoint(pl.Callback):
-    """Saves ``last.ckpt`` every ``every_updates`` agent updates and at the end of training.
+    """Full-state snapshots (see :mod:`mlr_lightning.checkpointing`) every ``every_updates`` agent
+    updates, at the end of training, on SIGTERM/Ctrl-C and on a crash.
 
     Lightning's ``ModelCheckpoint(every_n_train_steps=...)`` counts optimizer steps, which under
-    manual optimization with 3-4 optimizers per update is not a meaningful unit here.
+    manual optimization with 3-4 optimizers per update is not a meaningful unit here; and it saves
+    no replay. A failed periodic save (a full disk, say) warns and training goes on, with the
+    previous snapshot intact.
     """
 
-    def __init__(self, dirpath: Path, every_updates: int):
-        self.dirpath, self.every = Path(dirpath), every_updates
+    def __init__(self, dirpath: Path, every_updates: int, keep: int):
+        self.dirpath, self.every, self.keep = Path(dirpath), every_updates, keep
 
     @property
     def last_path(self) -> Path:
-        return self.dirpath / "last.ckpt"
+        return self.dirpath / LAST
+
+    def save(self, trainer: pl.Trainer, pl_module) -> Path:
+        def write(directory: Path) -> None:
+            trainer.save_checkpoint(directory / MODEL_FILE)  # collective; rank 0 writes
+            trainer.datamodule.save_rank_state(directory, trainer.global_rank)
+
+        return write_snapshot(self.dirpath, snapshot_name(int(pl_module.num_updates)), write, self.keep,
+                              is_writer=trainer.is_global_zero, barrier=trainer.strategy.barrier)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         if int(pl_module.num_updates) % self.every == 0:
-            trainer.save_checkpoint(self.last_path)
+            try:
+                self.save(trainer, pl_module)
+            except CheckpointError as err:
+                warnings.warn(str(err))
 
     def on_train_end(self, trainer, pl_module):
-        trainer.save_checkpoint(self.last_path)
+        self.save(trainer, pl_module)
 
     def on_exception(self, trainer, pl_module, exception):
-        # A crash or Ctrl-C keeps what was learned: save before Lightning tears the run down.
-        trainer.save_checkpoint(self.last_path)
+        if isinstance(exception, NonFiniteLossError):
+            return  # the weights may already be non-finite: keep the last good snapshot
+        # SIGTERM and Ctrl-C arrive between updates; a crash keeps what was learned up to it.
+        try:
+            self.save(trainer, pl_module)
+        except Exception as err:  # never hide the original exception behind a failed save
+            warnings.warn(f"could not save a checkpoint after {type(exception).__name__}: {err}")
+
+
+class GracefulInterrupt(pl.Callback):
+    """Ctrl-C takes Lightning's SIGTERM path: finish the running update, save, stop cleanly.
+
+    Lightning raises ``SIGTERMException`` at the next batch boundary after a SIGTERM, so the
+    snapshot is taken between two updates and the resumed run continues exactly. A second Ctrl-C
+    interrupts at once (Lightning then saves through ``on_exception``).
+    """
+
+    def __init__(self):
+        self.signal_name: str | None = None
+        self._previous = None
+
+    def on_train_start(self, trainer, pl_module):
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._on_sigint)
+            signal.signal(signal.SIGTERM, self._noting(signal.getsignal(signal.SIGTERM)))
+
+    def _noting(self, handler):
+        def note_sigterm(signum, frame):
+            self.signal_name = self.signal_name or "SIGTERM"
+            if callable(handler):
+                handler(signum, frame)
+        return note_sigterm
+
+    def _on_sigint(self, signum, frame):
+        if self.signal_name == "SIGINT":
+            raise KeyboardInterrupt
+        self.signal_name = "SIGINT"
+        print("\nCtrl-C: finishing the current update, then saving a checkpoint (Ctrl-C again to stop at once).",
+              file=sys.stderr, flush=True)
+        signal.raise_signal(signal.SIGTERM)
+
+    def teardown(self, trainer, pl_module, stage):
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+            self._previous = None
 
 
 class RunArtifacts(pl.Callback):
@@ -103,6 +178,8 @@ class RunArtifacts(pl.Callback):
         self.video, self.max_checkpoint_mb = video, max_checkpoint_mb
 
     def on_train_end(self, trainer, pl_module):
+        if not trainer.is_global_zero:
+            return
         steps, mean, std = (np.array([h[key] for h in self.evaluation.history]) for key in ("env_steps", "mean", "std"))
         files = [self.run_dir / "config.yaml", self.run_dir / "metrics.csv",
                  learning_curves({self.run_dir.name: (steps, mean, mean - std, mean + std)},

@@ -6,6 +6,7 @@ Knows about files, arguments and messages; nothing about tensors.
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from pathlib import Path
 
@@ -21,6 +22,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     fit = commands.add_parser("fit", help="train an agent from a config file", description="Train an agent.")
     fit.add_argument("--config", required=True, help="YAML file, e.g. conf/quickstart.yaml or conf/dmc/walker_walk.yaml")
+    fit.add_argument("--resume", metavar="PATH|auto",
+                     help="continue a run from its full-state checkpoint: a run directory, a snapshot "
+                          "(checkpoints/update-N) or 'auto' (this config's latest run, or a fresh start if none)")
     fit.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. mlr.enabled=false seed=3")
 
     grid = commands.add_parser("grid", help="run seeds x overrides into one MLflow experiment",
@@ -58,15 +62,25 @@ def main(argv: list[str] | None = None) -> int:
 
 def run_fit(args) -> int:
     cfg = load_config(args.config, args.overrides)
+    from mlr_lightning.checkpointing import CheckpointError
+    from mlr_lightning.data.stream import EnvironmentFailure
     from mlr_lightning.envs.dmc import UnknownTaskError
-    from mlr_lightning.experiment import fit
+    from mlr_lightning.experiment import RunFailed, RunInterrupted, fit
     from mlr_lightning.rendering import RenderBackendError
 
     try:
-        run_dir = fit(cfg)
-    except (UnknownTaskError, RenderBackendError) as err:
+        run_dir = fit(cfg, resume=getattr(args, "resume", None))
+    except (UnknownTaskError, RenderBackendError, CheckpointError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except (RunFailed, EnvironmentFailure) as err:
+        print(f"error: training stopped: {err}", file=sys.stderr)
+        return 1
+    except RunInterrupted as stop:
+        print(f"{stop.signal_name}: stopped at env step {stop.env_steps}; the full state is saved in "
+              f"{stop.run_dir / 'checkpoints'}.\nResume with: python -m mlr_lightning fit --config "
+              f"{stop.run_dir / 'config.yaml'} --resume {stop.run_dir}", file=sys.stderr)
+        return 128 + {"SIGINT": signal.SIGINT, "SIGTERM": signal.SIGTERM}[stop.signal_name]
     print(f"Results: {run_dir} (config.yaml, metrics.csv, checkpoints/last.ckpt)")
     return 0
 

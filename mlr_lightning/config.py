@@ -102,6 +102,8 @@ class TrainConfig:
     num_env_steps: int = 100_000  # environment steps = agent steps x action_repeat
     init_steps: int = 1000  # agent steps of uniformly random actions before the first update
     batch_size: int = 512  # transitions per SAC update
+    # A crashing environment (a renderer failure, say) is rebuilt up to this many times per run.
+    max_env_restarts: int = 10
 
 
 @dataclass
@@ -114,10 +116,15 @@ class EvalConfig:
 @dataclass
 class TrainerConfig:
     accelerator: str = "auto"
-    devices: int = 1
+    devices: int = 1  # per node; every device is a rank with its own collector and replay
+    num_nodes: int = 1
+    strategy: str = "auto"  # "auto" (one device) or "ddp" (gradients averaged over ranks)
     precision: str = "32-true"
     checkpoint_every_updates: int = 10_000
+    keep_checkpoints: int = 2  # newest full-state snapshots kept in <run_dir>/checkpoints
     log_every_updates: int = 50
+    # Rank r seeds its environment and its sampling with seed + r * rank_seed_stride (rank 0: seed).
+    rank_seed_stride: int = 1000
 
 
 @dataclass
@@ -148,6 +155,10 @@ class ExperimentConfig:
 
 
 PRECISIONS = ("32-true", "bf16-mixed", "16-mixed")
+STRATEGIES = ("auto", "ddp")
+# Keys a resumed run may change: they affect bookkeeping, not the experiment.
+RESUMABLE_CHANGES = ("run_name", "output_dir", "trainer.checkpoint_every_updates", "trainer.keep_checkpoints",
+                     "trainer.log_every_updates")
 
 
 def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> DictConfig:
@@ -206,6 +217,9 @@ def validate(cfg: DictConfig) -> None:
     _require(train.batch_size >= 1 and mlr.batch_size >= 1, "train.batch_size / mlr.batch_size", "must be >= 1")
     _require(cfg.replay.capacity >= train.batch_size, "replay.capacity", "must be >= train.batch_size")
     _require(cfg.trainer.precision in PRECISIONS, "trainer.precision", f"must be one of {PRECISIONS}")
+    _require(cfg.trainer.strategy in STRATEGIES, "trainer.strategy", f"must be one of {STRATEGIES}")
+    _require(cfg.trainer.keep_checkpoints >= 1, "trainer.keep_checkpoints", "must be >= 1")
+    _require(cfg.trainer.checkpoint_every_updates >= 1, "trainer.checkpoint_every_updates", "must be >= 1")
     _require(cfg.eval.num_episodes >= 1, "eval.num_episodes", "must be >= 1")
 
 
@@ -242,6 +256,24 @@ def _type_message(err: ValidationError, origin: str) -> str:
     return f"wrong type for '{full_key}' (from {origin}): {first_line}" + (
         f"; expected {expected}" if expected is not None else ""
     )
+
+
+def config_differences(saved: DictConfig, current: DictConfig) -> list[str]:
+    """Dotted keys whose values differ between two configs, except :data:`RESUMABLE_CHANGES`."""
+    flat = [_flatten(OmegaConf.to_container(c, resolve=True)) for c in (saved, current)]
+    keys = sorted(set(flat[0]) | set(flat[1]))
+    return [f"{k}: {flat[0].get(k)!r} -> {flat[1].get(k)!r}" for k in keys
+            if flat[0].get(k) != flat[1].get(k) and k not in RESUMABLE_CHANGES]
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat |= _flatten(value, f"{prefix}{key}.")
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
 
 
 def to_yaml(cfg: DictConfig) -> str:

@@ -39,7 +39,7 @@ def test_every_frame_is_stored_once_plus_one_final_observation_per_episode(colle
     episodes = int(collected["next", "done"].sum())
     assert episodes == 3
     assert len(replay) == len(collected) + episodes
-    assert replay.frames[0].shape == (3, 24, 24) and replay.frames[0].dtype == torch.uint8
+    assert replay.frames[0]["pixels"].shape == (3, 24, 24) and replay.frames[0]["pixels"].dtype == torch.uint8
 
 
 def test_stacked_frames_equal_what_the_agent_saw(collected):
@@ -90,5 +90,5 @@ def test_wrapped_storage_never_stacks_frames_from_a_newer_episode(collected):
     replay = fill(collected, capacity=300)
     oldest = replay.cursor
     stacked = replay.stacked_pixels(torch.tensor([oldest]))
-    frame = replay.frames[oldest]
+    frame = replay.frames[oldest]["pixels"]
     assert torch.equal(stacked[0], frame.repeat(STACK, 1, 1)), "reached past the oldest stored row"

@@ -24,6 +24,7 @@ from torch import Tensor, nn
 from torchrl import timeit
 from torchrl.envs.utils import ExplorationType, exploration_type
 
+from mlr_lightning.agents.numerics import check_finite
 from mlr_lightning.augment import center_crop, random_crop, random_intensity
 from mlr_lightning.masking import apply_mask, cube_mask
 from mlr_lightning.models.encoder import PixelEncoder, orthogonal_init
@@ -146,6 +147,7 @@ class SACMLRAgent(pl.LightningModule):
                 metrics |= self.update_actor_and_alpha(obs)
         if step % self.sac.critic_target_update_freq == 0:
             self.update_targets()
+        check_finite({k: v for k, v in metrics.items() if k.endswith("_loss")}, step)
         self.num_updates += 1
         shown = {k: v for k, v in metrics.items() if k in PROGRESS_BAR_METRICS}
         self.log_dict(shown, on_step=True, on_epoch=False, prog_bar=True)

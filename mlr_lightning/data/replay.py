@@ -13,10 +13,12 @@ exactly like ``CatFrames(padding="same")`` does while acting.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from tensordict import TensorDict, TensorDictBase
 from torch import Tensor
-from torchrl.data import LazyTensorStorage, ReplayBuffer, SliceSampler, TensorDictReplayBuffer
+from torchrl.data import LazyTensorStorage, SliceSampler, TensorDictReplayBuffer
 
 
 class FrameReplay:
@@ -34,7 +36,9 @@ class FrameReplay:
         self.storage = LazyTensorStorage(capacity, device=device)
         self.frames = LazyTensorStorage(capacity, device=device)
         self.buffer = TensorDictReplayBuffer(storage=self.storage)
-        self.frame_buffer = ReplayBuffer(storage=self.frames)
+        # A TensorDict ({"pixels": ...}) rather than a bare tensor: TorchRL's ``loads`` can refill
+        # only TensorDict storages.
+        self.frame_buffer = TensorDictReplayBuffer(storage=self.frames)
         # Windows of seq_len consecutive rows of one episode. Final-observation rows carry their own
         # trajectory id, so a window never contains one (every step of a window needs an action).
         self.window_sampler = SliceSampler(slice_len=seq_len, traj_key="trajectory", strict_length=True)
@@ -52,11 +56,16 @@ class FrameReplay:
         return int(self.buffer._writer._cursor) % self.capacity
 
     # ----------------------------------------------------------------------------------- writing
-    def extend(self, steps: TensorDictBase) -> None:
-        """Store a collector batch ``[T]`` of steps with stacked ``pixels`` ``[3*S, H, W]``."""
+    def extend(self, steps: TensorDictBase, episode: Tensor | None = None) -> None:
+        """Store a collector batch ``[T]`` of steps with stacked ``pixels`` ``[3*S, H, W]``.
+
+        ``episode`` ``[T]`` numbers the episode of each step (default: the collector's trajectory
+        ids). The training stream counts episodes itself, so that ids stay unique across collector
+        rebuilds and resumes.
+        """
         steps = steps.reshape(-1)
         channels = steps["pixels"].shape[-3] // self.frame_stack
-        episode = steps["collector", "traj_ids"].reshape(-1)
+        episode = (steps["collector", "traj_ids"] if episode is None else episode).reshape(-1)
         rows = TensorDict(
             {
                 "pixels": steps["pixels"][..., -channels:, :, :],  # newest frame only
@@ -88,8 +97,26 @@ class FrameReplay:
             merged = torch.cat([rows, final])
             position = torch.cat([order, order[ends] + 1])
             rows = merged[position.argsort()]
-        self.frame_buffer.extend(rows.pop("pixels"))
+        self.frame_buffer.extend(TensorDict({"pixels": rows.pop("pixels")}, batch_size=rows.batch_size))
         self.buffer.extend(rows)
+
+    def abandon_episode(self) -> None:
+        """The running episode ended without a final observation (its environment crashed): its
+        newest row has no successor, so it stops being a transition."""
+        if len(self):
+            newest = (self.cursor - 1) % self.capacity
+            self.storage._storage["has_action"][newest] = False
+
+    # ------------------------------------------------------------------------------ persistence
+    def dumps(self, path: Path) -> None:
+        """Write both buffers (contents, write cursor) with TorchRL's own format (memory-mapped)."""
+        Path(path).mkdir(parents=True, exist_ok=True)
+        self.buffer.dumps(Path(path) / "steps")
+        self.frame_buffer.dumps(Path(path) / "frames")
+
+    def loads(self, path: Path) -> None:
+        self.buffer.loads(Path(path) / "steps")
+        self.frame_buffer.loads(Path(path) / "frames")
 
     # ---------------------------------------------------------------------------------- sampling
     def _age_order(self, index: Tensor) -> Tensor:
@@ -107,7 +134,7 @@ class FrameReplay:
         rows = (index[..., None] - torch.minimum(back, reach[..., None])) % self.capacity  # [..., S]
         # index_select on the storage's tensor: LazyTensorStorage's own indexing is advanced indexing,
         # ~7x slower for [N, 3, 100, 100] uint8 (1536 frames: 106 ms vs 16 ms on 2 CPU cores).
-        frames = self.frames._storage.index_select(0, rows.reshape(-1))  # [N*S, 3, H, W]
+        frames = self.frames._storage["pixels"].index_select(0, rows.reshape(-1))  # [N*S, 3, H, W]
         return frames.reshape(*index.shape, self.frame_stack * frames.shape[-3], *frames.shape[-2:])
 
     def sample_transitions(self, batch_size: int) -> TensorDict:

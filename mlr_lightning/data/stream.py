@@ -4,47 +4,71 @@ Each item of :class:`ExperienceStream` is produced by stepping the TorchRL colle
 agent step, ``action_repeat`` environment steps), writing the step into the replay, and, once the
 random seed steps are done, sampling one update's worth of data. Lightning's fit loop therefore
 drives interaction and learning at the paper's ratio of one update per agent step.
+
+The stream is also the unit of full-state resume: :meth:`ExperienceStream.state_dict` holds the
+counters, the collector, the running episode inside the simulator and every random-number state,
+so a resumed stream produces exactly the items the uninterrupted one would have.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+import random
+import warnings
+from dataclasses import asdict, dataclass
+from typing import Callable
 
+import numpy as np
 import torch
 from tensordict import TensorDictBase
 from torch.utils.data import IterableDataset
 from torchrl import timeit
 from torchrl.collectors import Collector
+from torchrl.envs import EnvBase
 
 from mlr_lightning.data.replay import FrameReplay
 
 
+class EnvironmentFailure(RuntimeError):
+    """The environment kept crashing after ``max_env_restarts`` rebuilds."""
+
+
 @dataclass
 class StreamCounters:
-    """Progress of the interaction (saved in checkpoints through the data module's state_dict)."""
+    """Progress of the interaction (saved in checkpoints)."""
 
     agent_steps: int = 0
-    episodes: int = 0
+    episodes: int = 0  # completed episodes
+    episode_id: int = 0  # id of the running episode in the replay; also advanced by abandoned ones
+    env_restarts: int = 0  # environment crashes survived by rebuilding it
+    collector_start: int = 0  # agent step at which the current collector was built
     last_episode_return: float = math.nan
+
+
+# Builds a fresh environment and collector for the agent steps from ``start`` on.
+CollectorFactory = Callable[[int], Collector]
 
 
 class ExperienceStream(IterableDataset):
     def __init__(
         self,
-        collector: Collector,
+        make_collector: CollectorFactory,
         replay: FrameReplay,
         total_agent_steps: int,
         init_steps: int,
         action_repeat: int,
         batch_size: int,
         window_batch_size: int | None,
+        max_env_restarts: int,
     ):
         super().__init__()
-        self.collector, self.replay = collector, replay
+        self.make_collector, self.replay = make_collector, replay
         self.total_agent_steps, self.init_steps, self.action_repeat = total_agent_steps, init_steps, action_repeat
         self.batch_size, self.window_batch_size = batch_size, window_batch_size
+        self.max_env_restarts = max_env_restarts
         self.counters = StreamCounters()
+        self.collector: Collector | None = None
+        self._resume_state: dict | None = None
 
     @property
     def env_steps(self) -> int:
@@ -55,20 +79,58 @@ class ExperienceStream(IterableDataset):
         return self.total_agent_steps - self.init_steps
 
     def __iter__(self):
-        collecting = iter(self.collector)
-        while (steps := self._collect(collecting)) is not None:
+        self._start()
+        while (steps := self._collect()) is not None:
             self._record(steps)
             if self.init_steps <= self.counters.agent_steps < self.total_agent_steps:
                 batch = self.sample()
                 if self.counters.agent_steps == self.total_agent_steps - 1:
                     # Lightning stops after len(self) batches, so the final agent step, which no
                     # update follows (as in the official loop), is collected here.
-                    self._record(self._collect(collecting))
+                    self._record(self._collect())
                 yield batch
 
-    def _collect(self, collecting) -> TensorDictBase | None:
+    def _start(self) -> None:
+        """A collector for the remaining steps; on resume, put back the saved state (RNG last)."""
+        self.close()
+        state, self._resume_state = self._resume_state, None
+        if state is None:
+            self.collector = self.make_collector(self.counters.agent_steps)
+            self._collecting = iter(self.collector)
+            return
+        self.counters = StreamCounters(**state["counters"])
+        self.collector = self.make_collector(self.counters.collector_start)
+        # Building the collector reset its environment; now overwrite that with the saved episode.
+        self.collector.load_state_dict(state["collector"])
+        self.collector._carrier = state["carrier"]  # TorchRL leaves the observation in hand unsaved
+        simulator(self.collector.env).set_state(state["simulator"])
+        self._collecting = iter(self.collector)
+        set_rng_states(state["rng"])
+
+    def _collect(self) -> TensorDictBase | None:
+        """Next collector batch; a crashing environment is rebuilt (its episode abandoned), not fatal."""
         with timeit("data/collect"):
-            return next(collecting, None)
+            while True:
+                try:
+                    return next(self._collecting, None)
+                except Exception as err:  # a renderer or simulator failure inside env.step / reset
+                    self._restart_environment(err)
+
+    def _restart_environment(self, err: Exception) -> None:
+        self.counters.env_restarts += 1
+        if self.counters.env_restarts > self.max_env_restarts:
+            raise EnvironmentFailure(
+                f"the environment crashed {self.counters.env_restarts} times (train.max_env_restarts="
+                f"{self.max_env_restarts}); last error: {err!r}"
+            ) from err
+        warnings.warn(f"environment crashed at agent step {self.counters.agent_steps} ({err!r}); "
+                      f"rebuilding it (restart {self.counters.env_restarts}/{self.max_env_restarts})")
+        self.replay.abandon_episode()
+        self.counters.episode_id += 1
+        self.counters.collector_start = self.counters.agent_steps
+        self.close()
+        self.collector = self.make_collector(self.counters.agent_steps)
+        self._collecting = iter(self.collector)
 
     def sample(self) -> dict:
         with timeit("data/sample_transitions"):
@@ -80,14 +142,67 @@ class ExperienceStream(IterableDataset):
         return batch
 
     def _record(self, steps: TensorDictBase) -> None:
-        self.replay.extend(steps)
         steps = steps.reshape(-1)
-        self.counters.agent_steps += steps.numel()
         done = steps["next", "done"].reshape(-1)
+        # frames_per_batch=1: every step of a batch belongs to the running episode
+        self.replay.extend(steps, episode=torch.full(done.shape, self.counters.episode_id))
+        self.counters.agent_steps += steps.numel()
         if done.any():
             returns = steps["next", "episode_reward"].reshape(-1)[done].tolist()
             self.counters.episodes += len(returns)
+            self.counters.episode_id += len(returns)
             self.counters.last_episode_return = returns[-1]
+
+    # ------------------------------------------------------------------------------ full state
+    def state_dict(self) -> dict:
+        """Everything but the replay contents (see :meth:`FrameReplay.dumps`)."""
+        state = {"counters": asdict(self.counters), "rng": rng_states()}
+        if self.collector is not None:
+            state |= {
+                "collector": self.collector.state_dict(),
+                "carrier": self.collector._carrier.clone(),
+                "simulator": simulator(self.collector.env).get_state(),
+            }
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        """Applied when iteration starts, after Lightning has built everything else."""
+        if "collector" not in state:  # saved before collection began: nothing ran yet
+            self.counters = StreamCounters(**state["counters"])
+            set_rng_states(state["rng"])
+            return
+        self._resume_state = state
+
+    def close(self) -> None:
+        if self.collector is not None:
+            try:
+                self.collector.shutdown()
+            except Exception:  # a crashed environment may fail to close; it is being replaced anyway
+                pass
+            self.collector = None
+
+
+def simulator(env: EnvBase):
+    """The innermost environment (below TorchRL's wrapper), which saves and restores its episode."""
+    inner = env.base_env._env
+    if not hasattr(inner, "get_state"):
+        raise NotImplementedError(f"{type(inner).__name__} cannot save its running episode (get_state/set_state)")
+    return inner
+
+
+def rng_states() -> dict:
+    states = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def set_rng_states(states: dict) -> None:
+    torch.set_rng_state(states["torch"])
+    np.random.set_state(states["numpy"])
+    random.setstate(states["python"])
+    if "cuda" in states:
+        torch.cuda.set_rng_state_all(states["cuda"])
 
 
 def make_collector(env, policy, total_agent_steps: int, init_steps: int, policy_device: torch.device) -> Collector:

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import collections
 
+import mujoco
+import numpy as np
+
 from mlr_lightning.rendering import select_gl_backend
 
 select_gl_backend()  # MUJOCO_GL must be set before dm_control is first imported
@@ -29,6 +32,35 @@ class ActionRepeatPixels(pixels.Wrapper):
             env.physics.model.light_castshadow[:] = 0
             self._camera = Camera(env.physics, height=height, width=width, camera_id=camera_id)
         super().__init__(env, pixels_only=True, render_kwargs=dict(height=height, width=width, camera_id=camera_id))
+
+    # Model fields that suite tasks randomise per episode (reacher's target geom, finger's target
+    # site); the rest of the state lives in MjData.
+    _EPISODE_MODEL_FIELDS = ("geom_pos", "geom_quat", "geom_size", "geom_rgba", "site_pos", "site_quat", "site_size",
+                             "site_rgba", "body_pos", "body_quat")
+    # Everything mj_step reads, warm-start included, so a restored episode continues bit for bit.
+    _STATE_SPEC = mujoco.mjtState.mjSTATE_INTEGRATION
+
+    def get_state(self) -> dict:
+        """The running episode, for full-state checkpoints: physics, task RNG and step counters."""
+        env, physics = self._env, self._env.physics
+        integration = np.empty(mujoco.mj_stateSize(physics.model.ptr, self._STATE_SPEC))
+        mujoco.mj_getState(physics.model.ptr, physics.data.ptr, integration, self._STATE_SPEC)
+        return {
+            "integration": integration,
+            "model": {name: getattr(physics.model, name).copy() for name in self._EPISODE_MODEL_FIELDS},
+            "task_random": env.task.random.get_state(),
+            "step_count": env._step_count,  # dm_control keeps the time limit's counter private
+            "reset_next_step": env._reset_next_step,
+        }
+
+    def set_state(self, state: dict) -> None:
+        env, physics = self._env, self._env.physics
+        for name, value in state["model"].items():
+            getattr(physics.model, name)[:] = value
+        mujoco.mj_setState(physics.model.ptr, physics.data.ptr, state["integration"], self._STATE_SPEC)
+        mujoco.mj_forward(physics.model.ptr, physics.data.ptr)  # derived quantities (positions for rendering)
+        env.task.random.set_state(state["task_random"])
+        env._step_count, env._reset_next_step = state["step_count"], state["reset_next_step"]
 
     def step(self, action):
         reward = 0.0

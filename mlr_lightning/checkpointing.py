@@ -1,0 +1,187 @@
+"""Full-state checkpoints on disk: one directory per snapshot, renamed into place only when complete.
+
+::
+
+    <run_dir>/checkpoints/
+      update-00012000/          one complete snapshot
+        model.ckpt              Lightning checkpoint: networks, targets, optimizers, LR schedules,
+                                callbacks (evaluation schedule and history), loop progress
+        stream-rank0.pt         rank 0's counters, collector, running episode and RNG states
+        replay-rank0/           rank 0's replay contents, in TorchRL's memory-mapped format
+        MANIFEST.json           written last: every file's size, and sha256 of the small files
+      last.ckpt -> update-00012000/model.ckpt
+
+A snapshot is written under a temporary name and renamed when its manifest is on disk, so a crash,
+a SIGKILL or a full disk mid-write never replaces a good snapshot: the previous one stays and
+``last.ckpt`` keeps pointing at it. The ``keep`` newest snapshots are kept.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import warnings
+from pathlib import Path
+from typing import Callable
+
+MODEL_FILE = "model.ckpt"
+MANIFEST = "MANIFEST.json"
+LAST = "last.ckpt"
+SNAPSHOT = re.compile(r"^update-(\d+)$")
+HASHED_MAX_BYTES = 256 * 2**20  # files up to this size are hashed; larger ones (replay) are size-checked
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be used or written, with what to do about it."""
+
+
+def snapshot_name(num_updates: int) -> str:
+    return f"update-{num_updates:08d}"
+
+
+def write_snapshot(checkpoints: Path, name: str, write: Callable[[Path], None], keep: int,
+                   is_writer: bool = True, barrier: Callable[[], None] = lambda: None) -> Path:
+    """Run ``write(tmp_dir)`` (on every rank), then publish the directory as ``checkpoints/name``.
+
+    On a write failure (a full disk, say) the temporary directory is removed and
+    :class:`CheckpointError` says which good snapshot remains.
+    """
+    checkpoints = Path(checkpoints)
+    final, tmp = checkpoints / name, checkpoints / f".{name}.tmp"
+    try:
+        if is_writer:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+        barrier()
+        write(tmp)
+        barrier()
+        if is_writer:
+            _write_manifest(tmp)
+            _publish(tmp, final)
+            _point_last_at(checkpoints, final)
+            _prune(checkpoints, keep)
+    except OSError as err:
+        if is_writer:
+            shutil.rmtree(tmp, ignore_errors=True)
+        previous = latest_snapshot(checkpoints, verify=False)
+        kept = f"the previous checkpoint {previous} is intact" if previous else "no earlier checkpoint exists"
+        raise CheckpointError(f"writing checkpoint {final} failed ({err}); {kept}") from err
+    return final
+
+
+def _write_manifest(directory: Path) -> None:
+    files = {}
+    for path in sorted(p for p in directory.rglob("*") if p.is_file()):
+        entry = {"bytes": path.stat().st_size}
+        if entry["bytes"] <= HASHED_MAX_BYTES:
+            entry["sha256"] = _sha256(path)
+        with open(path, "rb") as handle:  # on disk before the rename makes the snapshot visible
+            os.fsync(handle.fileno())
+        files[str(path.relative_to(directory))] = entry
+    manifest = directory / MANIFEST
+    manifest.write_text(json.dumps({"files": files}, indent=1))
+    with open(manifest, "rb") as handle:
+        os.fsync(handle.fileno())
+
+
+def _publish(tmp: Path, final: Path) -> None:
+    if final.exists():  # the same update saved twice (e.g. periodic, then at the end): newest wins
+        old = final.with_name(f".{final.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        os.rename(final, old)
+        os.rename(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.rename(tmp, final)
+
+
+def _point_last_at(checkpoints: Path, snapshot: Path) -> None:
+    link, tmp = checkpoints / LAST, checkpoints / f".{LAST}.tmp"
+    tmp.unlink(missing_ok=True)
+    tmp.symlink_to(Path(snapshot.name) / MODEL_FILE)
+    os.replace(tmp, link)  # atomic: last.ckpt always names a complete snapshot
+
+
+def snapshots(checkpoints: Path) -> list[Path]:
+    """Published snapshots, newest first."""
+    if not Path(checkpoints).is_dir():
+        return []
+    found = [p for p in Path(checkpoints).iterdir() if p.is_dir() and SNAPSHOT.match(p.name)]
+    return sorted(found, key=lambda p: int(SNAPSHOT.match(p.name).group(1)), reverse=True)
+
+
+def _prune(checkpoints: Path, keep: int) -> None:
+    for old in snapshots(checkpoints)[keep:]:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def verify_snapshot(snapshot: Path) -> None:
+    """Raise :class:`CheckpointError` unless every file matches the manifest."""
+    snapshot = Path(snapshot)
+    manifest = snapshot / MANIFEST
+    if not manifest.is_file():
+        raise CheckpointError(f"checkpoint {snapshot} is incomplete: it has no {MANIFEST}")
+    try:
+        files = json.loads(manifest.read_text())["files"]
+    except (ValueError, KeyError) as err:
+        raise CheckpointError(f"checkpoint {snapshot} is corrupted: unreadable {MANIFEST} ({err})") from None
+    for name, entry in files.items():
+        path = snapshot / name
+        if not path.is_file():
+            raise CheckpointError(f"checkpoint {snapshot} is corrupted: {name} is missing")
+        size = path.stat().st_size
+        if size != entry["bytes"]:
+            raise CheckpointError(f"checkpoint {snapshot} is corrupted: {name} has {size} bytes, "
+                                  f"{entry['bytes']} were written (truncated?)")
+        if "sha256" in entry and _sha256(path) != entry["sha256"]:
+            raise CheckpointError(f"checkpoint {snapshot} is corrupted: {name} does not match its checksum")
+
+
+def latest_snapshot(checkpoints: Path, verify: bool = True) -> Path | None:
+    """The newest snapshot that passes :func:`verify_snapshot`; corrupted newer ones are reported."""
+    for snapshot in snapshots(checkpoints):
+        if not verify:
+            return snapshot
+        try:
+            verify_snapshot(snapshot)
+        except CheckpointError as err:
+            warnings.warn(f"{err}; falling back to an older checkpoint")
+            continue
+        return snapshot
+    return None
+
+
+def resolve_snapshot(path: str | Path) -> Path:
+    """A run directory, its ``checkpoints/`` directory, a snapshot or a ``model.ckpt``/``last.ckpt``
+    -> the verified snapshot directory to resume from."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"--resume {path}: no such file or directory")
+    if path.is_file() or path.name == LAST:
+        snapshot = path.resolve().parent
+    elif SNAPSHOT.match(path.name):
+        snapshot = path
+    else:
+        checkpoints = path / "checkpoints" if (path / "checkpoints").is_dir() else path
+        snapshot = latest_snapshot(checkpoints)
+        if snapshot is None:
+            raise CheckpointError(f"--resume {path}: no complete checkpoint in {checkpoints}")
+        return snapshot
+    try:
+        verify_snapshot(snapshot)
+    except CheckpointError as err:
+        older = [s for s in snapshots(snapshot.parent) if s != snapshot]
+        hint = f"; the previous good checkpoint may be {older[0]} (--resume {older[0]})" if older else ""
+        raise CheckpointError(f"{err}{hint}") from None
+    return snapshot
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(2**20), b""):
+            digest.update(block)
+    return digest.hexdigest()
