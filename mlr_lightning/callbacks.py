@@ -8,6 +8,7 @@ import sys
 import threading
 import warnings
 from pathlib import Path
+from typing import Callable
 
 import lightning.pytorch as pl
 import numpy as np
@@ -31,8 +32,11 @@ class PeriodicEvaluation(pl.Callback):
     evaluates; the others pass ``None``.
     """
 
-    def __init__(self, env: EnvBase | None, every_env_steps: int, num_episodes: int, final_env_steps: int):
+    def __init__(self, env: EnvBase | None, every_env_steps: int, num_episodes: int, final_env_steps: int,
+                 rebuild_env: Callable[[], EnvBase] | None = None):
         self.env, self.every, self.num_episodes, self.final = env, every_env_steps, num_episodes, final_env_steps
+        self.rebuild_env = rebuild_env
+        self.env_restarts = 0
         self.next_eval = 0
         self.history: list[dict] = []
 
@@ -53,7 +57,15 @@ class PeriodicEvaluation(pl.Callback):
             self._evaluate(trainer, pl_module, self.final)
 
     def _evaluate(self, trainer: pl.Trainer, pl_module, env_steps: int) -> None:
-        returns = evaluate(self.env, as_policy(pl_module), self.num_episodes)
+        try:
+            returns = evaluate(self.env, as_policy(pl_module), self.num_episodes)
+        except Exception as err:  # a renderer or simulator failure: rebuild the env, evaluate again once
+            if self.rebuild_env is None:
+                raise
+            warnings.warn(f"evaluation environment crashed at env step {env_steps} ({err!r}); rebuilding it")
+            self.env_restarts += 1
+            self.env = self.rebuild_env()
+            returns = evaluate(self.env, as_policy(pl_module), self.num_episodes)
         metrics = {
             "eval/return_mean": statistics.fmean(returns),
             "eval/return_std": statistics.pstdev(returns),
@@ -104,8 +116,11 @@ class UpdateCheckpoint(pl.Callback):
             trainer.save_checkpoint(directory / MODEL_FILE)  # collective; rank 0 writes
             trainer.datamodule.save_rank_state(directory, trainer.global_rank)
 
+        # Room for this rank's replay and the networks with their Adam moments, plus a margin.
+        needed = trainer.datamodule.stream.replay.nbytes + 4 * sum(p.numel() * p.element_size() for p in pl_module.parameters())
         return write_snapshot(self.dirpath, snapshot_name(int(pl_module.num_updates)), write, self.keep,
-                              is_writer=trainer.is_global_zero, barrier=trainer.strategy.barrier)
+                              min_free_bytes=int(1.1 * needed), is_writer=trainer.is_global_zero,
+                              barrier=trainer.strategy.barrier)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         if int(pl_module.num_updates) % self.every == 0:
@@ -118,8 +133,8 @@ class UpdateCheckpoint(pl.Callback):
         self.save(trainer, pl_module)
 
     def on_exception(self, trainer, pl_module, exception):
-        if isinstance(exception, NonFiniteLossError):
-            return  # the weights may already be non-finite: keep the last good snapshot
+        if isinstance(exception, (NonFiniteLossError, CheckpointError)):
+            return  # non-finite weights, or a disk that just refused a snapshot: keep the last good one
         # SIGTERM and Ctrl-C arrive between updates; a crash keeps what was learned up to it.
         try:
             self.save(trainer, pl_module)

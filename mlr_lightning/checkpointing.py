@@ -18,7 +18,9 @@ a SIGKILL or a full disk mid-write never replaces a good snapshot: the previous 
 
 from __future__ import annotations
 
+import errno
 import hashlib
+import io
 import json
 import os
 import re
@@ -26,6 +28,8 @@ import shutil
 import warnings
 from pathlib import Path
 from typing import Callable
+
+import torch
 
 MODEL_FILE = "model.ckpt"
 MANIFEST = "MANIFEST.json"
@@ -42,16 +46,22 @@ def snapshot_name(num_updates: int) -> str:
     return f"update-{num_updates:08d}"
 
 
-def write_snapshot(checkpoints: Path, name: str, write: Callable[[Path], None], keep: int,
+def write_snapshot(checkpoints: Path, name: str, write: Callable[[Path], None], keep: int, min_free_bytes: int = 0,
                    is_writer: bool = True, barrier: Callable[[], None] = lambda: None) -> Path:
     """Run ``write(tmp_dir)`` (on every rank), then publish the directory as ``checkpoints/name``.
 
     On a write failure (a full disk, say) the temporary directory is removed and
-    :class:`CheckpointError` says which good snapshot remains.
+    :class:`CheckpointError` says which good snapshot remains. ``min_free_bytes`` is checked first:
+    the replay is written through memory maps, and a full disk under a memory map kills the process
+    (SIGBUS) instead of raising.
     """
     checkpoints = Path(checkpoints)
     final, tmp = checkpoints / name, checkpoints / f".{name}.tmp"
     try:
+        checkpoints.mkdir(parents=True, exist_ok=True)
+        free = shutil.disk_usage(checkpoints).free
+        if free < min_free_bytes:
+            raise OSError(errno.ENOSPC, f"{free / 2**20:.0f} MiB free, the snapshot needs ~{min_free_bytes / 2**20:.0f} MiB")
         if is_writer:
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
@@ -63,13 +73,22 @@ def write_snapshot(checkpoints: Path, name: str, write: Callable[[Path], None], 
             _publish(tmp, final)
             _point_last_at(checkpoints, final)
             _prune(checkpoints, keep)
-    except OSError as err:
+    except (OSError, RuntimeError) as err:  # torch.save reports failed writes as RuntimeError
         if is_writer:
             shutil.rmtree(tmp, ignore_errors=True)
         previous = latest_snapshot(checkpoints, verify=False)
         kept = f"the previous checkpoint {previous} is intact" if previous else "no earlier checkpoint exists"
         raise CheckpointError(f"writing checkpoint {final} failed ({err}); {kept}") from err
     return final
+
+
+def save_torch(obj, path: Path) -> None:
+    """``torch.save`` through memory: a failed write then raises the OS's own error (ENOSPC,
+    EFBIG) instead of torch's opaque one."""
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    with open(path, "wb") as handle:
+        handle.write(buffer.getbuffer())
 
 
 def _write_manifest(directory: Path) -> None:

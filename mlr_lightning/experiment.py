@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader
 from mlr_lightning.agents.numerics import NonFiniteLossError
 from mlr_lightning.agents.sac_mlr import SACMLRAgent
 from mlr_lightning.callbacks import GracefulInterrupt, PeriodicEvaluation, RunArtifacts, UpdateCheckpoint
-from mlr_lightning.checkpointing import MODEL_FILE, CheckpointError, latest_snapshot, resolve_snapshot
+from mlr_lightning.checkpointing import MODEL_FILE, CheckpointError, latest_snapshot, resolve_snapshot, save_torch
 from mlr_lightning.config import ConfigError, config_differences, to_yaml
 from mlr_lightning.data.replay import FrameReplay
 from mlr_lightning.data.stream import ExperienceStream, make_collector
@@ -145,7 +145,7 @@ class ExperienceDataModule(pl.LightningDataModule):
         return DataLoader(self.stream, batch_size=None, num_workers=0, collate_fn=_as_is)
 
     def save_rank_state(self, directory: Path, rank: int) -> None:
-        torch.save(self.stream.state_dict(), directory / f"stream-rank{rank}.pt")
+        save_torch(self.stream.state_dict(), directory / f"stream-rank{rank}.pt")
         self.stream.replay.dumps(directory / f"replay-rank{rank}")
 
     def load_rank_state(self, snapshot: Path, rank: int) -> None:
@@ -227,7 +227,8 @@ def _train(cfg: DictConfig, run_dir: Path, snapshot: Path | None) -> Path:
     agent = SACMLRAgent(OmegaConf.to_container(cfg, resolve=True), action_dim=env.action_spec.shape[-1])
     pl.seed_everything(env_seed, workers=True, verbose=False)  # each rank explores and samples its own way
     if trainer.is_global_zero:  # evaluation and logging happen once
-        evaluation.env = make_env(cfg, cfg.seed + cfg.eval.seed_offset)
+        evaluation.rebuild_env = lambda: make_env(cfg, cfg.seed + cfg.eval.seed_offset)
+        evaluation.env = evaluation.rebuild_env()
     data = ExperienceDataModule(cfg, env, env_seed, snapshot)
     try:
         # weights_only=False: our snapshots hold numpy RNG states; they are files this run wrote.

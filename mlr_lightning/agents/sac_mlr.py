@@ -160,13 +160,16 @@ class SACMLRAgent(pl.LightningModule):
             self.log_dict(timeit.todict(prefix="time"), on_step=True, on_epoch=False)
             timeit.erase()
 
-    def _step(self, optimizer, loss: Tensor, grad_clip: float | None = None) -> None:
-        """zero_grad, backward (through Lightning, for precision and DDP), optional norm clip, step."""
+    def _step(self, optimizer, loss: Tensor) -> None:
+        """zero_grad, backward and step, through Lightning (precision, gradient scaling, DDP)."""
         optimizer.zero_grad(set_to_none=True)
         self.manual_backward(loss)
-        if grad_clip is not None:  # clips the parameters of this optimizer only
-            self.clip_gradients(optimizer, gradient_clip_val=grad_clip, gradient_clip_algorithm="norm")
         optimizer.step()
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        """Clip the MLR gradients here: Lightning calls this after unscaling them under 16-mixed."""
+        if self.mlr.enabled and optimizer is self.optimizers()[3].optimizer:
+            self.clip_gradients(optimizer, gradient_clip_val=self.mlr.grad_clip, gradient_clip_algorithm="norm")
 
     def update_critic(self, obs: Tensor, action: Tensor, reward: Tensor, next_obs: Tensor, terminated: Tensor) -> dict:
         target_q = self.td_target(reward, next_obs, terminated)
@@ -203,7 +206,7 @@ class SACMLRAgent(pl.LightningModule):
         """frames uint8 [B, K, 3S, H, W] (uncropped), actions [B, K, A]."""
         loss = self.compute_mlr_loss(frames, actions)
         mlr_opt = self.optimizers()[3]
-        self._step(mlr_opt, loss, grad_clip=self.mlr.grad_clip)
+        self._step(mlr_opt, loss)
         self.lr_schedulers().step()
         return {"train/mlr_loss": loss.detach(), "train/mlr_lr": torch.tensor(mlr_opt.param_groups[0]["lr"])}
 

@@ -114,6 +114,11 @@ class FrameReplay:
         self.buffer.dumps(Path(path) / "steps")
         self.frame_buffer.dumps(Path(path) / "frames")
 
+    @property
+    def nbytes(self) -> int:
+        """Bytes that :meth:`dumps` writes (TorchRL writes the whole capacity)."""
+        return sum(s._storage.bytes() for s in (self.storage, self.frames) if s.initialized)
+
     def loads(self, path: Path) -> None:
         self.buffer.loads(Path(path) / "steps")
         self.frame_buffer.loads(Path(path) / "frames")
