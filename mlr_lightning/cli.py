@@ -81,7 +81,10 @@ def run_fit(args) -> int:
               f"{stop.run_dir / 'checkpoints'}.\nResume with: python -m mlr_lightning fit --config "
               f"{stop.run_dir / 'config.yaml'} --resume {stop.run_dir}", file=sys.stderr)
         return 128 + {"SIGINT": signal.SIGINT, "SIGTERM": signal.SIGTERM}[stop.signal_name]
-    print(f"Results: {run_dir} (config.yaml, metrics.csv, checkpoints/last.ckpt)")
+    from lightning.pytorch.utilities import rank_zero_only
+
+    if rank_zero_only.rank == 0:  # under DDP every rank returns here
+        print(f"Results: {run_dir} (config.yaml, metrics.csv, checkpoints/last.ckpt)")
     return 0
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import TQDMProgressBar
+from lightning.pytorch.plugins import MixedPrecision
 from lightning.pytorch.strategies import DDPStrategy
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
@@ -170,13 +171,19 @@ def make_trainer(cfg: DictConfig, run_dir: Path, loggers, callbacks) -> pl.Train
     # find_unused_parameters: each of the 3-4 backward passes of an update reaches only part of the
     # agent (critic, actor, temperature, MLR), which DDP's reducer must be told about.
     strategy = DDPStrategy(find_unused_parameters=True) if cfg.trainer.strategy == "ddp" else "auto"
+    precision, plugins = cfg.trainer.precision, []
+    if precision == "16-mixed" and not torch.cuda.is_available():
+        # Lightning silently turns 16-mixed into bf16-mixed on CPU; keep fp16 with its gradient
+        # scaler, so the configured path is the one that runs (CPU autocast supports fp16).
+        precision, plugins = None, [MixedPrecision("16-mixed", device="cpu", scaler=torch.amp.GradScaler("cpu"))]
     return pl.Trainer(
         default_root_dir=run_dir,
         accelerator=cfg.trainer.accelerator,
         devices=cfg.trainer.devices,
         num_nodes=cfg.trainer.num_nodes,
         strategy=strategy,
-        precision=cfg.trainer.precision,
+        precision=precision,
+        plugins=plugins,
         max_epochs=1,
         logger=loggers,
         log_every_n_steps=cfg.trainer.log_every_updates,

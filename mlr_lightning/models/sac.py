@@ -27,7 +27,8 @@ class Actor(nn.Module):
 
     def forward(self, obs: Tensor, detach_conv: bool = True) -> tuple[Tensor, Tensor, Tensor]:
         """obs uint8 [B, C, H, W] -> (mean action, sampled action, log-prob of the sample [B, 1])."""
-        mu, log_std = self.trunk(self.encoder(obs, detach_conv=detach_conv)).chunk(2, dim=-1)
+        # The distribution is computed in fp32 under mixed precision (log-probs of a squashed Gaussian).
+        mu, log_std = self.trunk(self.encoder(obs, detach_conv=detach_conv)).float().chunk(2, dim=-1)
         # Squash log_std into [log_std_min, log_std_max] (official code, not a clamp).
         log_std = torch.tanh(log_std)
         log_std = self.log_std_min + 0.5 * (self.log_std_max - self.log_std_min) * (log_std + 1)
@@ -51,4 +52,4 @@ class Critic(nn.Module):
 
     def forward(self, obs: Tensor, action: Tensor, detach_conv: bool = False) -> tuple[Tensor, Tensor]:
         h = torch.cat([self.encoder(obs, detach_conv=detach_conv), action], dim=-1)
-        return self.q1(h), self.q2(h)  # [B, 1] each
+        return self.q1(h).float(), self.q2(h).float()  # [B, 1] each, fp32 under mixed precision
