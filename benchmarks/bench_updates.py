@@ -1,4 +1,4 @@
-"""Benchmark (prints figures; not a test): agent update cost, replay sampling, environment throughput.
+"""Benchmark (prints figures; not a test): agent update cost, replay sampling and snapshots, environment throughput.
 
     .venv/bin/python benchmarks/bench_updates.py            # everything (~5 min on 2 CPU cores)
     .venv/bin/python benchmarks/bench_updates.py --skip-paper-mlr   # without the ~20 s/update case
@@ -14,6 +14,7 @@ import mlr_lightning  # noqa: F401  (torch stack before dm_control)
 
 import argparse
 import statistics
+import tempfile
 import time
 from pathlib import Path
 
@@ -80,7 +81,7 @@ def time_updates(label: str, cfg, repeats: int, action_dim: int = 1) -> None:
           + "  ".join(f"{k} {v:.3f}" for k, v in parts.items()))
 
 
-def replay_sampling(num_rows: int, episode_len: int, seq_len: int) -> None:
+def replay_sampling(num_rows: int, episode_len: int, seq_len: int) -> FrameReplay:
     """Fill a replay with synthetic 3x100x100 frames and time both samplers at the paper's sizes."""
     replay = FrameReplay(num_rows, frame_stack=3, seq_len=seq_len)
     chunk = 5000
@@ -99,6 +100,23 @@ def replay_sampling(num_rows: int, episode_len: int, seq_len: int) -> None:
         for _ in range(5):
             fn()
         print(f"replay of {num_rows} frames: sample {label:<16} {(time.perf_counter() - t0) / 5 * 1000:7.1f} ms")
+    return replay
+
+
+def replay_snapshot(replay: FrameReplay) -> None:
+    """What a full-state snapshot adds: writing the replay (TorchRL's memory-mapped format) and reading it back."""
+    with tempfile.TemporaryDirectory(dir=CONF.parent) as tmp:  # on the project's disk, not a tmpfs
+        t0 = time.perf_counter()
+        replay.dumps(Path(tmp))
+        written = time.perf_counter() - t0
+        size = sum(f.stat().st_size for f in Path(tmp).rglob("*") if f.is_file())
+        restored = FrameReplay(replay.capacity, replay.frame_stack, replay.seq_len)
+        t0 = time.perf_counter()
+        restored.loads(Path(tmp))
+        restored.sample_transitions(512)  # touch the loaded storage
+        loaded = time.perf_counter() - t0
+    print(f"replay of {len(replay)} frames: snapshot {size / 2**30:.2f} GiB written in {written:.1f} s, "
+          f"loaded in {loaded:.1f} s")
 
 
 def env_throughput(task: str, action_repeat: int, fast_render: bool, agent_steps: int) -> None:
@@ -150,7 +168,7 @@ def main() -> None:
         time_updates("paper SAC+MLR", load_config(paper), repeats=2)
 
     print("\n== Replay sampling (paper sizes) ==")
-    replay_sampling(100_000, episode_len=126, seq_len=16)
+    replay_snapshot(replay_sampling(100_000, episode_len=126, seq_len=16))
 
     print("\n== Environment throughput (100x100 pixels, camera 0, 3 stacked frames) ==")
     for task, repeat in [("cartpole_swingup", 8), ("cheetah_run", 4)]:

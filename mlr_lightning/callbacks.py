@@ -81,12 +81,14 @@ class PeriodicEvaluation(pl.Callback):
         if self.env is None:
             return {}
         # The evaluation environment's RNG decides the next evaluation episodes' initial states.
-        return {"next_eval": self.next_eval, "history": self.history, "env": simulator(self.env).get_state()}
+        return {"next_eval": self.next_eval, "history": self.history, "env_restarts": self.env_restarts,
+                "env": simulator(self.env).get_state()}
 
     def load_state_dict(self, state_dict: dict) -> None:
         if self.env is None:
             return
         self.next_eval, self.history = state_dict["next_eval"], state_dict["history"]
+        self.env_restarts = state_dict["env_restarts"]
         simulator(self.env).set_state(state_dict["env"])
 
 

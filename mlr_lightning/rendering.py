@@ -12,6 +12,8 @@ import os
 import subprocess
 import sys
 
+import torch
+
 BACKENDS = ("egl", "osmesa")
 DEBIAN_PACKAGES = {"egl": "libegl1 libgl1-mesa-dri libegl-mesa0", "osmesa": "libosmesa6"}
 
@@ -41,6 +43,12 @@ def _probe(backend: str) -> str | None:
 
 def select_gl_backend() -> str:
     """Set and return ``MUJOCO_GL``: the user's choice if given and working, else EGL, else OSMesa."""
+    # Under DDP each rank renders on its own GPU: Lightning places local rank r on cuda:r, and the
+    # ranks it launches carry LOCAL_RANK from the start. A user's MUJOCO_EGL_DEVICE_ID wins; without
+    # GPUs (Mesa's software EGL has a single device) nothing is set.
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    if local_rank and torch.cuda.is_available() and local_rank < torch.cuda.device_count():
+        os.environ.setdefault("MUJOCO_EGL_DEVICE_ID", str(local_rank))
     requested = os.environ.get("MUJOCO_GL")
     if requested and os.environ.get("_MLR_GL_CHECKED") == requested:
         return requested

@@ -16,9 +16,16 @@ from mlr_lightning.cli import main
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def run_cli(*args, **kwargs):
+def cli_env() -> dict:
+    """This environment, less the MLflow URI that in-process runs of earlier tests exported
+    (``mlflow.set_tracking_uri`` writes it to ``os.environ``)."""
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    return subprocess.run([sys.executable, "-m", "mlr_lightning", *args], cwd=ROOT, env=env,
+    env.pop("MLFLOW_TRACKING_URI", None)
+    return env
+
+
+def run_cli(*args, **kwargs):
+    return subprocess.run([sys.executable, "-m", "mlr_lightning", *args], cwd=ROOT, env=cli_env(),
                           capture_output=True, text=True, **kwargs)
 
 
@@ -42,7 +49,8 @@ def test_fit_end_to_end_writes_a_checkpoint_with_finite_losses(tiny_overrides, t
     assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point())
     assert {"critic.encoder.fc.weight", "decoder.action_embedding.weight", "target_encoder.fc.weight"} <= set(state)
     assert not any(k.startswith("policy.") for k in state), "the actor is stored once"
-    assert ckpt["ExperienceDataModule"]["agent_steps"] == 320 // 8
+    stream = torch.load((run_dir / "checkpoints" / "last.ckpt").resolve().parent / "stream-rank0.pt", weights_only=False)
+    assert stream["counters"]["agent_steps"] == 320 // 8
 
     rows = list(csv.DictReader((run_dir / "metrics.csv").open()))
     for key in ("train/critic_loss", "train/actor_loss", "train/mlr_loss", "train/alpha"):
