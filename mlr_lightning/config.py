@@ -219,7 +219,6 @@ class AtariMLRConfig:
     # Transformer width. null: the flattened conv map (64*7*7 = 3136, the paper; ~157M parameters);
     # a smaller value adds linear maps conv map -> width -> conv map around the transformer.
     decoder_dim: int | None = None
-    prediction_dim: int = 512  # linear predictor on the 2 x hidden_dim projection
     weight: float = 1.0  # loss = RL loss + weight * MLR loss, one optimiser
     momentum_tau: float = 1.0  # target encoder/projection: 1 = copied from the online ones at every update
     normalize_eps: float = 1e-3

@@ -86,6 +86,14 @@ class ExperienceDataModule(pl.LightningDataModule):
 
 def fit(cfg: DictConfig) -> Path:
     """Train one agent as configured; returns the run directory."""
+    if cfg.get("domain", "dmc") == "atari":
+        from mlr_lightning.atari_experiment import fit_atari
+        from mlr_lightning.envs.atari import check_game
+
+        check_game(cfg.env.task)  # fails on an unknown game before anything is built
+        run_dir = make_run_dir(cfg)
+        fit_atari(cfg, run_dir)
+        return run_dir
     split_task(cfg.env.task)  # fails on an unknown task before anything is built
     run_dir = make_run_dir(cfg)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)

@@ -134,8 +134,10 @@ def make_atari_env(
     seed: int,
     terminal_on_life_loss: bool = True,
     clip_rewards: bool = True,
+    max_steps: int | None = None,
 ) -> TransformedEnv:
-    """TorchRL env; ``train=True`` adds the training-only parts (life loss terminal, reward sign)."""
+    """TorchRL env; ``train=True`` adds the training-only parts (life loss terminal, reward sign).
+    ``max_steps`` optionally truncates episodes after that many agent steps (short evaluations)."""
     gym_env = make_gym_atari(game, frame_skip, image_size, noop_max, repeat_action_probability, max_episode_frames,
                              terminal_on_life_loss and train)
     env = TransformedEnv(
@@ -144,7 +146,7 @@ def make_atari_env(
     )
     env.append_transform(UnsqueezeTransform(dim=-3, in_keys=["pixels"]))  # [84, 84] -> [1, 84, 84] uint8
     env.append_transform(CatFrames(N=frame_stack, dim=-3, in_keys=["pixels"]))  # -> [S, 84, 84]
-    env.append_transform(StepCounter())
+    env.append_transform(StepCounter(max_steps=max_steps))
     env.append_transform(RewardSum())  # before the clipping: the raw score
     if train and clip_rewards:
         env.append_transform(SignTransform(in_keys=["reward"]))

@@ -4,7 +4,7 @@
   per-sample min-max "renormalize" over (C, H, W).
 - :class:`DuelingC51Head`: dueling distributional head with noisy linear layers; the gradient into
   the head is scaled by ``grad_scale`` (2^-1/2 in SPR).
-- :class:`QL1Projection`: MLR's projection, the head's first value and advantage layers with mean
+- :func:`ql1_projection`: MLR's projection, the head's first value and advantage layers with mean
   weights and no ReLU, concatenated (2 x 256 = 512).
 
 Noise comes from TorchRL's ``NoisyLinear``, which adds noise only under the RANDOM exploration type
@@ -100,20 +100,14 @@ class DuelingC51Head(nn.Module):
                 module.reset_noise()
 
 
-class QL1Projection(nn.Module):
+def ql1_projection(head: DuelingC51Head, latent: Tensor) -> Tensor:
     """MLR's Atari projection (``QL1Head``, ``--q-l1-type value advantage``): [N, D] -> [N, 2 * hidden].
 
-    Holds the Q head (not a copy), so the MLR loss trains the head's first layers, as in SPR/MLR. The
-    mean weights are used (no noise) and no ReLU follows.
+    The head's first value and advantage layers with their mean weights (no noise) and no ReLU,
+    concatenated. Called with the online head, the MLR loss trains those layers, as in SPR/MLR.
     """
-
-    def __init__(self, head: DuelingC51Head):
-        super().__init__()
-        self.head = head
-
-    def forward(self, latent: Tensor) -> Tensor:
-        layers = [self.head.value_hidden, self.head.advantage_hidden] if self.head.dueling else [self.head.advantage_hidden]
-        return torch.cat([F.linear(latent, layer.weight_mu, layer.bias_mu) for layer in layers], dim=-1)
+    layers = [head.value_hidden, head.advantage_hidden] if head.dueling else [head.advantage_hidden]
+    return torch.cat([F.linear(latent, layer.weight_mu, layer.bias_mu) for layer in layers], dim=-1)
 
 
 class RainbowNetwork(nn.Module):
