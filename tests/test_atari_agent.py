@@ -101,3 +101,12 @@ def test_human_normalized_score():
     assert human_normalized_score("pong", -20.7) == 0.0
     assert human_normalized_score("pong", 14.6) == pytest.approx(1.0)
     assert human_normalized_score("breakout", 16.8) == pytest.approx((16.8 - 1.7) / (30.5 - 1.7))
+
+
+def test_cli_prints_the_per_game_table(capsys):
+    from mlr_lightning.cli import main
+
+    assert main(["atari-table"]) == 0
+    out = capsys.readouterr().out
+    assert "| pong | -20.700 | 14.600 | -3.100 | 0.499 |" in out  # HNS of the paper's Baseline on Pong
+    assert "| mean HNS |" in out and "0.679" in out  # the paper's MLR mean HNS over the 26 games
