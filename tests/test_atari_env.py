@@ -72,3 +72,14 @@ def test_every_atari100k_game_config_builds_and_steps(game):
     env = env_for(game, train=True)
     rollout = env.rollout(5)
     assert rollout["pixels"].shape == (5, 4, 84, 84)
+
+
+def test_atari_config_errors_name_the_key():
+    from mlr_lightning.config import ConfigError
+
+    with pytest.raises(ConfigError, match="unknown config key 'rainbow.atoms'.*num_atoms"):
+        load_config(CONF / "pong.yaml", ["rainbow.atoms=3"])
+    with pytest.raises(ConfigError, match="mlr.seq_len .*block_size"):
+        load_config(CONF / "pong.yaml", ["mlr.seq_len=12"])
+    with pytest.raises(ConfigError, match="missing value for env.task"):
+        load_config(CONF / "base.yaml")

@@ -91,6 +91,11 @@ def test_priorities_follow_the_loss():
     expected = torch.tensor([(last[i] + cfg.replay.priority_eps) ** cfg.replay.alpha for i in sample["index"].tolist()])
     torch.testing.assert_close(stored, expected)
     assert batch["beta"] == 0.4 + 0.6 * 20 / 40  # beta follows the agent-step counter
+    # The priorities survive a state_dict round trip (what a resume needs besides the rows).
+    fresh = make_replay(cfg)
+    fresh.load_state_dict(replay.state_dict())
+    rows = list(range(len(replay)))
+    torch.testing.assert_close(torch.as_tensor(fresh.sampler._sum_tree[rows]), torch.as_tensor(replay.sampler._sum_tree[rows]))
 
 
 def test_fit_on_a_real_game_writes_a_checkpoint_with_finite_losses(tmp_path):
