@@ -159,7 +159,7 @@ def time_atari_updates(label: str, cfg, repeats: int, num_actions: int = 6) -> N
                          callbacks=[timer])
     timeit.erase()
     trainer.fit(agent, loader)
-    parts = {k.split("/")[-1]: v for k, v in timeit.todict().items() if k.startswith("update/")}
+    parts = {k.split("/")[-1]: v for k, v in timeit.todict().items() if k.startswith("update/") and v > 0}
     m = cfg.mlr
     shapes = f"batch {cfg.train.batch_size}" + (
         f", MLR {cfg.train.batch_size}x{m.seq_len} frames, width {m.decoder_dim or agent.latent_dim}" if m.enabled else "")
