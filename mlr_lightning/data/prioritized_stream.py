@@ -21,7 +21,8 @@ class PrioritizedExperienceStream(ExperienceStream):
     def __init__(self, collector: Collector, replay: PrioritizedFrameReplay, total_agent_steps: int, init_steps: int,
                  batch_size: int, updates_per_step: int, beta_start: float, beta_end: float, windows: bool):
         # action_repeat=1: on Atari the x-axis is agent steps (each is frame_skip emulator frames).
-        super().__init__(collector, replay, total_agent_steps, init_steps, 1, batch_size, None)
+        super().__init__(collector, replay, total_agent_steps=total_agent_steps, init_steps=init_steps, action_repeat=1,
+                         batch_size=batch_size, window_batch_size=None)
         self.updates_per_step, self.windows = updates_per_step, windows
         self.beta_start, self.beta_end = beta_start, beta_end
 
