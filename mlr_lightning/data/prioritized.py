@@ -40,9 +40,10 @@ class PrioritizedFrameReplay(FrameReplay):
         # get the current maximum priority, as in PER).
         self.buffer = TensorDictReplayBuffer(storage=self.storage, sampler=self.sampler)
 
-    def extend(self, steps: TensorDictBase) -> None:
+    def extend(self, steps: TensorDictBase, *args, **kwargs) -> None:
+        """FrameReplay's ``extend`` (same arguments), then priority 0 for the final-observation rows."""
         start = self.cursor
-        super().extend(steps)
+        super().extend(steps, *args, **kwargs)
         count = steps.numel() + int(steps["next", "done"].sum())  # steps and their final-observation rows
         rows = (start + torch.arange(count)) % self.capacity
         finals = rows[~self._field("has_action")[rows].reshape(-1)]
@@ -137,6 +138,9 @@ class PrioritizedFrameReplay(FrameReplay):
         return self.storage._storage[key]
 
     # ---------------------------------------------------------------------------- checkpointing
+    # ``self.buffer`` holds the PrioritizedSampler, so a TorchRL ``self.buffer.dumps(path)`` (how
+    # FrameReplay persists its rows where it does) writes the priorities too. ``state_dict`` gives
+    # them as an in-memory dict for callers that checkpoint that way.
     def state_dict(self) -> dict:
         """The sampler's priorities (sum and min trees, max priority), plus FrameReplay's own state
         where it has a ``state_dict`` (the stored rows themselves are FrameReplay's business)."""
