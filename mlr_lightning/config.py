@@ -365,6 +365,9 @@ def validate_atari(cfg: DictConfig) -> None:
              f"({mlr.patch_size}) must divide env.image_size ({env.image_size})")
     _require(mlr.seq_len <= mlr.max_seq_positions, "mlr.seq_len", f"must be <= mlr.max_seq_positions ({mlr.max_seq_positions})")
     _require(0.0 < mlr.momentum_tau <= 1.0, "mlr.momentum_tau", "must be in (0, 1]")
+    _require(mlr.decoder_dim is None or (mlr.decoder_dim >= 1 and mlr.decoder_dim % mlr.num_heads == 0),
+             "mlr.decoder_dim", f"must be null (the conv map width) or a positive multiple of mlr.num_heads ({mlr.num_heads})")
+    _require(cfg.eval.max_steps is None or cfg.eval.max_steps >= 1, "eval.max_steps", "must be null or >= 1")
     _require(train.num_env_steps > train.init_steps, "train.num_env_steps",
              f"must leave updates after the {train.init_steps} random agent steps (train.init_steps)")
     _require(train.batch_size >= 1 and train.updates_per_step >= 1, "train.batch_size / train.updates_per_step",

@@ -83,3 +83,14 @@ def test_atari_config_errors_name_the_key():
         load_config(CONF / "pong.yaml", ["mlr.seq_len=12"])
     with pytest.raises(ConfigError, match="missing value for env.task"):
         load_config(CONF / "base.yaml")
+
+
+def test_base_config_lists_exactly_the_schema_defaults():
+    from omegaconf import OmegaConf
+
+    from mlr_lightning.config import AtariExperimentConfig
+
+    listed = OmegaConf.load(CONF / "base.yaml")
+    assert OmegaConf.to_container(listed) == OmegaConf.to_container(OmegaConf.structured(AtariExperimentConfig))
+    quick = load_config(CONF / "quickstart.yaml")
+    assert quick.rainbow == OmegaConf.structured(AtariExperimentConfig).rainbow  # the quickstart keeps the paper's agent
