@@ -15,7 +15,9 @@ Both losses are summed (``mlr.weight``) and stepped by one Adam, as the official
 each returns its metrics dict. Gradient norms are clipped separately for the stem (conv + Q head)
 and the transformer. After the step the target network follows the online one (a copy by default).
 
-Noise: the online and target heads draw fresh factorised noise before every update; the acting
+Noise: the online and target heads draw fresh factorised noise before every update (officially the
+online head draws and the target copies the online's previous draw with its weights: both are draws
+independent of the online's current one); the acting
 policy uses the online head's current noise under TorchRL's RANDOM exploration type (collection),
 and the mean weights with epsilon-greedy ``eval_epsilon`` otherwise (evaluation).
 """
@@ -200,8 +202,9 @@ class RainbowMLRAgent(pl.LightningModule):
         cross_entropy = -(target_p * log_p).sum(-1)  # [B]
         loss = (cross_entropy * sample["weight"]).mean()
         with torch.no_grad():
-            eps = self.cfg.replay.kl_clamp
-            kl = (target_p * (target_p.clamp_min(eps).log() - log_p)).sum(-1).clamp(eps, 1.0 / eps)
+            eps = self.cfg.replay.kl_clamp  # rlpyt's NaN guard: clamp the target, then the KL
+            clamped = target_p.clamp(eps, 1.0)
+            kl = (clamped * (clamped.log() - log_p)).sum(-1).clamp(eps, 1.0 / eps)
             q = (log_p.exp() * support).sum(-1)
         metrics = {"train/q_loss": loss.detach(), "train/q": q.mean(), "train/kl": kl.mean(),
                    "train/is_weight": sample["weight"].mean()}

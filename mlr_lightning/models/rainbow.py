@@ -70,8 +70,8 @@ class DuelingC51Head(nn.Module):
     """Flat latent [N, D] -> atom logits [N, A, num_atoms].
 
     Q-distribution logits = V(s) + A(s, a) - mean_a A(s, a), per atom (SPR's
-    ``DQNDistributionalDuelingHeadModel``; the advantage output has no bias of its own but a shared
-    per-atom bias).
+    ``DQNDistributionalDuelingHeadModel``; the advantage output has its own bias and, in addition, a
+    shared per-atom bias).
     """
 
     def __init__(self, input_dim: int, num_actions: int, num_atoms: int, hidden_dim: int, noisy_std: float,
@@ -79,7 +79,7 @@ class DuelingC51Head(nn.Module):
         super().__init__()
         self.num_actions, self.num_atoms, self.grad_scale, self.dueling = num_actions, num_atoms, grad_scale, dueling
         self.advantage_hidden = NoisyLinear(input_dim, hidden_dim, std_init=noisy_std)
-        self.advantage_out = NoisyLinear(hidden_dim, num_actions * num_atoms, bias=False, std_init=noisy_std)
+        self.advantage_out = NoisyLinear(hidden_dim, num_actions * num_atoms, std_init=noisy_std)
         self.advantage_bias = nn.Parameter(torch.zeros(num_atoms))
         if dueling:
             self.value_hidden = NoisyLinear(input_dim, hidden_dim, std_init=noisy_std)
