@@ -176,7 +176,7 @@ def atari_throughput(game: str, agent_steps: int) -> None:
     from mlr_lightning.atari_experiment import make_env as make_atari, make_replay
     from mlr_lightning.envs.atari import make_gym_atari
 
-    bare = make_gym_atari(game, 4, 84, 30, 0.0, 108_000, terminal_on_life_loss=True)
+    bare = make_gym_atari(game, 4, 84, 30, 0.0, 108_000, terminal_on_life_loss=True, resize="linear")
     bare.reset(seed=0)
     rng = np.random.default_rng(0)
     t0 = time.perf_counter()

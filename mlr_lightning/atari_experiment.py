@@ -27,7 +27,7 @@ def make_env(cfg: DictConfig, seed: int, train: bool):
     e = cfg.env
     return make_atari_env(e.task, e.frame_skip, e.image_size, e.frame_stack, e.noop_max, e.repeat_action_probability,
                           e.max_episode_frames, train, seed, e.terminal_on_life_loss, e.clip_rewards,
-                          max_steps=None if train else cfg.eval.max_steps)
+                          max_steps=None if train else cfg.eval.max_steps, resize=e.resize)
 
 
 def make_replay(cfg: DictConfig) -> PrioritizedFrameReplay:

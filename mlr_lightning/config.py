@@ -165,6 +165,8 @@ class AtariEnvConfig:
     max_episode_frames: int = 108_000  # raw frames (27k agent steps); the cap is a truncation
     terminal_on_life_loss: bool = True  # training only; evaluation episodes end at game over
     clip_rewards: bool = True  # sign(r), training only
+    # Resize of the max-pooled screen: "linear" (official, cv2.INTER_LINEAR) or "area" (gymnasium's default).
+    resize: str = "linear"
 
 
 @dataclass
@@ -350,6 +352,7 @@ def validate_atari(cfg: DictConfig) -> None:
     env, rb, mlr, train, replay = cfg.env, cfg.rainbow, cfg.mlr, cfg.train, cfg.replay
     _require(env.frame_skip >= 1 and env.frame_stack >= 1, "env.frame_skip / env.frame_stack", "must be >= 1")
     _require(0 <= env.noop_max, "env.noop_max", "must be >= 0")
+    _require(env.resize in ("linear", "area"), "env.resize", f"must be 'linear' or 'area', got {env.resize!r}")
     _require(rb.num_atoms >= 2 and rb.v_min < rb.v_max, "rainbow.num_atoms / v_min / v_max",
              "need at least 2 atoms and v_min < v_max")
     _require(len(rb.conv_channels) == len(rb.conv_kernels) == len(rb.conv_strides), "rainbow.conv_channels",

@@ -94,3 +94,10 @@ def test_base_config_lists_exactly_the_schema_defaults():
     assert OmegaConf.to_container(listed) == OmegaConf.to_container(OmegaConf.structured(AtariExperimentConfig))
     quick = load_config(CONF / "quickstart.yaml")
     assert quick.rainbow == OmegaConf.structured(AtariExperimentConfig).rainbow  # the quickstart keeps the paper's agent
+
+
+def test_resize_is_the_official_bilinear_one_by_default():
+    linear, area = env_for("pong", train=False, seed=3), env_for("pong", train=False, seed=3, resize="area")
+    a, b = linear.reset()["pixels"].float(), area.reset()["pixels"].float()
+    assert not torch.equal(a, b) and (a - b).abs().mean() < 5  # same screen, another interpolation
+    assert load_config(CONF / "pong.yaml").env.resize == "linear"

@@ -5,8 +5,9 @@
 ``[num_actions]`` (minimal action set). Protocol (shared/mlr_reference.md 3.2):
 
 - ``frame_skip`` 4, max-pooling of the last two raw frames, grayscale, bilinear resize to 84x84
-  (gymnasium's ``AtariPreprocessing``, which reads the ALE screen directly);
-- no sticky actions (``repeat_action_probability=0``), up to ``noop_max`` random no-ops at reset;
+  (gymnasium's ``AtariPreprocessing``, which reads the ALE screen directly, with the official
+  ``INTER_LINEAR`` resize; ``resize="area"`` keeps gymnasium's ``INTER_AREA``);
+- no sticky actions (``repeat_action_probability=0``), 1 to ``noop_max`` random no-ops at reset;
 - an episode is capped at ``max_episode_frames`` raw frames (108k = 27k agent steps), marked as a
   truncation (bootstrap), not a termination;
 - training only: reward clipped to its sign, and a lost life *terminates* the TorchRL episode while
@@ -23,6 +24,7 @@ import warnings
 from functools import cache
 
 import gymnasium as gym
+import numpy as np
 from torchrl.envs import (
     CatFrames,
     GymWrapper,
@@ -68,6 +70,19 @@ def check_game(game: str) -> str:
     return game
 
 
+class LinearResizePreprocessing(gym.wrappers.AtariPreprocessing):
+    """gymnasium's ``AtariPreprocessing`` with the official code's bilinear resize (``cv2.INTER_LINEAR``
+    of the max-pooled 210x160 screen) instead of gymnasium's ``INTER_AREA``. Overrides ``_get_obs``
+    of gymnasium 1.4 (pinned), for grayscale uint8 observations without a channel axis."""
+
+    def _get_obs(self):
+        import cv2
+
+        if self.frame_skip > 1:
+            np.maximum(self.obs_buffer[0], self.obs_buffer[1], out=self.obs_buffer[0])
+        return cv2.resize(self.obs_buffer[0], self.screen_size, interpolation=cv2.INTER_LINEAR)
+
+
 class EpisodicLife(gym.Wrapper):
     """A lost life returns ``terminated=True``; the following ``reset`` continues the same game.
 
@@ -100,8 +115,11 @@ class EpisodicLife(gym.Wrapper):
         return obs, info
 
 
+RESIZE = ("linear", "area")  # official (cv2.INTER_LINEAR) / gymnasium's default (cv2.INTER_AREA)
+
+
 def make_gym_atari(game: str, frame_skip: int, image_size: int, noop_max: int, repeat_action_probability: float,
-                   max_episode_frames: int, terminal_on_life_loss: bool) -> gym.Env:
+                   max_episode_frames: int, terminal_on_life_loss: bool, resize: str = "linear") -> gym.Env:
     """The gymnasium env: raw ALE at frameskip 1 under ``AtariPreprocessing`` (+ ``EpisodicLife``)."""
     from ale_py.env import AtariEnv
 
@@ -114,7 +132,8 @@ def make_gym_atari(game: str, frame_skip: int, image_size: int, noop_max: int, r
         full_action_space=False,
         max_num_frames_per_episode=max_episode_frames,
     )
-    env = gym.wrappers.AtariPreprocessing(
+    preprocessing = LinearResizePreprocessing if resize == "linear" else gym.wrappers.AtariPreprocessing
+    env = preprocessing(
         raw, noop_max=noop_max, frame_skip=frame_skip, screen_size=image_size,
         terminal_on_life_loss=False,  # gymnasium's variant restarts the game on life loss; see EpisodicLife
         grayscale_obs=True, scale_obs=False,
@@ -135,11 +154,12 @@ def make_atari_env(
     terminal_on_life_loss: bool = True,
     clip_rewards: bool = True,
     max_steps: int | None = None,
+    resize: str = "linear",
 ) -> TransformedEnv:
     """TorchRL env; ``train=True`` adds the training-only parts (life loss terminal, reward sign).
     ``max_steps`` optionally truncates episodes after that many agent steps (short evaluations)."""
     gym_env = make_gym_atari(game, frame_skip, image_size, noop_max, repeat_action_probability, max_episode_frames,
-                             terminal_on_life_loss and train)
+                             terminal_on_life_loss and train, resize)
     env = TransformedEnv(
         GymWrapper(gym_env, categorical_action_encoding=False),
         RenameTransform(in_keys=["observation"], out_keys=["pixels"]),
