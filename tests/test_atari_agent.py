@@ -110,3 +110,17 @@ def test_cli_prints_the_per_game_table(capsys):
     out = capsys.readouterr().out
     assert "| pong | -20.700 | 14.600 | -3.100 | 0.499 |" in out  # HNS of the paper's Baseline on Pong
     assert "| mean HNS |" in out and "0.679" in out  # the paper's MLR mean HNS over the 26 games
+
+
+def test_mlr_targets_are_copied_after_the_loss(agent):
+    """momentum_tau = 1: the targets use the online weights of the previous update, then copy the current ones."""
+    frames = torch.randint(0, 255, (2, 4, 4, 84, 84), dtype=torch.uint8)
+    actions = torch.nn.functional.one_hot(torch.randint(0, 6, (2, 4)), 6)
+    with torch.no_grad():
+        agent.online.encoder.convs[0].weight.add_(0.5)  # as an optimizer step would
+    before = agent.target_encoder.convs[0].weight.clone()
+    with set_exploration_type(ExplorationType.RANDOM):
+        agent.mlr_loss(frames, actions, torch.ones(2))
+    assert not torch.equal(before, agent.online.encoder.convs[0].weight)
+    assert torch.equal(agent.target_encoder.convs[0].weight, agent.online.encoder.convs[0].weight)
+    assert torch.equal(agent.target_head.value_hidden.weight_mu, agent.online.head.value_hidden.weight_mu)

@@ -223,9 +223,11 @@ class RainbowMLRAgent(pl.LightningModule):
         reconstructed = self.decoder_out(self.decoder(tokens, actions.float())).reshape(b * k, -1)  # [B*K, 3136]
         prediction = self.prediction(ql1_projection(self.online.head, reconstructed))  # [B*K, 512]
         with torch.no_grad():
-            soft_update(self.target_encoder, self.online.encoder, self.mlr.momentum_tau)  # official: in forward
-            soft_update(self.target_head, self.online.head, self.mlr.momentum_tau)
             target = ql1_projection(self.target_head, self.target_encoder(target_in).flatten(1))  # [B*K, 512]
+            # Official order: the momentum update closes the forward pass, after the targets, so with
+            # tau = 1 the targets come from the online weights of the previous update (one step behind).
+            soft_update(self.target_encoder, self.online.encoder, self.mlr.momentum_tau)
+            soft_update(self.target_head, self.online.head, self.mlr.momentum_tau)
         per_sequence = mlr_loss(prediction, target, self.mlr.normalize_eps).view(b, k).mean(1)  # [B]
         loss = (per_sequence * weight).mean()
         return loss, {"train/mlr_loss": loss.detach()}
