@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/bench_updates.py            # everything (~5 min on 2 CPU cores)
     .venv/bin/python benchmarks/bench_updates.py --skip-paper-mlr   # without the ~20 s/update case
+    .venv/bin/python benchmarks/bench_updates.py --atari only       # only the Atari-100k figures
 
 Update times are measured through the real Lightning ``training_step`` (manual optimization, all
 optimizers) on synthetic uint8 batches of the right shapes; the breakdown comes from the same
@@ -152,11 +153,93 @@ def env_throughput(task: str, action_repeat: int, fast_render: bool, agent_steps
           f"({rate * action_repeat:6.0f} env steps/s, {rate / bare_rate:.0%} of bare)")
 
 
+# ---------------------------------------------------------------------------------------- Atari
+def synthetic_atari_batch(cfg, num_actions: int) -> dict:
+    e, b, k = cfg.env, cfg.train.batch_size, cfg.mlr.seq_len
+    frames = lambda *shape: torch.randint(0, 256, (*shape, e.frame_stack, e.image_size, e.image_size), dtype=torch.uint8)  # noqa: E731
+    one_hot = lambda *shape: torch.nn.functional.one_hot(torch.randint(0, num_actions, shape), num_actions)  # noqa: E731
+    sample = TensorDict({"index": torch.arange(b), "weight": torch.rand(b), "pixels": frames(b), "action": one_hot(b),
+                         "return": torch.randn(b), "discount": torch.full((b,), 0.99**10), "next_pixels": frames(b)}, [b])
+    if cfg.mlr.enabled:
+        sample["window_pixels"], sample["window_action"] = frames(b, k), one_hot(b, k)
+    return {"sample": sample, "env_steps": 0, "beta": 0.4, "episode_return": float("nan")}
+
+
+def time_atari_updates(label: str, cfg, repeats: int, num_actions: int = 6) -> None:
+    from mlr_lightning.agents.rainbow_mlr import RainbowMLRAgent
+
+    torch.manual_seed(0)
+    agent = RainbowMLRAgent(cfg, num_actions)
+    timer = StepTimer()
+    loader = DataLoader([synthetic_atari_batch(cfg, num_actions)] * (repeats + 1), batch_size=None, collate_fn=_as_is)
+    trainer = pl.Trainer(accelerator="cpu", max_epochs=1, logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, log_every_n_steps=10**6,
+                         callbacks=[timer])
+    timeit.erase()
+    trainer.fit(agent, loader)
+    parts = {k.split("/")[-1]: v for k, v in timeit.todict().items() if k.startswith("update/") and v > 0}
+    m = cfg.mlr
+    shapes = f"batch {cfg.train.batch_size}" + (
+        f", MLR {cfg.train.batch_size}x{m.seq_len} frames, width {m.decoder_dim or agent.latent_dim}" if m.enabled else "")
+    params = sum(p.numel() for p in agent.parameters() if p.requires_grad) / 1e6
+    timed = timer.times[1:]
+    print(f"{label:<28} {shapes:<44} {params:6.1f}M trainable {statistics.median(timed):7.3f} s/update   "
+          + "  ".join(f"{k} {v:.3f}" for k, v in parts.items()))
+
+
+def atari_throughput(game: str, agent_steps: int) -> None:
+    """Collector (+ prioritized replay) agent steps per second against a bare ale-py loop, same preprocessing."""
+    import numpy as np
+
+    from mlr_lightning.atari_experiment import make_env as make_atari, make_replay
+    from mlr_lightning.envs.atari import make_gym_atari
+
+    bare = make_gym_atari(game, 4, 84, 30, 0.0, 108_000, terminal_on_life_loss=True, resize="linear")
+    bare.reset(seed=0)
+    rng = np.random.default_rng(0)
+    t0 = time.perf_counter()
+    for _ in range(agent_steps):
+        _, _, terminated, truncated, _ = bare.step(int(rng.integers(bare.action_space.n)))
+        if terminated or truncated:
+            bare.reset()
+    bare_rate = agent_steps / (time.perf_counter() - t0)
+
+    cfg = load_config(CONF / "atari" / f"{game}.yaml", ["replay.capacity=10000"])
+    env = make_atari(cfg, 0, train=True)
+    policy = TensorDictModule(lambda pixels: env.action_spec.rand(), in_keys=["pixels"], out_keys=["action"])
+    collector = make_collector(env, policy, agent_steps, init_steps=agent_steps, policy_device=torch.device("cpu"))
+    replay = make_replay(cfg)
+    t0 = time.perf_counter()
+    for steps in collector:
+        replay.extend(steps)
+    rate = agent_steps / (time.perf_counter() - t0)
+    collector.shutdown()
+    print(f"{game:<10} frame skip 4, 84x84 grey, 4 stacked | bare ale-py + AtariPreprocessing {bare_rate:6.0f} agent "
+          f"steps/s | TorchRL collector + prioritized replay {rate:6.0f} agent steps/s ({rate / bare_rate:.0%} of bare)")
+
+
+def atari_main(args) -> None:
+    print("== Atari: one Rainbow update (median) ==")
+    quick = CONF / "atari" / "quickstart.yaml"
+    time_atari_updates("Atari quickstart Rainbow", load_config(quick, ["mlr.enabled=false"]), repeats=5)
+    time_atari_updates("Atari quickstart +MLR", load_config(quick), repeats=5)
+    paper = CONF / "atari" / "pong.yaml"
+    time_atari_updates("Atari paper Rainbow (Baseline)", load_config(paper, ["mlr.enabled=false"]), repeats=3)
+    if not args.skip_paper_mlr:
+        time_atari_updates("Atari paper Rainbow+MLR", load_config(paper), repeats=args.atari_mlr_repeats)
+    print("\n== Atari environment throughput ==")
+    atari_throughput("pong", agent_steps=1000)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--skip-paper-mlr", action="store_true", help="skip the paper-size SAC+MLR update (~20 s each)")
+    parser.add_argument("--atari", choices=["also", "only", "skip"], default="also", help="the Atari-100k figures")
+    parser.add_argument("--atari-mlr-repeats", type=int, default=2, help="timed paper-size Atari MLR updates")
     args = parser.parse_args()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU\n")
+    if args.atari == "only":
+        return atari_main(args)
 
     print("== One agent update (median) ==")
     quick = CONF / "quickstart.yaml"
@@ -174,6 +257,9 @@ def main() -> None:
     for task, repeat in [("cartpole_swingup", 8), ("cheetah_run", 4)]:
         for fast in (False, True):
             env_throughput(task, repeat, fast, agent_steps=250)
+    if args.atari == "also":
+        print()
+        atari_main(args)
 
 
 if __name__ == "__main__":

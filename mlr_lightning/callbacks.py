@@ -32,25 +32,27 @@ class PeriodicEvaluation(pl.Callback):
     evaluates; the others pass ``None``.
     """
 
-    def __init__(self, env: EnvBase | None, every_env_steps: int, num_episodes: int, final_env_steps: int,
-                 rebuild_env: Callable[[], EnvBase] | None = None):
+    def __init__(self, env: EnvBase | None, every_env_steps: int | None, num_episodes: int, final_env_steps: int,
+                 rebuild_env: Callable[[], EnvBase] | None = None,
+                 extra_metrics: Callable[[list[float]], dict] | None = None):
+        # every_env_steps=None: only at the end of training. extra_metrics: returns -> more metrics (Atari HNS).
         self.env, self.every, self.num_episodes, self.final = env, every_env_steps, num_episodes, final_env_steps
-        self.rebuild_env = rebuild_env
+        self.rebuild_env, self.extra_metrics = rebuild_env, extra_metrics
         self.env_restarts = 0
-        self.next_eval = 0
+        self.next_eval = 0 if every_env_steps else final_env_steps
         self.history: list[dict] = []
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         if self.env is None:  # not the evaluating rank
             return
-        while self.next_eval <= batch["env_steps"]:
+        while self.every and self.next_eval <= batch["env_steps"]:
             self._evaluate(trainer, pl_module, self.next_eval)
             self.next_eval += self.every
 
     def on_train_end(self, trainer, pl_module):
         if self.env is None:
             return
-        while self.next_eval <= self.final:
+        while self.every and self.next_eval <= self.final:
             self._evaluate(trainer, pl_module, self.next_eval)
             self.next_eval += self.every
         if not self.history or self.history[-1]["env_steps"] != self.final:
@@ -71,6 +73,8 @@ class PeriodicEvaluation(pl.Callback):
             "eval/return_std": statistics.pstdev(returns),
             "env_steps": float(env_steps),
         }
+        if self.extra_metrics is not None:
+            metrics |= self.extra_metrics(returns)
         self.history.append({"env_steps": env_steps, "returns": returns,
                              "mean": metrics["eval/return_mean"], "std": metrics["eval/return_std"]})
         for logger in trainer.loggers:

@@ -48,13 +48,19 @@ def build_parser() -> argparse.ArgumentParser:
     cmp.add_argument("--output-dir", default="runs", help="where fit wrote runs (locates the embedded store)")
     cmp.add_argument("--out", default=None, help="directory for tables and plots (default <output-dir>/compare-<experiment>)")
     cmp.add_argument("--reps", type=int, default=2000, help="bootstrap repetitions")
+
+    table = commands.add_parser("atari-table", help="per-game Atari-100k table (reference, paper, your runs)",
+                                description="Raw and human-normalised scores per game: random, human, the paper's "
+                                            "Baseline and MLR, and the final evaluations of the runs under --runs.")
+    table.add_argument("--runs", default=None, help="directory of run directories (e.g. runs); omit for the paper only")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return {"fit": run_fit, "grid": run_grid, "compare": run_compare}[args.command](args)
+        return {"fit": run_fit, "grid": run_grid, "compare": run_compare,
+                "atari-table": run_atari_table}[args.command](args)
     except ConfigError as err:
         print(f"config error: {err}", file=sys.stderr)
         return 2
@@ -64,13 +70,14 @@ def run_fit(args) -> int:
     cfg = load_config(args.config, args.overrides)
     from mlr_lightning.checkpointing import CheckpointError
     from mlr_lightning.data.stream import EnvironmentFailure
+    from mlr_lightning.envs.atari import UnknownGameError
     from mlr_lightning.envs.dmc import UnknownTaskError
     from mlr_lightning.experiment import RunFailed, RunInterrupted, fit
     from mlr_lightning.rendering import RenderBackendError
 
     try:
         run_dir = fit(cfg, resume=getattr(args, "resume", None))
-    except (UnknownTaskError, RenderBackendError, CheckpointError) as err:
+    except (UnknownTaskError, UnknownGameError, RenderBackendError, CheckpointError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except (RunFailed, EnvironmentFailure) as err:
@@ -130,4 +137,12 @@ def run_compare(args) -> int:
         print(f"Aggregate over tasks at {budget} environment steps (normalised scores, 95% stratified bootstrap CIs):")
         print((out / f"aggregate_{budget}.md").read_text())
     print(f"Tables and plots: {out}")
+    return 0
+
+
+def run_atari_table(args) -> int:
+    from mlr_lightning.atari_table import atari_table, collect_runs, format_table
+
+    runs = collect_runs(Path(args.runs)) if args.runs else None
+    print(format_table(atari_table(runs), with_runs=bool(args.runs)))
     return 0

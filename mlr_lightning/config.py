@@ -140,6 +140,7 @@ class TrackingConfig:
 
 @dataclass
 class ExperimentConfig:
+    domain: str = "dmc"  # "atari" selects AtariExperimentConfig
     seed: int = 1
     output_dir: str = "runs"  # each run gets output_dir/<run_name>
     run_name: str | None = None  # default: <task>-<mlr|baseline>-s<seed>-<timestamp>
@@ -154,6 +155,132 @@ class ExperimentConfig:
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
 
+# ------------------------------------------------------------------------------------------- Atari
+# Atari-100k (data-efficient Rainbow + MLR): a separate schema, chosen by ``domain: atari`` in the
+# file or on the command line. Defaults are the official MLR Atari code (SPR on rlpyt,
+# shared/mlr_reference.md 3.2) unless a comment names a deliberate deviation.
+
+
+@dataclass
+class AtariEnvConfig:
+    task: str = MISSING  # ale-py game id, snake_case: pong, ms_pacman, up_n_down, ...
+    frame_skip: int = 4  # max-pooled over the last two raw frames
+    image_size: int = 84  # grayscale, bilinear resize, no crop
+    frame_stack: int = 4
+    noop_max: int = 30  # up to this many random no-ops at a game's start
+    repeat_action_probability: float = 0.0  # no sticky actions
+    max_episode_frames: int = 108_000  # raw frames (27k agent steps); the cap is a truncation
+    terminal_on_life_loss: bool = True  # training only; evaluation episodes end at game over
+    clip_rewards: bool = True  # sign(r), training only
+    # Resize of the max-pooled screen: "linear" (official, cv2.INTER_LINEAR) or "area" (gymnasium's default).
+    resize: str = "linear"
+
+
+@dataclass
+class RainbowConfig:
+    num_atoms: int = 51
+    v_min: float = -10.0
+    v_max: float = 10.0
+    hidden_dim: int = 256  # of each dueling stream
+    dueling: bool = True
+    double_q: bool = True
+    noisy_std: float = 0.1  # sigma_0 of the factorised noisy layers (SPR's default is 0.5)
+    head_grad_scale: float = 0.7071067811865476  # 2^-1/2: gradient scale from the head into the encoder
+    conv_channels: list[int] = field(default_factory=lambda: [32, 64, 64])
+    conv_kernels: list[int] = field(default_factory=lambda: [8, 4, 3])
+    conv_strides: list[int] = field(default_factory=lambda: [4, 2, 1])
+    renormalize: bool = True  # SPR min-max normalisation of the conv output
+    # Floor of (max - min) in that normalisation. The official code has none (a constant map divides
+    # by zero); 1e-8 changes nothing otherwise.
+    renormalize_eps: float = 1e-8
+    n_step: int = 10
+    discount: float = 0.99
+    lr: float = 1e-4
+    adam_eps: float = 1.5e-4
+    grad_clip: float = 10.0  # norm clip, separately for the stem (conv + Q head) and the MLR decoder
+    target_update_interval: int = 1  # updates between target-network updates
+    target_update_tau: float = 1.0  # 1: the target is a copy of the online network
+    shift_pad: int = 4  # random shift of up to +-4 px (replicate padding)
+    intensity_scale: float = 0.05
+    target_augmentation: bool = True  # augment the target network's input too
+    eval_epsilon: float = 0.001  # evaluation: epsilon-greedy over the mean (noise-free) weights
+
+
+@dataclass
+class AtariMLRConfig:
+    enabled: bool = True  # false gives the paper's Atari Baseline (data-efficient Rainbow + augmentation)
+    seq_len: int = 16  # K (--jumps 15)
+    mask_ratio: float = 0.5
+    patch_size: int = 12  # 7x7 grid on 84x84
+    block_size: int = 8
+    per_sample_mask: bool = False  # deviation switch (ablation): one mask per sequence
+    # Deviation switch. false (ours): exactly int(ratio * patches) = 24/49 patches masked, as DMC.
+    # true (official Atari): the patches drawn are *kept*, so 25/49 are masked.
+    official_mask_keep: bool = False
+    # Deviation switch. false (ours): the masked branch is scaled to [0, 1] like every other input.
+    # true (official): the masked frames reach the encoder in [0, 255] (an input-scaling bug that
+    # the min-max renormalisation hides).
+    official_input_scaling: bool = False
+    num_attn_layers: int = 2
+    num_heads: int = 1
+    mlp_ratio: float = 2.0
+    max_seq_positions: int = 128
+    # Transformer width. null: the flattened conv map (64*7*7 = 3136, the paper; ~157M parameters);
+    # a smaller value adds linear maps conv map -> width -> conv map around the transformer.
+    decoder_dim: int | None = None
+    weight: float = 1.0  # loss = RL loss + weight * MLR loss, one optimiser
+    momentum_tau: float = 1.0  # target encoder/projection: 1 = copied from the online ones at every update
+    normalize_eps: float = 1e-3
+
+
+@dataclass
+class PrioritizedReplayConfig:
+    capacity: int = 1_000_000  # more than 100k steps: nothing is evicted
+    alpha: float = 0.5
+    beta_start: float = 0.4  # annealed linearly to beta_end over training (from the agent-step counter)
+    beta_end: float = 1.0
+    priority_eps: float = 1e-6  # TorchRL's PrioritizedSampler eps: priorities are (p + eps)^alpha
+    kl_clamp: float = 1e-6  # priorities are the per-sample KL clamped to [kl_clamp, 1 / kl_clamp] (rlpyt EPS)
+
+
+@dataclass
+class AtariTrainConfig:
+    num_env_steps: int = 100_000  # agent steps (the "100k" of Atari-100k; 400k frames)
+    init_steps: int = 2000  # uniformly random actions (epsilon = 1) before the first update
+    batch_size: int = 32
+    updates_per_step: int = 2  # replay ratio 64 at batch 32
+    # A crashing environment is rebuilt up to this many times per run.
+    max_env_restarts: int = 10
+
+
+@dataclass
+class AtariEvalConfig:
+    num_episodes: int = 100  # at the end of training (--final-eval-only 1)
+    every_env_steps: int = 0  # 0: only at the end; otherwise also every this many agent steps
+    seed_offset: int = 100
+    # Evaluation episodes stop after this many agent steps (null: the environment's 108k-frame cap).
+    max_steps: int | None = None
+
+
+@dataclass
+class AtariExperimentConfig:
+    domain: str = "atari"
+    seed: int = 1
+    output_dir: str = "runs"
+    run_name: str | None = None
+    env: AtariEnvConfig = field(default_factory=AtariEnvConfig)
+    rainbow: RainbowConfig = field(default_factory=RainbowConfig)
+    mlr: AtariMLRConfig = field(default_factory=AtariMLRConfig)
+    replay: PrioritizedReplayConfig = field(default_factory=PrioritizedReplayConfig)
+    train: AtariTrainConfig = field(default_factory=AtariTrainConfig)
+    eval: AtariEvalConfig = field(default_factory=AtariEvalConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+
+
+DOMAINS = {"dmc": ExperimentConfig, "atari": AtariExperimentConfig}
+
+
 PRECISIONS = ("32-true", "bf16-mixed", "16-mixed")
 STRATEGIES = ("auto", "ddp")
 # Keys a resumed run may change: they affect bookkeeping, not the experiment.
@@ -163,7 +290,6 @@ RESUMABLE_CHANGES = ("run_name", "output_dir", "trainer.checkpoint_every_updates
 
 def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> DictConfig:
     """Schema defaults <- YAML file <- ``key=value`` overrides, then :func:`validate`."""
-    cfg = OmegaConf.structured(ExperimentConfig)
     sources: list[tuple[str, Any]] = []
     if path is not None:
         path = Path(path)
@@ -175,15 +301,28 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -
             raise ConfigError(f"override {item!r} is not of the form key=value (e.g. mlr.enabled=false)")
     if overrides:
         sources.append(("command line", OmegaConf.from_dotlist(list(overrides))))
+    schema = _schema(sources)
+    cfg = OmegaConf.structured(schema)
     for origin, source in sources:
         try:
             cfg = OmegaConf.merge(cfg, source)
         except (ConfigKeyError, ConfigAttributeError) as err:
-            raise ConfigError(_unknown_key_message(err, origin)) from None
+            raise ConfigError(_unknown_key_message(err, origin, schema)) from None
         except ValidationError as err:
             raise ConfigError(_type_message(err, origin)) from None
     validate(cfg)
     return cfg
+
+
+def _schema(sources: list[tuple[str, Any]]) -> type:
+    """The schema named by the last ``domain`` key of the sources (default dmc)."""
+    domain = "dmc"
+    for origin, source in sources:
+        if isinstance(source, DictConfig) and "domain" in source:
+            domain = source.domain
+            if domain not in DOMAINS:
+                raise ConfigError(f"domain={domain!r} (from {origin}) is not one of {tuple(DOMAINS)}")
+    return DOMAINS[domain]
 
 
 def validate(cfg: DictConfig) -> None:
@@ -191,6 +330,8 @@ def validate(cfg: DictConfig) -> None:
     missing = sorted(_missing_keys(cfg))
     if missing:
         raise ConfigError(f"missing value for {', '.join(missing)}: set it in the config file or as key=value")
+    if cfg.domain == "atari":
+        return validate_atari(cfg)
     env, mlr, train = cfg.env, cfg.mlr, cfg.train
     _require(env.action_repeat >= 1, "env.action_repeat", "must be >= 1")
     _require(env.frame_stack >= 1, "env.frame_stack", "must be >= 1")
@@ -216,11 +357,50 @@ def validate(cfg: DictConfig) -> None:
              f"must leave updates after the {train.init_steps} random agent steps (train.init_steps)")
     _require(train.batch_size >= 1 and mlr.batch_size >= 1, "train.batch_size / mlr.batch_size", "must be >= 1")
     _require(cfg.replay.capacity >= train.batch_size, "replay.capacity", "must be >= train.batch_size")
+    _require(cfg.eval.num_episodes >= 1, "eval.num_episodes", "must be >= 1")
+    validate_trainer(cfg)
+
+
+def validate_atari(cfg: DictConfig) -> None:
+    env, rb, mlr, train, replay = cfg.env, cfg.rainbow, cfg.mlr, cfg.train, cfg.replay
+    _require(env.frame_skip >= 1 and env.frame_stack >= 1, "env.frame_skip / env.frame_stack", "must be >= 1")
+    _require(0 <= env.noop_max, "env.noop_max", "must be >= 0")
+    _require(env.resize in ("linear", "area"), "env.resize", f"must be 'linear' or 'area', got {env.resize!r}")
+    _require(rb.num_atoms >= 2 and rb.v_min < rb.v_max, "rainbow.num_atoms / v_min / v_max",
+             "need at least 2 atoms and v_min < v_max")
+    _require(len(rb.conv_channels) == len(rb.conv_kernels) == len(rb.conv_strides), "rainbow.conv_channels",
+             "conv_channels, conv_kernels and conv_strides must have the same length")
+    _require(rb.n_step >= 1, "rainbow.n_step", "must be >= 1")
+    _require(0.0 < rb.target_update_tau <= 1.0 and rb.target_update_interval >= 1, "rainbow.target_update_tau",
+             "must be in (0, 1] (with target_update_interval >= 1)")
+    _require(0.0 < mlr.mask_ratio < 1.0, "mlr.mask_ratio", f"must be in the open interval (0, 1), got {mlr.mask_ratio}")
+    _require(mlr.seq_len % mlr.block_size == 0, "mlr.seq_len",
+             f"({mlr.seq_len}) must be divisible by mlr.block_size ({mlr.block_size}): the cube mask is built per "
+             "temporal block")
+    _require(env.image_size % mlr.patch_size == 0, "mlr.patch_size",
+             f"({mlr.patch_size}) must divide env.image_size ({env.image_size})")
+    _require(mlr.seq_len <= mlr.max_seq_positions, "mlr.seq_len", f"must be <= mlr.max_seq_positions ({mlr.max_seq_positions})")
+    _require(0.0 < mlr.momentum_tau <= 1.0, "mlr.momentum_tau", "must be in (0, 1]")
+    _require(mlr.decoder_dim is None or (mlr.decoder_dim >= 1 and mlr.decoder_dim % mlr.num_heads == 0),
+             "mlr.decoder_dim", f"must be null (the conv map width) or a positive multiple of mlr.num_heads ({mlr.num_heads})")
+    _require(cfg.eval.max_steps is None or cfg.eval.max_steps >= 1, "eval.max_steps", "must be null or >= 1")
+    _require(train.num_env_steps > train.init_steps, "train.num_env_steps",
+             f"must leave updates after the {train.init_steps} random agent steps (train.init_steps)")
+    _require(train.batch_size >= 1 and train.updates_per_step >= 1, "train.batch_size / train.updates_per_step",
+             "must be >= 1")
+    _require(replay.capacity >= train.batch_size, "replay.capacity", "must be >= train.batch_size")
+    _require(0.0 <= replay.alpha and 0.0 <= replay.beta_start <= replay.beta_end <= 1.0, "replay.beta_start",
+             "need alpha >= 0 and 0 <= beta_start <= beta_end <= 1")
+    _require(cfg.eval.every_env_steps >= 0, "eval.every_env_steps", "must be >= 0 (0: only at the end)")
+    _require(cfg.eval.num_episodes >= 1, "eval.num_episodes", "must be >= 1")
+    validate_trainer(cfg)
+
+
+def validate_trainer(cfg: DictConfig) -> None:
     _require(cfg.trainer.precision in PRECISIONS, "trainer.precision", f"must be one of {PRECISIONS}")
     _require(cfg.trainer.strategy in STRATEGIES, "trainer.strategy", f"must be one of {STRATEGIES}")
     _require(cfg.trainer.keep_checkpoints >= 1, "trainer.keep_checkpoints", "must be >= 1")
     _require(cfg.trainer.checkpoint_every_updates >= 1, "trainer.checkpoint_every_updates", "must be >= 1")
-    _require(cfg.eval.num_episodes >= 1, "eval.num_episodes", "must be >= 1")
 
 
 def _require(ok: bool, key: str, what: str) -> None:
@@ -238,10 +418,10 @@ def _missing_keys(cfg: DictConfig, prefix: str = "") -> list[str]:
     return keys
 
 
-def _unknown_key_message(err: Exception, origin: str) -> str:
+def _unknown_key_message(err: Exception, origin: str, schema: type | None = None) -> str:
     full_key = getattr(err, "full_key", None) or "?"
     parent, _, _ = full_key.rpartition(".")
-    node = OmegaConf.structured(ExperimentConfig)
+    node = OmegaConf.structured(schema or ExperimentConfig)
     for part in filter(None, parent.split(".")):
         node = node[part]
     allowed = ", ".join(sorted(str(k) for k in node))

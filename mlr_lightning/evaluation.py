@@ -29,5 +29,7 @@ def record_episode(env: EnvBase, policy: TensorDictModule) -> tuple[float, Tenso
     """One deterministic episode: its return and its frames ``[T + 1, H, W, 3]`` uint8 (newest of each stack)."""
     rollout = deterministic_episode(env, policy)
     pixels = torch.cat([rollout["pixels"], rollout["next", "pixels"][-1:]])  # [T + 1, 3S, H, W]
-    frames = pixels[:, -3:].permute(0, 2, 3, 1).contiguous()
+    # RGB stacks (3 channels per frame): the newest frame; grayscale stacks (Atari): the newest, as grey.
+    newest = pixels[:, -3:] if pixels.shape[1] % 3 == 0 else pixels[:, -1:].expand(-1, 3, -1, -1)
+    frames = newest.permute(0, 2, 3, 1).contiguous()
     return float(rollout["next", "reward"].sum()), frames

@@ -26,6 +26,7 @@ from mlr_lightning.callbacks import GracefulInterrupt, PeriodicEvaluation, RunAr
 from mlr_lightning.checkpointing import MODEL_FILE, CheckpointError, latest_snapshot, resolve_snapshot, save_torch
 from mlr_lightning.config import ConfigError, config_differences, to_yaml
 from mlr_lightning.data.replay import FrameReplay
+from mlr_lightning.data.prioritized_stream import PriorityUpdate
 from mlr_lightning.data.stream import ExperienceStream, make_collector
 from mlr_lightning.envs.dmc import make_dmc_env, split_task
 from mlr_lightning.tracking import make_loggers, remember_run
@@ -47,9 +48,71 @@ class RunFailed(Exception):
     """Training stopped on an error; names the last good snapshot."""
 
 
-def make_env(cfg: DictConfig, seed: int):
+# ------------------------------------------------------------------ per-domain builders
+# DMC (SAC + MLR) is built here; Atari (Rainbow + MLR) in mlr_lightning.atari_experiment.
+
+def is_atari(cfg: DictConfig) -> bool:
+    return cfg.domain == "atari"
+
+
+def check_task(cfg: DictConfig) -> None:
+    """Fails on an unknown task or game, with the available ones, before anything is built."""
+    if is_atari(cfg):
+        from mlr_lightning.envs.atari import check_game
+
+        check_game(cfg.env.task)
+    else:
+        split_task(cfg.env.task)
+
+
+def make_env(cfg: DictConfig, seed: int, train: bool = True):
+    """A training (or evaluation, ``train=False``) environment of the configured domain."""
+    if is_atari(cfg):
+        from mlr_lightning import atari_experiment
+
+        return atari_experiment.make_env(cfg, seed, train)
     e = cfg.env
     return make_dmc_env(e.task, e.action_repeat, e.image_size, e.camera_id, e.frame_stack, e.fast_render, seed)
+
+
+def env_steps_per_agent_step(cfg: DictConfig) -> int:
+    """The x-axis unit: DMC counts environment (physics) steps, Atari counts agent steps."""
+    return 1 if is_atari(cfg) else cfg.env.action_repeat
+
+
+def make_agent(cfg: DictConfig, env) -> pl.LightningModule:
+    if is_atari(cfg):
+        from mlr_lightning import atari_experiment
+
+        return atari_experiment.make_agent(cfg, env)
+    return SACMLRAgent(OmegaConf.to_container(cfg, resolve=True), action_dim=env.action_spec.shape[-1])
+
+
+def make_stream(cfg: DictConfig, collector_from) -> ExperienceStream:
+    if is_atari(cfg):
+        from mlr_lightning import atari_experiment
+
+        return atari_experiment.make_stream(cfg, collector_from, atari_experiment.make_replay(cfg))
+    return ExperienceStream(
+        collector_from,
+        FrameReplay(cfg.replay.capacity, cfg.env.frame_stack, cfg.mlr.seq_len),
+        total_agent_steps=cfg.train.num_env_steps // cfg.env.action_repeat,
+        init_steps=cfg.train.init_steps,
+        action_repeat=cfg.env.action_repeat,
+        batch_size=cfg.train.batch_size,
+        window_batch_size=cfg.mlr.batch_size if cfg.mlr.enabled else None,
+        max_env_restarts=cfg.train.max_env_restarts,
+    )
+
+
+def make_evaluation(cfg: DictConfig) -> PeriodicEvaluation:
+    """The environment is attached later, on the evaluating rank only."""
+    if is_atari(cfg):
+        from mlr_lightning.atari_experiment import hns_metrics
+
+        return PeriodicEvaluation(None, cfg.eval.every_env_steps or None, cfg.eval.num_episodes,
+                                  cfg.train.num_env_steps, extra_metrics=hns_metrics(cfg.env.task))
+    return PeriodicEvaluation(None, cfg.eval.every_env_steps, cfg.eval.num_episodes, cfg.train.num_env_steps)
 
 
 def rank_seed(cfg: DictConfig, rank: int) -> int:
@@ -117,7 +180,6 @@ class ExperienceDataModule(pl.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         cfg, agent = self.cfg, self.trainer.lightning_module
-        total_agent_steps = cfg.train.num_env_steps // cfg.env.action_repeat
         policy = TensorDictModule(agent.policy, in_keys=["pixels"], out_keys=["action"])
 
         def collector_from(start: int):
@@ -126,19 +188,10 @@ class ExperienceDataModule(pl.LightningDataModule):
             env, self.env = self.env, None
             if env is None:
                 env = make_env(cfg, self.env_seed + self.stream.counters.env_restarts)
-            return make_collector(env, policy, total_agent_steps - start, max(0, cfg.train.init_steps - start), agent.device)
+            total = self.stream.total_agent_steps
+            return make_collector(env, policy, total - start, max(0, cfg.train.init_steps - start), agent.device)
 
-        replay = FrameReplay(cfg.replay.capacity, cfg.env.frame_stack, cfg.mlr.seq_len)
-        self.stream = ExperienceStream(
-            collector_from,
-            replay,
-            total_agent_steps=total_agent_steps,
-            init_steps=cfg.train.init_steps,
-            action_repeat=cfg.env.action_repeat,
-            batch_size=cfg.train.batch_size,
-            window_batch_size=cfg.mlr.batch_size if cfg.mlr.enabled else None,
-            max_env_restarts=cfg.train.max_env_restarts,
-        )
+        self.stream = make_stream(cfg, collector_from)
         if self.snapshot is not None:
             self.load_rank_state(self.snapshot, self.trainer.global_rank)
         # batch_size=None: the stream yields ready batches; num_workers=0: the collector shares the
@@ -162,9 +215,9 @@ class ExperienceDataModule(pl.LightningDataModule):
             self.stream.close()
 
 
-def snapshot_env_steps(snapshot: Path) -> int:
+def snapshot_env_steps(cfg: DictConfig, snapshot: Path) -> int:
     counters = torch.load(snapshot / "stream-rank0.pt", weights_only=False)["counters"]
-    return counters["agent_steps"] * OmegaConf.load(snapshot.parent.parent / "config.yaml").env.action_repeat
+    return counters["agent_steps"] * env_steps_per_agent_step(cfg)
 
 
 def make_trainer(cfg: DictConfig, run_dir: Path, loggers, callbacks) -> pl.Trainer:
@@ -194,7 +247,7 @@ def make_trainer(cfg: DictConfig, run_dir: Path, loggers, callbacks) -> pl.Train
 
 def fit(cfg: DictConfig, resume: str | None = None) -> Path:
     """Train one agent as configured (or continue a snapshot, ``resume``); returns the run directory."""
-    split_task(cfg.env.task)  # fails on an unknown task before anything is built
+    check_task(cfg)
     if RUN_DIR_ENV in os.environ:  # a rank started by Lightning's DDP launcher
         snapshot = Path(os.environ[SNAPSHOT_ENV]) if os.environ.get(SNAPSHOT_ENV) else None
         return _train(cfg, Path(os.environ[RUN_DIR_ENV]), snapshot)
@@ -212,14 +265,15 @@ def fit(cfg: DictConfig, resume: str | None = None) -> Path:
 
 
 def _train(cfg: DictConfig, run_dir: Path, snapshot: Path | None) -> Path:
-    resume_step = snapshot_env_steps(snapshot) if snapshot is not None else None
+    resume_step = snapshot_env_steps(cfg, snapshot) if snapshot is not None else None
 
-    evaluation = PeriodicEvaluation(None, cfg.eval.every_env_steps, cfg.eval.num_episodes, cfg.train.num_env_steps)
+    evaluation = make_evaluation(cfg)
     checkpoint = UpdateCheckpoint(run_dir / "checkpoints", cfg.trainer.checkpoint_every_updates, cfg.trainer.keep_checkpoints)
     interrupt = GracefulInterrupt()
     loggers = make_loggers(cfg, run_dir, resume_step)
     trainer = make_trainer(cfg, run_dir, loggers, [
         TQDMProgressBar(refresh_rate=cfg.trainer.log_every_updates),
+        *([PriorityUpdate()] if is_atari(cfg) else []),  # before the snapshot, which holds the priorities
         evaluation,
         checkpoint,
         interrupt,
@@ -231,10 +285,10 @@ def _train(cfg: DictConfig, run_dir: Path, snapshot: Path | None) -> Path:
     pl.seed_everything(cfg.seed, workers=True, verbose=False)  # the same initial networks on every rank
     env_seed = rank_seed(cfg, trainer.global_rank)
     env = make_env(cfg, env_seed)
-    agent = SACMLRAgent(OmegaConf.to_container(cfg, resolve=True), action_dim=env.action_spec.shape[-1])
+    agent = make_agent(cfg, env)
     pl.seed_everything(env_seed, workers=True, verbose=False)  # each rank explores and samples its own way
     if trainer.is_global_zero:  # evaluation and logging happen once
-        evaluation.rebuild_env = lambda: make_env(cfg, cfg.seed + cfg.eval.seed_offset)
+        evaluation.rebuild_env = lambda: make_env(cfg, cfg.seed + cfg.eval.seed_offset, train=False)
         evaluation.env = evaluation.rebuild_env()
     data = ExperienceDataModule(cfg, env, env_seed, snapshot)
     try:

@@ -97,10 +97,12 @@ def git_commit() -> str:
 
 def run_tags(cfg: DictConfig) -> dict[str, str]:
     """The tags ``compare`` selects and groups runs by."""
+    domain = cfg.get("domain", "dmc")
+    agent = "rainbow" if domain == "atari" else "sac"
     return {
-        "domain": "dmc",
+        "domain": domain,
         "task": cfg.env.task,
-        "algorithm": "sac_mlr" if cfg.mlr.enabled else "sac",
+        "algorithm": f"{agent}_mlr" if cfg.mlr.enabled else agent,
         "mlr": "on" if cfg.mlr.enabled else "off",
         "seed": str(cfg.seed),
         "git_commit": git_commit(),

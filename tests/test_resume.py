@@ -14,6 +14,7 @@ from mlflow import MlflowClient
 
 from mlr_lightning.checkpointing import CheckpointError, resolve_snapshot, snapshot_name, snapshots, verify_snapshot
 from tests.conftest import TINY_OVERRIDES
+from tests.test_atari_replay import one_thread  # noqa: F401  (fixture)
 from tests.test_cli import ROOT, cli_env, run_cli
 
 # 60 agent steps - 20 random = 40 updates, a snapshot every 10: long enough to interrupt mid-run.
@@ -140,3 +141,33 @@ def test_resume_refuses_a_config_that_changes_the_experiment(uninterrupted):
                      str(uninterrupted / "run"), "sac.critic_lr=0.5")
     assert result.returncode == 2
     assert "sac.critic_lr: 0.001 -> 0.5" in result.stderr
+
+
+def test_atari_resume_between_the_two_updates_of_a_step_is_identical(tmp_path, one_thread):
+    """Rainbow+MLR on real Pong: emulator state, prioritized replay (priorities) and the update owed
+    for the last step (2 updates per step; snapshot 15 falls between them) all come back."""
+    import shutil
+
+    from mlr_lightning.cli import main
+
+    args = ["fit", "--config", "conf/atari/pong.yaml", "train.num_env_steps=50", "train.init_steps=30",
+            "train.batch_size=4", "mlr.seq_len=4", "mlr.block_size=2", "mlr.decoder_dim=32", "rainbow.hidden_dim=32",
+            "rainbow.n_step=3", "replay.capacity=500", "eval.num_episodes=1", "eval.max_steps=20",
+            "trainer.accelerator=cpu", "trainer.checkpoint_every_updates=5", "trainer.keep_checkpoints=10",
+            "tracking.mlflow=false", "tracking.video=false", "run_name=run"]
+    assert main([*args, f"output_dir={tmp_path / 'a'}"]) == 0
+    shutil.copytree(tmp_path / "a", tmp_path / "b")
+    checkpoints = tmp_path / "b" / "run" / "checkpoints"
+    for later in snapshots(checkpoints)[: -3]:  # as if killed right after update 15
+        shutil.rmtree(later)
+    assert snapshots(checkpoints)[0].name == snapshot_name(15)
+    assert main(["fit", "--config", str(tmp_path / "b" / "run" / "config.yaml"), "--resume",
+                 str(checkpoints / snapshot_name(15))]) == 0
+
+    a, b = final_state(tmp_path / "a" / "run"), final_state(tmp_path / "b" / "run")
+    assert int(b["state_dict"]["num_updates"]) == 40
+    differing = [k for k in a["state_dict"] if not torch.equal(a["state_dict"][k], b["state_dict"][k])]
+    assert not differing, f"weights differ from the uninterrupted run: {differing[:5]}"
+    history = [s["callbacks"]["PeriodicEvaluation"]["history"] for s in (a, b)]
+    assert [h["returns"] for h in history[0]] == [h["returns"] for h in history[1]]
+    assert metrics_rows(tmp_path / "b" / "run") == metrics_rows(tmp_path / "a" / "run")

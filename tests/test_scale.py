@@ -54,7 +54,8 @@ def test_mixed_precision_keeps_losses_distributions_and_weights_in_fp32(precisio
 
     monkeypatch.setattr(sac_mlr, "mlr_loss", recording_loss)
     cfg = load_config(None, tiny_overrides + [f"trainer.precision={precision}", "tracking.mlflow=false",
-                                              "tracking.video=false"])
+                                              "tracking.video=false", "train.num_env_steps=240",
+                                              "eval.every_env_steps=240"])  # 10 updates: bf16 is slow on CPU
     run_dir = fit(cfg)
 
     low = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}[precision]

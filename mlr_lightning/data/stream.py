@@ -42,6 +42,7 @@ class StreamCounters:
     episode_id: int = 0  # id of the running episode in the replay; also advanced by abandoned ones
     env_restarts: int = 0  # environment crashes survived by rebuilding it
     collector_start: int = 0  # agent step at which the current collector was built
+    owed_updates: int = 0  # updates still due for the last collected step (several updates per step)
     last_episode_return: float = math.nan
 
 

@@ -1,0 +1,141 @@
+"""Prioritized replay of n-step transitions and K-step windows for Atari (rlpyt/SPR semantics).
+
+:class:`PrioritizedFrameReplay` keeps :class:`FrameReplay`'s layout (single uint8 frames stored
+once, stacks rebuilt from ``step_count``, a final-observation row after every episode end) and
+samples *start rows* with TorchRL's :class:`~torchrl.data.PrioritizedSampler` (alpha, beta, sum
+tree). From each start row ``i`` it builds, on the CPU, by walking forward through rows of the same
+episode:
+
+- the n-step return ``R = sum_{j<m} gamma^j r_{i+j}`` with ``m = min(n, steps left in the episode)``,
+  the bootstrap discount ``gamma^m`` (0 when the episode *terminated* inside the n steps; a
+  truncation bootstraps from its final-observation row) and the bootstrap frames (row ``i + m``);
+- the MLR window of K rows ``i .. i+K-1``; rows past the episode's last step repeat that step
+  (frames and action), as SPR's ``sanitize_batch`` (windows are padded, not discarded).
+
+Start rows whose lookahead reaches past the newest written row are redrawn (their future is not
+known yet); final-observation rows get priority 0. Importance weights are normalised by the batch
+maximum, as rlpyt does (TorchRL normalises by the buffer's minimum priority instead).
+"""
+
+from __future__ import annotations
+
+import torch
+from tensordict import TensorDict, TensorDictBase
+from torch import Tensor
+from torchrl.data import PrioritizedSampler, TensorDictReplayBuffer
+
+from mlr_lightning.data.replay import FrameReplay
+
+MAX_REDRAWS = 100  # rounds of redrawing invalid start rows before giving up
+
+
+class PrioritizedFrameReplay(FrameReplay):
+    def __init__(self, capacity: int, frame_stack: int, seq_len: int, n_step: int, discount: float,
+                 alpha: float, priority_eps: float, device: torch.device | str = "cpu"):
+        super().__init__(capacity, frame_stack, seq_len, device)
+        self.n_step, self.discount = n_step, discount
+        self.horizon = max(n_step, seq_len - 1)  # rows looked at after a start row
+        self.sampler = PrioritizedSampler(capacity, alpha=alpha, beta=1.0, eps=priority_eps)
+        # The same storage, now written through a buffer whose sampler tracks priorities (new rows
+        # get the current maximum priority, as in PER).
+        self.buffer = TensorDictReplayBuffer(storage=self.storage, sampler=self.sampler)
+
+    def extend(self, steps: TensorDictBase, *args, **kwargs) -> None:
+        """FrameReplay's ``extend`` (same arguments), then priority 0 for the final-observation rows."""
+        start = self.cursor
+        super().extend(steps, *args, **kwargs)
+        count = steps.numel() + int(steps["next", "done"].sum())  # steps and their final-observation rows
+        rows = (start + torch.arange(count)) % self.capacity
+        finals = rows[~self._field("has_action")[rows].reshape(-1)]
+        if finals.numel():  # final observations are never start rows
+            self.sampler.update_priority(finals, torch.zeros(finals.numel()))
+
+    def update_priority(self, index: Tensor, priority: Tensor) -> None:
+        """New raw priorities (the sampler stores ``(p + eps) ** alpha``) for the start rows ``index``."""
+        self.sampler.update_priority(index.cpu(), priority.detach().float().cpu())
+
+    # ---------------------------------------------------------------------------------- sampling
+    def sample(self, batch_size: int, beta: float, windows: bool) -> TensorDict:
+        """``batch_size`` prioritized start rows with their n-step targets (and MLR windows).
+
+        Returns ``index`` [B], ``weight`` [B] (importance weights, max 1), ``pixels`` [B, S, H, W],
+        ``action`` [B, A], ``return`` [B], ``discount`` [B] (gamma^m, 0 after a termination),
+        ``next_pixels`` [B, S, H, W]; with ``windows``, ``window_pixels`` [B, K, S, H, W] and
+        ``window_action`` [B, K, A].
+        """
+        self.sampler.beta = beta
+        index, weight, ahead = self._draw(batch_size)
+        steps = self._steps_left(index, ahead)  # [B] action rows of the episode from index on (<= horizon + 1)
+        m = steps.clamp_max(self.n_step)  # [B]
+        offsets = torch.arange(self.n_step)
+        reward_rows = (index[:, None] + offsets) % self.capacity  # [B, n]
+        rewards = self._field("reward")[reward_rows].reshape(batch_size, self.n_step)
+        in_return = offsets[None, :] < m[:, None]
+        returns = torch.where(in_return, rewards * self.discount ** offsets[None, :], 0.0).sum(-1)  # rows past m may be unwritten
+        last = (index + m - 1) % self.capacity
+        terminated = self._field("terminated")[last].reshape(-1) & (steps <= self.n_step)
+        discount = torch.where(terminated, 0.0, self.discount ** m.double()).float()
+        out = TensorDict(
+            {
+                "index": index,
+                "weight": (weight / weight.max()).float(),
+                "pixels": self.stacked_pixels(index),
+                "action": self._field("action")[index],
+                "return": returns.float(),
+                "discount": discount,
+                "next_pixels": self.stacked_pixels((index + m) % self.capacity),
+            },
+            batch_size=[batch_size],
+        )
+        if windows:
+            k = torch.arange(self.seq_len)
+            window = (index[:, None] + torch.minimum(k[None, :], steps[:, None] - 1)) % self.capacity  # [B, K]
+            out["window_pixels"] = self.stacked_pixels(window)
+            out["window_action"] = self._field("action")[window]
+        return out
+
+    def _draw(self, batch_size: int) -> tuple[Tensor, Tensor, Tensor]:
+        """Prioritized start rows whose lookahead is known: index [B], TorchRL weight [B], ahead rows [B, H]."""
+        kept_index, kept_weight = [], []
+        need = batch_size
+        for _ in range(MAX_REDRAWS):
+            index, info = self.sampler.sample(self.storage, need)
+            index = torch.as_tensor(index).reshape(-1)
+            valid = self._valid(index)
+            kept_index.append(index[valid])
+            kept_weight.append(torch.as_tensor(info["priority_weight"]).reshape(-1)[valid])
+            need -= int(valid.sum())
+            if need == 0:
+                index = torch.cat(kept_index)
+                return index, torch.cat(kept_weight), self._ahead(index)
+        raise RuntimeError("the replay holds no start row with a known n-step future yet")
+
+    def _ahead(self, index: Tensor) -> Tensor:
+        return (index[:, None] + torch.arange(1, self.horizon + 1)) % self.capacity  # [B, H]
+
+    def _same_episode(self, index: Tensor, ahead: Tensor) -> tuple[Tensor, Tensor]:
+        """[B, H]: row i+j+1 is a written action row of i's episode; and row i+j+1 is written."""
+        written = torch.arange(1, self.horizon + 1)[None, :] <= ((self.cursor - 1 - index) % self.capacity)[:, None]
+        trajectory = self._field("trajectory")
+        same = (trajectory[ahead].reshape(ahead.shape) == trajectory[index].reshape(-1, 1)) & written
+        return same, written
+
+    def _steps_left(self, index: Tensor, ahead: Tensor) -> Tensor:
+        """Action rows of the episode from ``index`` on, counting ``index``, at most horizon + 1."""
+        same, _ = self._same_episode(index, ahead)
+        return 1 + same.long().cumprod(-1).sum(-1)
+
+    def _valid(self, index: Tensor) -> Tensor:
+        """Action rows whose episode either ends within the horizon or has horizon more rows written."""
+        ahead = self._ahead(index)
+        same, written = self._same_episode(index, ahead)
+        first_break = same.long().cumprod(-1).sum(-1)  # [B] in 0..H
+        known = (first_break == self.horizon) | written.gather(1, first_break.clamp_max(self.horizon - 1)[:, None])[:, 0]
+        return self._field("has_action")[index].reshape(-1) & known
+
+    def _field(self, key: str) -> Tensor:
+        """One per-step field of the whole storage [capacity, ...], without copying it."""
+        return self.storage._storage[key]
+
+    # Snapshots: ``self.buffer`` holds the PrioritizedSampler, so FrameReplay's ``dumps``/``loads``
+    # (TorchRL's format) write and read the priorities (sum and min trees) with the rows.
