@@ -139,11 +139,19 @@ class TrackingConfig:
 
 
 @dataclass
-class ExperimentConfig:
-    domain: str = "dmc"  # "atari" selects AtariExperimentConfig
+class RunConfig:
+    """What every experiment has, whatever its domain."""
+
     seed: int = 1
     output_dir: str = "runs"  # each run gets output_dir/<run_name>
     run_name: str | None = None  # default: <task>-<mlr|baseline>-s<seed>-<timestamp>
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+
+
+@dataclass
+class ExperimentConfig(RunConfig):
+    domain: str = "dmc"  # "atari" selects AtariExperimentConfig
     env: EnvConfig = field(default_factory=EnvConfig)
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
     sac: SACConfig = field(default_factory=SACConfig)
@@ -151,8 +159,6 @@ class ExperimentConfig:
     replay: ReplayConfig = field(default_factory=ReplayConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
-    trainer: TrainerConfig = field(default_factory=TrainerConfig)
-    tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
 
 # ------------------------------------------------------------------------------------------- Atari
@@ -263,19 +269,14 @@ class AtariEvalConfig:
 
 
 @dataclass
-class AtariExperimentConfig:
+class AtariExperimentConfig(RunConfig):
     domain: str = "atari"
-    seed: int = 1
-    output_dir: str = "runs"
-    run_name: str | None = None
     env: AtariEnvConfig = field(default_factory=AtariEnvConfig)
     rainbow: RainbowConfig = field(default_factory=RainbowConfig)
     mlr: AtariMLRConfig = field(default_factory=AtariMLRConfig)
     replay: PrioritizedReplayConfig = field(default_factory=PrioritizedReplayConfig)
     train: AtariTrainConfig = field(default_factory=AtariTrainConfig)
     eval: AtariEvalConfig = field(default_factory=AtariEvalConfig)
-    trainer: TrainerConfig = field(default_factory=TrainerConfig)
-    tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
 
 DOMAINS = {"dmc": ExperimentConfig, "atari": AtariExperimentConfig}
