@@ -93,20 +93,23 @@ class ExperienceStream(IterableDataset):
 
     def _start(self) -> None:
         """A collector for the remaining steps; on resume, put back the saved state (RNG last)."""
-        self.close()
         state, self._resume_state = self._resume_state, None
         if state is None:
-            self.collector = self.make_collector(self.counters.agent_steps)
-            self._collecting = iter(self.collector)
+            self._new_collector(self.counters.agent_steps)
             return
         self.counters = StreamCounters(**state["counters"])
-        self.collector = self.make_collector(self.counters.collector_start)
+        self._new_collector(self.counters.collector_start)
         # Building the collector reset its environment; now overwrite that with the saved episode.
         self.collector.load_state_dict(state["collector"])
         self.collector._carrier = state["carrier"]  # TorchRL leaves the observation in hand unsaved
         simulator(self.collector.env).set_state(state["simulator"])
-        self._collecting = iter(self.collector)
         set_rng_states(state["rng"])
+
+    def _new_collector(self, start: int) -> None:
+        """Replace the collector (and its environment) by one for the agent steps from ``start`` on."""
+        self.close()
+        self.collector = self.make_collector(start)
+        self._collecting = iter(self.collector)
 
     def _collect(self) -> TensorDictBase | None:
         """Next collector batch; a crashing environment is rebuilt (its episode abandoned), not fatal."""
@@ -129,9 +132,7 @@ class ExperienceStream(IterableDataset):
         self.replay.abandon_episode()
         self.counters.episode_id += 1
         self.counters.collector_start = self.counters.agent_steps
-        self.close()
-        self.collector = self.make_collector(self.counters.agent_steps)
-        self._collecting = iter(self.collector)
+        self._new_collector(self.counters.agent_steps)
 
     def sample(self) -> dict:
         with timeit("data/sample_transitions"):
