@@ -28,9 +28,10 @@ from torchrl import timeit
 
 from mlr_lightning.agents.sac_mlr import SACMLRAgent
 from mlr_lightning.config import load_config
-from mlr_lightning.data.replay import FrameReplay
+from mlr_lightning.data.replay import UniformReplay
 from mlr_lightning.data.stream import make_collector
-from mlr_lightning.experiment import _as_is, make_env
+from mlr_lightning.domains import domain_of
+from mlr_lightning.training.experiment import _as_is
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 
@@ -50,16 +51,16 @@ def synthetic_batch(cfg, action_dim: int) -> dict:
     e, b = cfg.env, cfg.train.batch_size
     c, s = 3 * e.frame_stack, e.image_size
     frames = lambda *shape: torch.randint(0, 256, (*shape, c, s, s), dtype=torch.uint8)  # noqa: E731
-    batch = {
-        "transitions": TensorDict(
+    batch = TensorDict({
+        "rl": TensorDict(
             {"pixels": frames(b), "next_pixels": frames(b), "action": torch.rand(b, action_dim) * 2 - 1,
              "reward": torch.rand(b, 1), "terminated": torch.zeros(b, 1, dtype=torch.bool)}, [b]),
-        "env_steps": 0,
-        "episode_return": float("nan"),
-    }
+        "env_steps": torch.tensor(0),
+        "episode_return": torch.tensor(float("nan")),
+    })
     if cfg.mlr.enabled:
         m, k = cfg.mlr.batch_size, cfg.mlr.seq_len
-        batch["windows"] = TensorDict({"pixels": frames(m, k), "action": torch.rand(m, k, action_dim) * 2 - 1}, [m, k])
+        batch["mlr"] = TensorDict({"pixels": frames(m, k), "action": torch.rand(m, k, action_dim) * 2 - 1}, [m, k])
     return batch
 
 
@@ -82,15 +83,16 @@ def time_updates(label: str, cfg, repeats: int, action_dim: int = 1) -> None:
           + "  ".join(f"{k} {v:.3f}" for k, v in parts.items()))
 
 
-def replay_sampling(num_rows: int, episode_len: int, seq_len: int) -> FrameReplay:
+def replay_sampling(num_rows: int, episode_len: int, seq_len: int) -> UniformReplay:
     """Fill a replay with synthetic 3x100x100 frames and time both samplers at the paper's sizes."""
-    replay = FrameReplay(num_rows, frame_stack=3, seq_len=seq_len)
+    replay = UniformReplay(num_rows, frame_stack=3, seq_len=seq_len, batch_size=512, window_batch_size=128)
+    store = replay.store
     chunk = 5000
     for start in range(0, num_rows, chunk):
         n = min(chunk, num_rows - start)
         step = (torch.arange(start, start + n) % episode_len).reshape(n, 1)
-        replay.frame_buffer.extend(TensorDict({"pixels": torch.randint(0, 256, (n, 3, 100, 100), dtype=torch.uint8)}, [n]))
-        replay.buffer.extend(TensorDict({
+        store.frame_buffer.extend(TensorDict({"pixels": torch.randint(0, 256, (n, 3, 100, 100), dtype=torch.uint8)}, [n]))
+        store.buffer.extend(TensorDict({
             "action": torch.zeros(n, 1), "reward": torch.zeros(n, 1), "terminated": torch.zeros(n, 1, dtype=torch.bool),
             "step_count": step, "has_action": torch.ones(n, 1, dtype=torch.bool),
             "trajectory": torch.arange(start, start + n) // episode_len}, [n]))
@@ -104,14 +106,14 @@ def replay_sampling(num_rows: int, episode_len: int, seq_len: int) -> FrameRepla
     return replay
 
 
-def replay_snapshot(replay: FrameReplay) -> None:
+def replay_snapshot(replay: UniformReplay) -> None:
     """What a full-state snapshot adds: writing the replay (TorchRL's memory-mapped format) and reading it back."""
     with tempfile.TemporaryDirectory(dir=CONF.parent) as tmp:  # on the project's disk, not a tmpfs
         t0 = time.perf_counter()
         replay.dumps(Path(tmp))
         written = time.perf_counter() - t0
         size = sum(f.stat().st_size for f in Path(tmp).rglob("*") if f.is_file())
-        restored = FrameReplay(replay.capacity, replay.frame_stack, replay.seq_len)
+        restored = UniformReplay(replay.store.capacity, replay.store.frame_stack, replay.seq_len, 512, 128)
         t0 = time.perf_counter()
         restored.loads(Path(tmp))
         restored.sample_transitions(512)  # touch the loaded storage
@@ -138,10 +140,10 @@ def env_throughput(task: str, action_repeat: int, fast_render: bool, agent_steps
     bare_rate = agent_steps / (time.perf_counter() - t0)
 
     cfg = load_config(CONF / "dmc" / f"{task}.yaml", [f"env.fast_render={str(fast_render).lower()}"])
-    env = make_env(cfg, seed=0)
+    env = domain_of(cfg).make_env(cfg, seed=0)
     policy = TensorDictModule(lambda pixels: torch.zeros(env.action_spec.shape), in_keys=["pixels"], out_keys=["action"])
     collector = make_collector(env, policy, agent_steps, init_steps=agent_steps, policy_device=torch.device("cpu"))
-    replay = FrameReplay(10_000, cfg.env.frame_stack, cfg.mlr.seq_len)
+    replay = domain_of(cfg).make_replay(load_config(CONF / "dmc" / f"{task}.yaml", ["replay.capacity=10000"]))
     t0 = time.perf_counter()
     for steps in collector:
         replay.extend(steps)
@@ -158,11 +160,13 @@ def synthetic_atari_batch(cfg, num_actions: int) -> dict:
     e, b, k = cfg.env, cfg.train.batch_size, cfg.mlr.seq_len
     frames = lambda *shape: torch.randint(0, 256, (*shape, e.frame_stack, e.image_size, e.image_size), dtype=torch.uint8)  # noqa: E731
     one_hot = lambda *shape: torch.nn.functional.one_hot(torch.randint(0, num_actions, shape), num_actions)  # noqa: E731
-    sample = TensorDict({"index": torch.arange(b), "weight": torch.rand(b), "pixels": frames(b), "action": one_hot(b),
-                         "return": torch.randn(b), "discount": torch.full((b,), 0.99**10), "next_pixels": frames(b)}, [b])
+    rl = TensorDict({"index": torch.arange(b), "weight": torch.rand(b), "pixels": frames(b), "action": one_hot(b),
+                     "return": torch.randn(b), "discount": torch.full((b,), 0.99**10), "next_pixels": frames(b)}, [b])
+    batch = TensorDict({"rl": rl, "env_steps": torch.tensor(0), "beta": torch.tensor(0.4),
+                        "episode_return": torch.tensor(float("nan"))})
     if cfg.mlr.enabled:
-        sample["window_pixels"], sample["window_action"] = frames(b, k), one_hot(b, k)
-    return {"sample": sample, "env_steps": 0, "beta": 0.4, "episode_return": float("nan")}
+        batch["mlr"] = TensorDict({"pixels": frames(b, k), "action": one_hot(b, k)}, [b, k])
+    return batch
 
 
 def time_atari_updates(label: str, cfg, repeats: int, num_actions: int = 6) -> None:
@@ -191,7 +195,7 @@ def atari_throughput(game: str, agent_steps: int) -> None:
     """Collector (+ prioritized replay) agent steps per second against a bare ale-py loop, same preprocessing."""
     import numpy as np
 
-    from mlr_lightning.atari_experiment import make_env as make_atari, make_replay
+    from mlr_lightning.domains.atari import ATARI
     from mlr_lightning.envs.atari import make_gym_atari
 
     bare = make_gym_atari(game, 4, 84, 30, 0.0, 108_000, terminal_on_life_loss=True, resize="linear")
@@ -205,10 +209,10 @@ def atari_throughput(game: str, agent_steps: int) -> None:
     bare_rate = agent_steps / (time.perf_counter() - t0)
 
     cfg = load_config(CONF / "atari" / f"{game}.yaml", ["replay.capacity=10000"])
-    env = make_atari(cfg, 0, train=True)
+    env = ATARI.make_env(cfg, 0, train=True)
     policy = TensorDictModule(lambda pixels: env.action_spec.rand(), in_keys=["pixels"], out_keys=["action"])
     collector = make_collector(env, policy, agent_steps, init_steps=agent_steps, policy_device=torch.device("cpu"))
-    replay = make_replay(cfg)
+    replay = ATARI.make_replay(cfg)
     t0 = time.perf_counter()
     for steps in collector:
         replay.extend(steps)

@@ -10,7 +10,7 @@ import signal
 import sys
 from pathlib import Path
 
-from mlr_lightning.config import ConfigError, load_config
+from mlr_lightning.config import ConfigError, load_config, to_yaml
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -21,7 +21,11 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     fit = commands.add_parser("fit", help="train an agent from a config file", description="Train an agent.")
-    fit.add_argument("--config", required=True, help="YAML file, e.g. conf/quickstart.yaml or conf/dmc/walker_walk.yaml")
+    fit.add_argument("--config", required=True, action="append",
+                     help="YAML file, e.g. conf/quickstart.yaml or conf/dmc/walker_walk.yaml; repeat it to merge "
+                          "several files in order (e.g. a task, then conf/atari/official.yaml)")
+    fit.add_argument("--print-config", action="store_true",
+                     help="print the merged, validated config (every key, defaults included) and exit")
     fit.add_argument("--resume", metavar="PATH|auto",
                      help="continue a run from its full-state checkpoint: a run directory, a snapshot "
                           "(checkpoints/update-N) or 'auto' (this config's latest run, or a fresh start if none)")
@@ -68,12 +72,15 @@ def main(argv: list[str] | None = None) -> int:
 
 def run_fit(args) -> int:
     cfg = load_config(args.config, args.overrides)
-    from mlr_lightning.checkpointing import CheckpointError
+    if getattr(args, "print_config", False):
+        print(to_yaml(cfg), end="")
+        return 0
     from mlr_lightning.data.stream import EnvironmentFailure
     from mlr_lightning.envs.atari import UnknownGameError
     from mlr_lightning.envs.dmc import UnknownTaskError
-    from mlr_lightning.experiment import RunFailed, RunInterrupted, fit
-    from mlr_lightning.rendering import RenderBackendError
+    from mlr_lightning.envs.rendering import RenderBackendError
+    from mlr_lightning.training.experiment import RunFailed, RunInterrupted, fit
+    from mlr_lightning.training.snapshot import CheckpointError
 
     try:
         run_dir = fit(cfg, resume=getattr(args, "resume", None))
@@ -122,8 +129,8 @@ def run_grid(args) -> int:
 def run_compare(args) -> int:
     from mlflow import MlflowClient
 
-    from mlr_lightning.compare import CompareError, compare
-    from mlr_lightning.tracking import resolve_tracking_uri
+    from mlr_lightning.reporting.compare import CompareError, compare
+    from mlr_lightning.training.tracking import resolve_tracking_uri
 
     client = MlflowClient(resolve_tracking_uri(args.tracking_uri, args.output_dir))
     out = Path(args.out or Path(args.output_dir) / f"compare-{args.experiment}")
@@ -141,7 +148,7 @@ def run_compare(args) -> int:
 
 
 def run_atari_table(args) -> int:
-    from mlr_lightning.atari_table import atari_table, collect_runs, format_table
+    from mlr_lightning.reporting.atari_table import atari_table, collect_runs, format_table
 
     runs = collect_runs(Path(args.runs)) if args.runs else None
     print(format_table(atari_table(runs), with_runs=bool(args.runs)))

@@ -64,31 +64,40 @@ class SACConfig:
 
 
 @dataclass
-class MLRConfig:
-    enabled: bool = True  # false gives the paper's Baseline (SAC + crop) and computes nothing of MLR
-    batch_size: int = 128  # sequences per MLR update
-    seq_len: int = 16  # K: the paper's results use 16 (shipped task YAMLs say 6, README command 16)
+class MLRBaseConfig:
+    """What MLR is in both domains: the window, the cube mask, the decoder, the momentum targets."""
+
+    enabled: bool = True  # false gives the paper's Baseline and computes nothing of MLR
+    seq_len: int = 16  # K: the paper's results use 16 (DMC's shipped task YAMLs say 6, its README command 16)
     mask_ratio: float = 0.5
-    patch_size: int = 10  # pixels, on the image_size x image_size frame before the crop
+    patch_size: int = MISSING  # pixels, on the image_size x image_size frame (before any crop)
     block_size: int = 8  # temporal length of a mask cube; 4 for cartpole_swingup and reacher_easy
-    # Deviation switch: one mask per update shared by the batch (paper) or one per sequence.
+    # Deviation switch (an ablation the paper does not run): one mask per sequence instead of one
+    # mask per update shared by the batch (paper).
     per_sample_mask: bool = False
     num_attn_layers: int = 2
     num_heads: int = 1
     mlp_ratio: float = 2.0
     max_seq_positions: int = 128  # length of the sinusoidal position table
+    momentum_tau: float = MISSING  # target encoder/projection moving-average rate
+    normalize_eps: float = 1e-3  # eps of F.normalize in the loss, as in the official code
+
+
+@dataclass
+class MLRConfig(MLRBaseConfig):
+    patch_size: int = 10  # 10x10 grid on the 100x100 frame
+    momentum_tau: float = 0.05  # walker_walk: 0.1
+    batch_size: int = 128  # sequences per MLR update
     latent_dim: int = 100  # hidden width of the projection and prediction MLPs
-    momentum_tau: float = 0.05  # target encoder/projection moving-average rate (walker_walk: 0.1)
     lr: float = 5e-4  # 0.5 x auxiliary_task_lr of the official configs (cheetah_run: 1e-4)
     warmup_steps: int = 6000
     warmup_init_factor: float = 5e-4  # LR factor at update 0, rising linearly to 1 at warmup_steps
     grad_clip: float = 10.0
     intensity_scale: float = 0.05  # image *= 1 + scale * clip(N(0,1), -2, 2)
-    normalize_eps: float = 1e-3  # eps of F.normalize in the loss, as in the official code
     init_std: float = 0.02  # truncated-normal std of every Linear layer of the MLR module
     # Deviation switch. false (ours): target encoder/projection start as copies of the online ones.
-    # true (official): MLR's init re-initialises the critic encoder's fc and initialises the target
-    # projection independently.
+    # true (official): MLR's init re-initialises the critic encoder's fc and the MLR target
+    # encoder's fc, and initialises the target projection independently.
     official_init: bool = False
 
 
@@ -99,16 +108,17 @@ class ReplayConfig:
 
 @dataclass
 class TrainConfig:
-    num_env_steps: int = 100_000  # environment steps = agent steps x action_repeat
+    num_env_steps: int = 100_000  # the x-axis: DMC environment steps (agent steps x action_repeat)
     init_steps: int = 1000  # agent steps of uniformly random actions before the first update
-    batch_size: int = 512  # transitions per SAC update
+    batch_size: int = 512  # transitions per RL update
+    updates_per_step: int = 1  # updates after each agent step
     # A crashing environment (a renderer failure, say) is rebuilt up to this many times per run.
     max_env_restarts: int = 10
 
 
 @dataclass
 class EvalConfig:
-    every_env_steps: int = 5000
+    every_env_steps: int = 5000  # 0: only at the end of training
     num_episodes: int = 10
     seed_offset: int = 100  # the evaluation environment is seeded with seed + seed_offset
 
@@ -163,8 +173,8 @@ class ExperimentConfig(RunConfig):
 
 # ------------------------------------------------------------------------------------------- Atari
 # Atari-100k (data-efficient Rainbow + MLR): a separate schema, chosen by ``domain: atari`` in the
-# file or on the command line. Defaults are the official MLR Atari code (SPR on rlpyt,
-# shared/mlr_reference.md 3.2) unless a comment names a deliberate deviation.
+# file or on the command line. Defaults are the official MLR Atari code (SPR's data-efficient Rainbow
+# on rlpyt, MLR's scripts/run.py) unless a comment names a deliberate deviation.
 
 
 @dataclass
@@ -213,13 +223,9 @@ class RainbowConfig:
 
 
 @dataclass
-class AtariMLRConfig:
-    enabled: bool = True  # false gives the paper's Atari Baseline (data-efficient Rainbow + augmentation)
-    seq_len: int = 16  # K (--jumps 15)
-    mask_ratio: float = 0.5
+class AtariMLRConfig(MLRBaseConfig):
     patch_size: int = 12  # 7x7 grid on 84x84
-    block_size: int = 8
-    per_sample_mask: bool = False  # deviation switch (ablation): one mask per sequence
+    momentum_tau: float = 1.0  # 1 = target encoder/projection copied from the online ones at every update
     # Deviation switch. false (ours): exactly int(ratio * patches) = 24/49 patches masked, as DMC.
     # true (official Atari): the patches drawn are *kept*, so 25/49 are masked.
     official_mask_keep: bool = False
@@ -227,16 +233,10 @@ class AtariMLRConfig:
     # true (official): the masked frames reach the encoder in [0, 255] (an input-scaling bug that
     # the min-max renormalisation hides).
     official_input_scaling: bool = False
-    num_attn_layers: int = 2
-    num_heads: int = 1
-    mlp_ratio: float = 2.0
-    max_seq_positions: int = 128
     # Transformer width. null: the flattened conv map (64*7*7 = 3136, the paper; ~157M parameters);
     # a smaller value adds linear maps conv map -> width -> conv map around the transformer.
     decoder_dim: int | None = None
     weight: float = 1.0  # loss = RL loss + weight * MLR loss, one optimiser
-    momentum_tau: float = 1.0  # target encoder/projection: 1 = copied from the online ones at every update
-    normalize_eps: float = 1e-3
 
 
 @dataclass
@@ -250,20 +250,17 @@ class PrioritizedReplayConfig:
 
 
 @dataclass
-class AtariTrainConfig:
+class AtariTrainConfig(TrainConfig):
     num_env_steps: int = 100_000  # agent steps (the "100k" of Atari-100k; 400k frames)
     init_steps: int = 2000  # uniformly random actions (epsilon = 1) before the first update
     batch_size: int = 32
     updates_per_step: int = 2  # replay ratio 64 at batch 32
-    # A crashing environment is rebuilt up to this many times per run.
-    max_env_restarts: int = 10
 
 
 @dataclass
-class AtariEvalConfig:
-    num_episodes: int = 100  # at the end of training (--final-eval-only 1)
-    every_env_steps: int = 0  # 0: only at the end; otherwise also every this many agent steps
-    seed_offset: int = 100
+class AtariEvalConfig(EvalConfig):
+    every_env_steps: int = 0  # 0: only at the end (--final-eval-only 1); otherwise also every this many agent steps
+    num_episodes: int = 100
     # Evaluation episodes stop after this many agent steps (null: the environment's 108k-frame cap).
     max_steps: int | None = None
 
@@ -279,9 +276,6 @@ class AtariExperimentConfig(RunConfig):
     eval: AtariEvalConfig = field(default_factory=AtariEvalConfig)
 
 
-DOMAINS = {"dmc": ExperimentConfig, "atari": AtariExperimentConfig}
-
-
 PRECISIONS = ("32-true", "bf16-mixed", "16-mixed")
 STRATEGIES = ("auto", "ddp")
 # Keys a resumed run may change: they affect bookkeeping, not the experiment.
@@ -289,11 +283,14 @@ RESUMABLE_CHANGES = ("run_name", "output_dir", "trainer.checkpoint_every_updates
                      "trainer.log_every_updates")
 
 
-def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> DictConfig:
-    """Schema defaults <- YAML file <- ``key=value`` overrides, then :func:`validate`."""
+def load_config(paths: str | Path | Sequence[str | Path] | None = None, overrides: Sequence[str] = ()) -> DictConfig:
+    """Schema defaults <- YAML files (merged in order) <- ``key=value`` overrides, then :func:`validate`."""
+    if paths is None:
+        paths = []
+    elif isinstance(paths, (str, Path)):
+        paths = [paths]
     sources: list[tuple[str, Any]] = []
-    if path is not None:
-        path = Path(path)
+    for path in map(Path, paths):
         if not path.is_file():
             raise ConfigError(f"config file {path} does not exist")
         sources.append((str(path), OmegaConf.load(path)))
@@ -316,54 +313,43 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -
 
 
 def _schema(sources: list[tuple[str, Any]]) -> type:
-    """The schema named by the last ``domain`` key of the sources (default dmc)."""
+    """The schema of the domain named by the last ``domain`` key of the sources (default dmc)."""
+    from mlr_lightning.domains import DOMAINS
+
     domain = "dmc"
     for origin, source in sources:
         if isinstance(source, DictConfig) and "domain" in source:
             domain = source.domain
             if domain not in DOMAINS:
                 raise ConfigError(f"domain={domain!r} (from {origin}) is not one of {tuple(DOMAINS)}")
-    return DOMAINS[domain]
+    return DOMAINS[domain].schema
 
 
 def validate(cfg: DictConfig) -> None:
-    """Cross-field checks that the schema's types cannot express."""
+    """Cross-field checks that the schema's types cannot express (the domain's own checks)."""
+    from mlr_lightning.domains import domain_of
+
     missing = sorted(_missing_keys(cfg))
     if missing:
         raise ConfigError(f"missing value for {', '.join(missing)}: set it in the config file or as key=value")
-    if cfg.domain == "atari":
-        return validate_atari(cfg)
-    env, mlr, train = cfg.env, cfg.mlr, cfg.train
+    domain_of(cfg).validate(cfg)
+
+
+def validate_dmc(cfg: DictConfig) -> None:
+    env, train = cfg.env, cfg.train
     _require(env.action_repeat >= 1, "env.action_repeat", "must be >= 1")
     _require(env.frame_stack >= 1, "env.frame_stack", "must be >= 1")
     _require(0 < env.crop_size <= env.image_size, "env.crop_size", f"must be in (0, env.image_size={env.image_size}]")
-    _require(0.0 < mlr.mask_ratio < 1.0, "mlr.mask_ratio", f"must be in the open interval (0, 1), got {mlr.mask_ratio}")
-    _require(
-        mlr.seq_len % mlr.block_size == 0,
-        "mlr.seq_len",
-        f"({mlr.seq_len}) must be divisible by mlr.block_size ({mlr.block_size}): the cube mask is built per "
-        "temporal block. Choose e.g. seq_len=16 with block_size 4 or 8",
-    )
-    _require(
-        env.image_size % mlr.patch_size == 0,
-        "mlr.patch_size",
-        f"({mlr.patch_size}) must divide env.image_size ({env.image_size})",
-    )
-    _require(mlr.seq_len <= mlr.max_seq_positions, "mlr.seq_len", f"must be <= mlr.max_seq_positions ({mlr.max_seq_positions})")
     _require(train.num_env_steps % env.action_repeat == 0, "train.num_env_steps",
              f"({train.num_env_steps}) must be a multiple of env.action_repeat ({env.action_repeat})")
     _require(cfg.eval.every_env_steps % env.action_repeat == 0, "eval.every_env_steps",
              f"({cfg.eval.every_env_steps}) must be a multiple of env.action_repeat ({env.action_repeat})")
-    _require(train.num_env_steps // env.action_repeat > train.init_steps, "train.num_env_steps",
-             f"must leave updates after the {train.init_steps} random agent steps (train.init_steps)")
-    _require(train.batch_size >= 1 and mlr.batch_size >= 1, "train.batch_size / mlr.batch_size", "must be >= 1")
-    _require(cfg.replay.capacity >= train.batch_size, "replay.capacity", "must be >= train.batch_size")
-    _require(cfg.eval.num_episodes >= 1, "eval.num_episodes", "must be >= 1")
-    validate_trainer(cfg)
+    _require(cfg.mlr.batch_size >= 1, "mlr.batch_size", "must be >= 1")
+    validate_common(cfg, agent_steps=train.num_env_steps // env.action_repeat)
 
 
 def validate_atari(cfg: DictConfig) -> None:
-    env, rb, mlr, train, replay = cfg.env, cfg.rainbow, cfg.mlr, cfg.train, cfg.replay
+    env, rb, mlr = cfg.env, cfg.rainbow, cfg.mlr
     _require(env.frame_skip >= 1 and env.frame_stack >= 1, "env.frame_skip / env.frame_stack", "must be >= 1")
     _require(0 <= env.noop_max, "env.noop_max", "must be >= 0")
     _require(env.resize in ("linear", "area"), "env.resize", f"must be 'linear' or 'area', got {env.resize!r}")
@@ -374,27 +360,37 @@ def validate_atari(cfg: DictConfig) -> None:
     _require(rb.n_step >= 1, "rainbow.n_step", "must be >= 1")
     _require(0.0 < rb.target_update_tau <= 1.0 and rb.target_update_interval >= 1, "rainbow.target_update_tau",
              "must be in (0, 1] (with target_update_interval >= 1)")
-    _require(0.0 < mlr.mask_ratio < 1.0, "mlr.mask_ratio", f"must be in the open interval (0, 1), got {mlr.mask_ratio}")
-    _require(mlr.seq_len % mlr.block_size == 0, "mlr.seq_len",
-             f"({mlr.seq_len}) must be divisible by mlr.block_size ({mlr.block_size}): the cube mask is built per "
-             "temporal block")
-    _require(env.image_size % mlr.patch_size == 0, "mlr.patch_size",
-             f"({mlr.patch_size}) must divide env.image_size ({env.image_size})")
-    _require(mlr.seq_len <= mlr.max_seq_positions, "mlr.seq_len", f"must be <= mlr.max_seq_positions ({mlr.max_seq_positions})")
-    _require(0.0 < mlr.momentum_tau <= 1.0, "mlr.momentum_tau", "must be in (0, 1]")
     _require(mlr.decoder_dim is None or (mlr.decoder_dim >= 1 and mlr.decoder_dim % mlr.num_heads == 0),
              "mlr.decoder_dim", f"must be null (the conv map width) or a positive multiple of mlr.num_heads ({mlr.num_heads})")
     _require(cfg.eval.max_steps is None or cfg.eval.max_steps >= 1, "eval.max_steps", "must be null or >= 1")
-    _require(train.num_env_steps > train.init_steps, "train.num_env_steps",
+    replay = cfg.replay
+    _require(0.0 <= replay.alpha and 0.0 <= replay.beta_start <= replay.beta_end <= 1.0, "replay.beta_start",
+             "need alpha >= 0 and 0 <= beta_start <= beta_end <= 1")
+    validate_common(cfg, agent_steps=cfg.train.num_env_steps)
+
+
+def validate_common(cfg: DictConfig, agent_steps: int) -> None:
+    """Checks every domain shares: MLR, training length, replay, evaluation, trainer."""
+    validate_mlr(cfg.mlr, cfg.env.image_size)
+    train = cfg.train
+    _require(agent_steps > train.init_steps, "train.num_env_steps",
              f"must leave updates after the {train.init_steps} random agent steps (train.init_steps)")
     _require(train.batch_size >= 1 and train.updates_per_step >= 1, "train.batch_size / train.updates_per_step",
              "must be >= 1")
-    _require(replay.capacity >= train.batch_size, "replay.capacity", "must be >= train.batch_size")
-    _require(0.0 <= replay.alpha and 0.0 <= replay.beta_start <= replay.beta_end <= 1.0, "replay.beta_start",
-             "need alpha >= 0 and 0 <= beta_start <= beta_end <= 1")
+    _require(cfg.replay.capacity >= train.batch_size, "replay.capacity", "must be >= train.batch_size")
     _require(cfg.eval.every_env_steps >= 0, "eval.every_env_steps", "must be >= 0 (0: only at the end)")
     _require(cfg.eval.num_episodes >= 1, "eval.num_episodes", "must be >= 1")
     validate_trainer(cfg)
+
+
+def validate_mlr(mlr: DictConfig, image_size: int) -> None:
+    _require(0.0 < mlr.mask_ratio < 1.0, "mlr.mask_ratio", f"must be in the open interval (0, 1), got {mlr.mask_ratio}")
+    _require(mlr.seq_len % mlr.block_size == 0, "mlr.seq_len",
+             f"({mlr.seq_len}) must be divisible by mlr.block_size ({mlr.block_size}): the cube mask is built per "
+             "temporal block. Choose e.g. seq_len=16 with block_size 4 or 8")
+    _require(image_size % mlr.patch_size == 0, "mlr.patch_size", f"({mlr.patch_size}) must divide env.image_size ({image_size})")
+    _require(mlr.seq_len <= mlr.max_seq_positions, "mlr.seq_len", f"must be <= mlr.max_seq_positions ({mlr.max_seq_positions})")
+    _require(0.0 < mlr.momentum_tau <= 1.0, "mlr.momentum_tau", "must be in (0, 1]")
 
 
 def validate_trainer(cfg: DictConfig) -> None:
@@ -419,10 +415,10 @@ def _missing_keys(cfg: DictConfig, prefix: str = "") -> list[str]:
     return keys
 
 
-def _unknown_key_message(err: Exception, origin: str, schema: type | None = None) -> str:
+def _unknown_key_message(err: Exception, origin: str, schema: type) -> str:
     full_key = getattr(err, "full_key", None) or "?"
     parent, _, _ = full_key.rpartition(".")
-    node = OmegaConf.structured(schema or ExperimentConfig)
+    node = OmegaConf.structured(schema)
     for part in filter(None, parent.split(".")):
         node = node[part]
     allowed = ", ".join(sorted(str(k) for k in node))

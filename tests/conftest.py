@@ -1,10 +1,23 @@
-"""Shared fixtures: tiny but real configurations (real dm_control rendering, real Lightning)."""
+"""Shared fixtures and helpers: tiny but real configurations (real dm_control rendering, real
+Lightning), the command line in a fresh interpreter, environments of either domain.
+
+Tests take what they share from here as fixtures; no test module imports another.
+"""
 
 import mlr_lightning  # noqa: F401  (torch/tensordict/torchrl before dm_control: see the package docstring)
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
+import torch
 
 from mlr_lightning.config import load_config
+from mlr_lightning.domains import domain_of
+
+ROOT = Path(__file__).resolve().parents[1]
 
 # A real cartpole_swingup agent shrunk to run in seconds on 2 CPU cores: 24x24 renders cropped to
 # 20, a 4x4 grid of 6-px mask patches, a 2-layer encoder with 8 filters.
@@ -31,6 +44,64 @@ TINY_OVERRIDES = [
     "trainer.log_every_updates=5",
     "trainer.checkpoint_every_updates=10",
 ]
+
+
+def _cli_env() -> dict:
+    """This environment, less the MLflow URI that in-process runs of earlier tests exported
+    (``mlflow.set_tracking_uri`` writes it to ``os.environ``)."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    env.pop("MLFLOW_TRACKING_URI", None)
+    return env
+
+
+def _run_cli(*args, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "mlr_lightning", *args], cwd=ROOT, env=_cli_env(),
+                          capture_output=True, text=True, **kwargs)
+
+
+def _start_cli(*args) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "mlr_lightning", *args], cwd=ROOT, env=_cli_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+@pytest.fixture(scope="session")
+def repo_root() -> Path:
+    return ROOT
+
+
+@pytest.fixture(scope="session")
+def run_cli():
+    """``run_cli(*args, timeout=...)``: ``python -m mlr_lightning ...`` in a fresh interpreter, from the
+    repository root; returns the completed process (stdout and stderr as text)."""
+    return _run_cli
+
+
+@pytest.fixture(scope="session")
+def start_cli():
+    """``start_cli(*args)``: the same, started in the background (a ``Popen`` with piped output)."""
+    return _start_cli
+
+
+@pytest.fixture(scope="session")
+def tiny_base_overrides() -> list[str]:
+    """The tiny agent's overrides, without an output directory."""
+    return list(TINY_OVERRIDES)
+
+
+@pytest.fixture(scope="session")
+def make_env():
+    """``make_env(cfg, seed, train=True)``: the configured domain's environment."""
+    return lambda cfg, seed, train=True: domain_of(cfg).make_env(cfg, seed, train)
+
+
+@pytest.fixture
+def one_thread():
+    """On a shared 2-core machine two processes with 2 OpenMP threads each oversubscribe the cores and
+    a test slows from ~7 s to ~80 s; one thread keeps it steady (timing is not what tests check)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture

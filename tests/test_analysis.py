@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from mlr_lightning import analysis
+from mlr_lightning.reporting import analysis
 from mlr_lightning.agents.sac_mlr import SACMLRAgent
 from mlr_lightning.config import load_config
 

@@ -9,7 +9,7 @@ from torchrl.envs.utils import ExplorationType, set_exploration_type
 
 from mlr_lightning.agents.rainbow_mlr import RainbowMLRAgent, categorical_projection
 from mlr_lightning.config import load_config
-from mlr_lightning.paper import human_normalized_score
+from mlr_lightning.reporting.reference_scores import human_normalized_score
 
 TINY_ATARI = ["domain=atari", "env.task=pong", "mlr.seq_len=4", "mlr.block_size=2", "mlr.decoder_dim=16",
               "rainbow.hidden_dim=32", "rainbow.num_atoms=11"]
@@ -74,7 +74,7 @@ def test_mlr_gradients_reach_the_q_heads_first_layer(agent):
     frames = torch.randint(0, 255, (2, 4, 4, 84, 84), dtype=torch.uint8)
     actions = torch.nn.functional.one_hot(torch.randint(0, 6, (2, 4)), 6)
     with set_exploration_type(ExplorationType.RANDOM):
-        loss, _ = agent.mlr_loss(frames, actions, torch.ones(2))
+        loss, _ = agent.compute_mlr_loss(frames, actions, torch.ones(2))
     loss.backward()
     head = agent.online.head
     for layer in (head.value_hidden, head.advantage_hidden):
@@ -91,9 +91,9 @@ def test_mlr_loss_is_importance_weighted(agent):
     frames = torch.randint(0, 255, (2, 4, 4, 84, 84), dtype=torch.uint8)
     actions = torch.nn.functional.one_hot(torch.randint(0, 6, (2, 4)), 6)
     torch.manual_seed(1)
-    full, _ = agent.mlr_loss(frames, actions, torch.ones(2))
+    full, _ = agent.compute_mlr_loss(frames, actions, torch.ones(2))
     torch.manual_seed(1)
-    zero, _ = agent.mlr_loss(frames, actions, torch.zeros(2))
+    zero, _ = agent.compute_mlr_loss(frames, actions, torch.zeros(2))
     assert full > 0 and zero == 0
 
 
@@ -120,7 +120,7 @@ def test_mlr_targets_are_copied_after_the_loss(agent):
         agent.online.encoder.convs[0].weight.add_(0.5)  # as an optimizer step would
     before = agent.target_encoder.convs[0].weight.clone()
     with set_exploration_type(ExplorationType.RANDOM):
-        agent.mlr_loss(frames, actions, torch.ones(2))
+        agent.compute_mlr_loss(frames, actions, torch.ones(2))
     assert not torch.equal(before, agent.online.encoder.convs[0].weight)
     assert torch.equal(agent.target_encoder.convs[0].weight, agent.online.encoder.convs[0].weight)
     assert torch.equal(agent.target_head.value_hidden.weight_mu, agent.online.head.value_hidden.weight_mu)

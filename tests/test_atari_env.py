@@ -9,7 +9,7 @@ import torch
 
 from mlr_lightning.config import load_config
 from mlr_lightning.envs.atari import UnknownGameError, available_games, check_game, make_atari_env
-from mlr_lightning.paper import ATARI_REFERENCE
+from mlr_lightning.reporting.reference_scores import ATARI_REFERENCE
 
 CONF = Path(__file__).resolve().parents[1] / "conf" / "atari"
 
@@ -82,16 +82,22 @@ def test_atari_config_errors_name_the_key():
     with pytest.raises(ConfigError, match="mlr.seq_len .*block_size"):
         load_config(CONF / "pong.yaml", ["mlr.seq_len=12"])
     with pytest.raises(ConfigError, match="missing value for env.task"):
-        load_config(CONF / "base.yaml")
+        load_config(None, ["domain=atari"])
 
 
-def test_base_config_lists_exactly_the_schema_defaults():
+def test_game_configs_set_only_the_game_and_print_config_shows_every_paper_default(capsys):
     from omegaconf import OmegaConf
 
+    from mlr_lightning.cli import main
     from mlr_lightning.config import AtariExperimentConfig
 
-    listed = OmegaConf.load(CONF / "base.yaml")
-    assert OmegaConf.to_container(listed) == OmegaConf.to_container(OmegaConf.structured(AtariExperimentConfig))
+    for path in CONF.glob("*.yaml"):
+        if path.stem != "quickstart":
+            assert OmegaConf.to_container(OmegaConf.load(path)) == {"domain": "atari", "env": {"task": path.stem}}
+    assert main(["fit", "--config", str(CONF / "pong.yaml"), "--print-config"]) == 0
+    printed = OmegaConf.create(capsys.readouterr().out)
+    expected = OmegaConf.merge(OmegaConf.structured(AtariExperimentConfig), {"env": {"task": "pong"}})
+    assert OmegaConf.to_container(printed) == OmegaConf.to_container(expected)
     quick = load_config(CONF / "quickstart.yaml")
     assert quick.rainbow == OmegaConf.structured(AtariExperimentConfig).rainbow  # the quickstart keeps the paper's agent
 

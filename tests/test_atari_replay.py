@@ -5,7 +5,6 @@ import mlr_lightning  # noqa: F401
 
 import csv
 import math
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -14,12 +13,12 @@ from tensordict import TensorDict
 from torchrl.envs.utils import ExplorationType, set_exploration_type
 
 from mlr_lightning.agents.rainbow_mlr import RainbowMLRAgent
-from mlr_lightning.atari_experiment import make_env, make_replay
 from mlr_lightning.cli import main
 from mlr_lightning.config import load_config
-from mlr_lightning.data.prioritized import PrioritizedFrameReplay
-from mlr_lightning.data.prioritized_stream import PrioritizedExperienceStream, PriorityUpdate
-from mlr_lightning.data.stream import make_collector
+from mlr_lightning.data.prioritized import PrioritizedReplay
+from mlr_lightning.data.stream import ExperienceStream, make_collector
+from mlr_lightning.domains.atari import ATARI
+from mlr_lightning.training.callbacks import PriorityUpdate
 from tensordict.nn import TensorDictModule
 
 
@@ -40,18 +39,22 @@ def episode(rewards, last, traj, terminated=True):
 
 
 def by_row(batch):
+    """Start row -> its RL fields and, as ``window_pixels``/``window_action``, its MLR window."""
     rows = {}
-    for j, i in enumerate(batch["index"].tolist()):
-        rows[i] = {k: batch[k][j] for k in batch.keys()}
+    for j, i in enumerate(batch["rl", "index"].tolist()):
+        rows[i] = {k: batch["rl", k][j] for k in batch["rl"].keys()}
+        if "mlr" in batch.keys():
+            rows[i] |= {"window_pixels": batch["mlr", "pixels"][j], "window_action": batch["mlr", "action"][j]}
     return rows
 
 
 def test_n_step_returns_and_windows_across_episode_ends():
-    replay = PrioritizedFrameReplay(100, 2, 4, n_step=3, discount=0.5, alpha=0.5, priority_eps=1e-6)
+    replay = PrioritizedReplay(100, 2, 4, n_step=3, discount=0.5, alpha=0.5, priority_eps=1e-6, batch_size=256,
+                               beta_start=0.4, beta_end=0.4, windows=True)
     replay.extend(episode([1.0, 2.0, 3.0, 4.0], True, 0))  # rows 0-3, final observation row 4 (terminated)
     replay.extend(episode([1.0, 1.0], True, 1, terminated=False))  # rows 5-6 (truncated), final row 7
     replay.extend(episode([1.0, 1.0, 1.0, 1.0, 1.0], False, 2))  # rows 8-12, still running
-    rows = by_row(replay.sample(256, beta=0.4, windows=True))
+    rows = by_row(replay.sample(progress=0.0))
     # Start rows whose 3-step future is not written yet (10-12) and final observations are never drawn.
     assert set(rows) == {0, 1, 2, 3, 5, 6, 8, 9}
     assert rows[0]["return"] == 1 + 0.5 * 2 + 0.25 * 3 and rows[0]["discount"] == 0.125
@@ -73,21 +76,21 @@ def test_priorities_follow_the_loss(tmp_path):
     torch.manual_seed(0)
     cfg = load_config(None, ["domain=atari", "env.task=pong", "mlr.enabled=false", "rainbow.n_step=3",
                              "rainbow.hidden_dim=32", "replay.capacity=500", "train.batch_size=8"])
-    env = make_env(cfg, 0, train=True)
+    env = ATARI.make_env(cfg, 0, train=True)
     agent = RainbowMLRAgent(OmegaConf.to_container(cfg), num_actions=env.action_spec.shape[-1])
-    replay = make_replay(cfg)
+    replay = ATARI.make_replay(cfg)
     policy = TensorDictModule(agent.policy, in_keys=["pixels"], out_keys=["action"])
-    stream = PrioritizedExperienceStream(lambda start: make_collector(env, policy, 40 - start, 40, "cpu"), replay,
-                                         40, 20, 8, 1, 0.4, 1.0, windows=False, max_env_restarts=0)
+    stream = ExperienceStream(lambda start: make_collector(env, policy, 40 - start, 40, "cpu"), replay,
+                              total_agent_steps=40, init_steps=20, updates_per_step=1, env_steps_per_agent_step=1,
+                              max_env_restarts=0)
     batch = next(iter(stream))
     stream.close()
-    sample = batch["sample"]
+    sample = batch["rl"]
     assert torch.allclose(torch.as_tensor(replay.sampler._sum_tree[sample["index"].tolist()]), torch.tensor(1.0))
     with set_exploration_type(ExplorationType.RANDOM):
         loss, priority, _ = agent.q_loss(sample)
     assert loss.isfinite() and (priority > 0).all()
-    trainer = SimpleNamespace(datamodule=SimpleNamespace(stream=stream))
-    PriorityUpdate().on_train_batch_end(trainer, agent, {"index": sample["index"], "priority": priority}, batch, 0)
+    PriorityUpdate(replay).on_train_batch_end(None, agent, {"index": sample["index"], "priority": priority}, batch, 0)
     stored = torch.as_tensor(replay.sampler._sum_tree[sample["index"].tolist()])
     # Duplicated indices keep the last write; compare on unique ones.
     last = {i: p for i, p in zip(sample["index"].tolist(), priority.tolist())}
@@ -96,22 +99,13 @@ def test_priorities_follow_the_loss(tmp_path):
     assert batch["beta"] == 0.4 + 0.6 * 20 / 40  # beta follows the agent-step counter
     # The priorities survive the snapshot's dumps/loads round trip with the rows.
     replay.dumps(tmp_path / "replay")
-    fresh = make_replay(cfg)
+    fresh = ATARI.make_replay(cfg)
     fresh.loads(tmp_path / "replay")
     rows = list(range(len(replay)))
     torch.testing.assert_close(torch.as_tensor(fresh.sampler._sum_tree[rows]), torch.as_tensor(replay.sampler._sum_tree[rows]))
 
 
-@pytest.fixture
-def one_thread():
-    """On a shared 2-core machine two processes with 2 OpenMP threads each oversubscribe the cores and
-    this test slows from ~7 s to ~80 s; one thread keeps it steady (timing is not what it tests)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
+@pytest.mark.slow
 def test_fit_on_a_real_game_writes_a_checkpoint_with_finite_losses(tmp_path, one_thread):
     code = main(["fit", "--config", "conf/atari/pong.yaml", "train.num_env_steps=45", "train.init_steps=30",
                  "train.batch_size=4", "mlr.seq_len=4", "mlr.block_size=2", "mlr.decoder_dim=32",

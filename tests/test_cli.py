@@ -15,26 +15,13 @@ from mlr_lightning.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 
-
-def cli_env() -> dict:
-    """This environment, less the MLflow URI that in-process runs of earlier tests exported
-    (``mlflow.set_tracking_uri`` writes it to ``os.environ``)."""
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    env.pop("MLFLOW_TRACKING_URI", None)
-    return env
-
-
-def run_cli(*args, **kwargs):
-    return subprocess.run([sys.executable, "-m", "mlr_lightning", *args], cwd=ROOT, env=cli_env(),
-                          capture_output=True, text=True, **kwargs)
-
-
-def test_help_lists_the_commands():
+def test_help_lists_the_commands(run_cli):
     result = run_cli("--help")
     assert result.returncode == 0 and "fit" in result.stdout
 
 
-def test_fit_end_to_end_writes_a_checkpoint_with_finite_losses(tiny_overrides, tmp_path):
+@pytest.mark.slow
+def test_fit_end_to_end_writes_a_checkpoint_with_finite_losses(tiny_overrides, tmp_path, run_cli):
     result = run_cli("fit", "--config", "conf/quickstart.yaml", *tiny_overrides, "run_name=e2e", timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     run_dir = tmp_path / "runs" / "e2e"
@@ -76,15 +63,15 @@ def test_bad_input_exits_with_a_message_and_builds_nothing(args, message, tmp_pa
 
 
 @pytest.mark.parametrize("name", ["package + env", "cli", "tests"])
-def test_entry_points_import_torch_stack_before_dm_control(name):
+def test_entry_points_import_torch_stack_before_dm_control(name, repo_root):
     """A fresh interpreter that enters through each entry point and then renders must not crash.
 
     Importing dm_control with MUJOCO_GL=egl before triton segfaults; each entry point imports
     mlr_lightning (which imports torch, tensordict and torchrl) first.
     """
     first = {"package + env": "import mlr_lightning.envs.dmc as m",
-             "cli": "import mlr_lightning.cli, mlr_lightning.experiment as m",
-             "tests": "import tests.conftest, mlr_lightning.experiment as m"}[name]
+             "cli": "import mlr_lightning.cli, mlr_lightning.training.experiment as m",
+             "tests": "import tests.conftest, mlr_lightning.training.experiment as m"}[name]
     code = (
         f"{first}\n"
         "import sys\n"
@@ -94,8 +81,8 @@ def test_entry_points_import_torch_stack_before_dm_control(name):
         "import torch._dynamo  # pulls in triton after dm_control: must not crash\n"
         "print(env.rollout(3)['next', 'pixels'].shape)\n"
     )
-    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300,
-                            env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    result = subprocess.run([sys.executable, "-c", code], cwd=repo_root, capture_output=True, text=True, timeout=300,
+                            env=dict(os.environ, PYTHONPATH=str(repo_root)))
     assert result.returncode == 0, result.stderr[-2000:]
     assert "torch.Size([3, 9, 24, 24])" in result.stdout
 

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from mlflow import MlflowClient
 
-from mlr_lightning.compare import CompareError, RunCurve, aggregate_table, compare, per_task_table, score_matrices
-from mlr_lightning.paper import human_normalized_score, normalized_score, paper_reference
+from mlr_lightning.reporting.compare import CompareError, RunCurve, aggregate_table, compare, per_task_table, score_matrices
+from mlr_lightning.reporting.reference_scores import human_normalized_score, normalized_score, paper_reference
 
 
 def curve(task, algorithm, seed, steps, returns, domain="dmc"):
@@ -79,6 +79,7 @@ def test_compare_on_real_runs(tiny_experiment, tmp_path, capsys):
     assert set(result["aggregate"][320]["algorithm"]) == {"MLR", "Baseline"}
 
 
+@pytest.mark.slow
 def test_compare_names_the_experiments_it_knows(tiny_experiment):
     with pytest.raises(CompareError, match="no MLflow experiment named 'nope'; experiments in this store: .*tiny"):
         compare(MlflowClient(tiny_experiment["uri"]), "nope", tiny_experiment["output_dir"] / "x", [320])

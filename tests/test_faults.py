@@ -7,12 +7,15 @@ import signal
 import pytest
 import torch
 
-from mlr_lightning.checkpointing import LAST, snapshot_name, snapshots, verify_snapshot
+from mlr_lightning.training.snapshot import LAST, snapshot_name, snapshots, verify_snapshot
 from mlr_lightning.config import load_config
-from mlr_lightning.data.replay import FrameReplay
+from mlr_lightning.data.replay import UniformReplay
 from mlr_lightning.data.stream import EnvironmentFailure
 from mlr_lightning.envs.dmc_pixels import ActionRepeatPixels
-from mlr_lightning.experiment import ExperienceDataModule, RunFailed, fit
+from mlr_lightning.training import callbacks
+from mlr_lightning.training.experiment import RunFailed, fit
+
+pytestmark = pytest.mark.slow  # real runs end to end: minutes
 
 UPDATES = 320 // 8 - 20  # tiny config: 40 agent steps, 20 of them random
 
@@ -26,7 +29,7 @@ def stream_counters(snapshot):
 
 
 def test_a_nan_loss_stops_the_run_naming_the_update_the_loss_and_the_last_good_snapshot(tiny_overrides, tmp_path, monkeypatch):
-    real_sample = FrameReplay.sample_transitions
+    real_sample = UniformReplay.sample_transitions
     calls = []
 
     def reward_turns_nan(self, batch_size):  # a corrupted reward reaches the real critic loss
@@ -36,7 +39,7 @@ def test_a_nan_loss_stops_the_run_naming_the_update_the_loss_and_the_last_good_s
             batch["reward"][0] = float("nan")
         return batch
 
-    monkeypatch.setattr(FrameReplay, "sample_transitions", reward_turns_nan)
+    monkeypatch.setattr(UniformReplay, "sample_transitions", reward_turns_nan)
     checkpoints = tmp_path / "runs" / "run" / "checkpoints"
     with pytest.raises(RunFailed, match=rf"non-finite train/critic_loss at update 14 \(then .*\); the last good checkpoint is "
                                         rf"{checkpoints / snapshot_name(10)}"):
@@ -82,19 +85,19 @@ def test_an_environment_that_keeps_crashing_stops_with_the_setting_to_change(tin
 
 def test_a_full_disk_while_saving_keeps_the_previous_snapshot_and_training_goes_on(tiny_overrides, tmp_path, monkeypatch):
     """The kernel refuses the writes of the second snapshot (RLIMIT_FSIZE: EFBIG, as ENOSPC would)."""
-    real_save = ExperienceDataModule.save_rank_state
+    real_save = callbacks.save_rank_state
     checkpoints = tmp_path / "runs" / "run" / "checkpoints"
     seen = []
 
-    def save_on_a_full_disk(self, directory, rank):
+    def save_on_a_full_disk(directory, rank, stream):
         seen.append(directory.name)
         if len(seen) != 2:
-            return real_save(self, directory, rank)
+            return real_save(directory, rank, stream)
         limits = resource.getrlimit(resource.RLIMIT_FSIZE)
         handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # EFBIG instead of being killed
         resource.setrlimit(resource.RLIMIT_FSIZE, (1024, limits[1]))
         try:
-            real_save(self, directory, rank)
+            real_save(directory, rank, stream)
         finally:
             resource.setrlimit(resource.RLIMIT_FSIZE, limits)
             signal.signal(signal.SIGXFSZ, handler)
@@ -102,7 +105,7 @@ def test_a_full_disk_while_saving_keeps_the_previous_snapshot_and_training_goes_
         assert (checkpoints / LAST).resolve().parent.name == snapshot_name(10)
         verify_snapshot(checkpoints / snapshot_name(10))
 
-    monkeypatch.setattr(ExperienceDataModule, "save_rank_state", save_on_a_full_disk)
+    monkeypatch.setattr(callbacks, "save_rank_state", save_on_a_full_disk)
     with pytest.warns(UserWarning, match=rf"writing checkpoint .*{snapshot_name(20)} failed .*File too large.*"
                                          rf"previous checkpoint .*{snapshot_name(10)} is intact"):
         fit(tiny(tiny_overrides, "trainer.checkpoint_every_updates=10"))

@@ -27,16 +27,16 @@ import pytest
 import torch
 
 from mlr_lightning.agents.sac_mlr import SACMLRAgent
-from mlr_lightning.augment import center_crop
+from mlr_lightning.data.augment import center_crop
 from mlr_lightning.config import load_config
-from mlr_lightning.experiment import fit, make_env
+from mlr_lightning.training.experiment import fit
 
 GRID_POINTS = 21
 HELD_OUT_SEED = 999
 
 
 @pytest.mark.slow
-def test_sac_learns_to_prefer_its_critics_best_actions_and_fits_its_td_target(tiny_overrides):
+def test_sac_learns_to_prefer_its_critics_best_actions_and_fits_its_td_target(tiny_overrides, make_env):
     cfg = load_config(None, tiny_overrides + [
         "mlr.enabled=false", "seed=1", "train.init_steps=250", "train.num_env_steps=10000",
         "eval.every_env_steps=10000", "tracking.mlflow=false", "tracking.video=false",

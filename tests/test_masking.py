@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from mlr_lightning.masking import apply_mask, cube_mask
+from mlr_lightning.mlr.masking import apply_mask, cube_mask
 
 K, IMAGE, PATCH, BLOCK, RATIO = 16, 100, 10, 8, 0.5  # the paper's DMC values
 

@@ -7,10 +7,13 @@ import pytest
 import torch
 
 from mlr_lightning.agents.sac_mlr import SACMLRAgent
-from mlr_lightning.augment import random_crop
+from mlr_lightning.data.augment import random_crop
 from mlr_lightning.config import load_config
-from mlr_lightning.masking import cube_mask
-from mlr_lightning.models.mlr import PredictiveLatentDecoder, inverse_sqrt_schedule, mlr_loss, soft_update
+from mlr_lightning.mlr.masking import cube_mask
+from mlr_lightning.agents.schedules import inverse_sqrt_schedule
+from mlr_lightning.mlr.decoder import PredictiveLatentDecoder
+from mlr_lightning.mlr.loss import mlr_loss
+from mlr_lightning.models.targets import soft_update
 
 ACTION_DIM = 2
 

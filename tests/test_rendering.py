@@ -9,7 +9,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def select_in_subprocess(**env):
-    code = "from mlr_lightning.rendering import select_gl_backend; print(select_gl_backend())"
+    code = "from mlr_lightning.envs.rendering import select_gl_backend; print(select_gl_backend())"
     full_env = {k: v for k, v in os.environ.items() if k not in ("MUJOCO_GL", "PYOPENGL_PLATFORM", "_MLR_GL_CHECKED")}
     return subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300,
                           env=dict(full_env, PYTHONPATH=str(ROOT), **env))

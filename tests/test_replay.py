@@ -4,20 +4,18 @@ import pytest
 import torch
 from tensordict.nn import TensorDictModule
 
-from mlr_lightning.data.replay import FrameReplay
+from mlr_lightning.data.replay import UniformReplay
 from mlr_lightning.data.stream import make_collector
-from mlr_lightning.experiment import make_env
 
 STACK = 3
 
 
 @pytest.fixture(scope="module")
-def collected():
+def collected(tiny_base_overrides, make_env):
     """Three real cartpole episodes (125 agent steps each at action repeat 8), random actions."""
     from mlr_lightning.config import load_config
-    from tests.conftest import TINY_OVERRIDES
 
-    cfg = load_config(None, TINY_OVERRIDES)
+    cfg = load_config(None, tiny_base_overrides)
     env = make_env(cfg, seed=0)
     policy = TensorDictModule(lambda pixels: torch.zeros(1), in_keys=["pixels"], out_keys=["action"])
     steps = 3 * 125
@@ -28,7 +26,7 @@ def collected():
 
 
 def fill(data, capacity, seq_len=4):
-    replay = FrameReplay(capacity, STACK, seq_len)
+    replay = UniformReplay(capacity, STACK, seq_len, batch_size=1, window_batch_size=1)
     for t in range(len(data)):  # one agent step at a time, as during training
         replay.extend(data[t : t + 1])
     return replay
@@ -39,18 +37,18 @@ def test_every_frame_is_stored_once_plus_one_final_observation_per_episode(colle
     episodes = int(collected["next", "done"].sum())
     assert episodes == 3
     assert len(replay) == len(collected) + episodes
-    assert replay.frames[0]["pixels"].shape == (3, 24, 24) and replay.frames[0]["pixels"].dtype == torch.uint8
+    assert replay.store.frames[0]["pixels"].shape == (3, 24, 24) and replay.store.frames[0]["pixels"].dtype == torch.uint8
 
 
 def test_stacked_frames_equal_what_the_agent_saw(collected):
     """Rebuilt stacks match CatFrames' stacks from the environment, including at episode starts."""
     replay = fill(collected, capacity=10_000)
-    rows = replay.storage[: len(replay)]
+    rows = replay.store.storage[: len(replay)]
     action_rows = rows["has_action"].reshape(-1).nonzero().squeeze(-1)
     assert len(action_rows) == len(collected)
-    stacked = replay.stacked_pixels(action_rows)
+    stacked = replay.store.stacked_pixels(action_rows)
     assert torch.equal(stacked, collected["pixels"])
-    assert torch.equal(replay.stacked_pixels(action_rows + 1), collected["next", "pixels"])
+    assert torch.equal(replay.store.stacked_pixels(action_rows + 1), collected["next", "pixels"])
 
 
 def test_transitions_bootstrap_through_time_limits(collected):
@@ -77,7 +75,7 @@ def test_transitions_skip_final_observations_and_the_newest_row(collected):
 def test_windows_never_cross_an_episode_end(collected, capacity):
     replay = fill(collected, capacity=capacity, seq_len=16)
     windows = replay.sample_windows(256)
-    rows = replay.storage[windows["index"].reshape(-1)]
+    rows = replay.store.storage[windows["index"].reshape(-1)]
     trajectory = rows["trajectory"].reshape(256, 16)
     step = rows["step_count"].reshape(256, 16)
     assert (trajectory == trajectory[:, :1]).all()
@@ -88,7 +86,7 @@ def test_windows_never_cross_an_episode_end(collected, capacity):
 
 def test_wrapped_storage_never_stacks_frames_from_a_newer_episode(collected):
     replay = fill(collected, capacity=300)
-    oldest = replay.cursor
-    stacked = replay.stacked_pixels(torch.tensor([oldest]))
-    frame = replay.frames[oldest]["pixels"]
+    oldest = replay.store.cursor
+    stacked = replay.store.stacked_pixels(torch.tensor([oldest]))
+    frame = replay.store.frames[oldest]["pixels"]
     assert torch.equal(stacked[0], frame.repeat(STACK, 1, 1)), "reached past the oldest stored row"

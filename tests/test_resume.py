@@ -12,19 +12,21 @@ import pytest
 import torch
 from mlflow import MlflowClient
 
-from mlr_lightning.checkpointing import CheckpointError, resolve_snapshot, snapshot_name, snapshots, verify_snapshot
-from tests.conftest import TINY_OVERRIDES
-from tests.test_atari_replay import one_thread  # noqa: F401  (fixture)
-from tests.test_cli import ROOT, cli_env, run_cli
+from mlr_lightning.training.snapshot import CheckpointError, resolve_snapshot, snapshot_name, snapshots, verify_snapshot
+
+pytestmark = pytest.mark.slow  # real runs end to end: minutes
 
 # 60 agent steps - 20 random = 40 updates, a snapshot every 10: long enough to interrupt mid-run.
-OVERRIDES = TINY_OVERRIDES + ["train.num_env_steps=480", "eval.every_env_steps=160", "tracking.video=false"]
+LONGER = ["train.num_env_steps=480", "eval.every_env_steps=160", "tracking.video=false"]
 
 
-def start(output_dir: Path, *extra: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "mlr_lightning", "fit", "--config", "conf/quickstart.yaml",
-                             *OVERRIDES, f"output_dir={output_dir}", "run_name=run", *extra],
-                            cwd=ROOT, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+@pytest.fixture(scope="module")
+def start(start_cli, tiny_base_overrides):
+    """``start(output_dir, *extra)``: the tiny run named ``run`` under ``output_dir``, in the background."""
+    def start_run(output_dir: Path, *extra: str) -> subprocess.Popen:
+        return start_cli("fit", "--config", "conf/quickstart.yaml", *tiny_base_overrides, *LONGER,
+                         f"output_dir={output_dir}", "run_name=run", *extra)
+    return start_run
 
 
 def wait_for_snapshot(run_dir: Path, updates: int, proc: subprocess.Popen, timeout: float = 300) -> None:
@@ -51,7 +53,7 @@ def mlflow_history(output_dir: Path, key: str) -> list[tuple[int, float]]:
 
 
 @pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory):
+def uninterrupted(tmp_path_factory, start):
     out = tmp_path_factory.mktemp("uninterrupted")
     proc = start(out)
     _, stderr = proc.communicate(timeout=600)
@@ -76,7 +78,7 @@ def assert_same_run(resumed_out: Path, reference_out: Path) -> None:
         assert history == mlflow_history(reference_out, key), f"{key}: the MLflow run differs"
 
 
-def test_sigterm_saves_exits_cleanly_and_the_resumed_run_is_identical(uninterrupted, tmp_path):
+def test_sigterm_saves_exits_cleanly_and_the_resumed_run_is_identical(uninterrupted, tmp_path, start, run_cli):
     proc = start(tmp_path)
     wait_for_snapshot(tmp_path / "run", 10, proc)
     proc.send_signal(signal.SIGTERM)
@@ -97,7 +99,7 @@ def test_sigterm_saves_exits_cleanly_and_the_resumed_run_is_identical(uninterrup
     assert_same_run(tmp_path, uninterrupted)
 
 
-def test_sigkill_after_a_snapshot_then_resume_auto_is_identical(uninterrupted, tmp_path):
+def test_sigkill_after_a_snapshot_then_resume_auto_is_identical(uninterrupted, tmp_path, start):
     proc = start(tmp_path)
     wait_for_snapshot(tmp_path / "run", 20, proc)
     proc.kill()
@@ -109,7 +111,7 @@ def test_sigkill_after_a_snapshot_then_resume_auto_is_identical(uninterrupted, t
     assert_same_run(tmp_path, uninterrupted)
 
 
-def test_ctrl_c_saves_at_an_update_boundary_and_names_the_resume_command(tmp_path):
+def test_ctrl_c_saves_at_an_update_boundary_and_names_the_resume_command(tmp_path, start):
     proc = start(tmp_path)
     wait_for_snapshot(tmp_path / "run", 10, proc)
     proc.send_signal(signal.SIGINT)
@@ -119,7 +121,7 @@ def test_ctrl_c_saves_at_an_update_boundary_and_names_the_resume_command(tmp_pat
     verify_snapshot(snapshots(tmp_path / "run" / "checkpoints")[0])
 
 
-def test_a_corrupted_snapshot_is_refused_by_name_and_auto_falls_back_to_the_previous_good_one(uninterrupted, tmp_path):
+def test_a_corrupted_snapshot_is_refused_by_name_and_auto_falls_back_to_the_previous_good_one(uninterrupted, tmp_path, run_cli):
     import shutil
 
     shutil.copytree(uninterrupted, tmp_path / "out")
@@ -136,7 +138,7 @@ def test_a_corrupted_snapshot_is_refused_by_name_and_auto_falls_back_to_the_prev
         assert resolve_snapshot(tmp_path / "out" / "run") == previous
 
 
-def test_resume_refuses_a_config_that_changes_the_experiment(uninterrupted):
+def test_resume_refuses_a_config_that_changes_the_experiment(uninterrupted, run_cli):
     result = run_cli("fit", "--config", str(uninterrupted / "run" / "config.yaml"), "--resume",
                      str(uninterrupted / "run"), "sac.critic_lr=0.5")
     assert result.returncode == 2

@@ -8,14 +8,15 @@ import torch
 from mlflow import MlflowClient
 
 from mlr_lightning.agents import sac_mlr
-from mlr_lightning.checkpointing import LAST, snapshots
+from mlr_lightning.training.snapshot import LAST, snapshots
 from mlr_lightning.config import load_config
-from mlr_lightning.data.replay import FrameReplay
-from mlr_lightning.experiment import fit
-from tests.test_cli import run_cli
+from mlr_lightning.data.frames import FrameStore
+from mlr_lightning.training.experiment import fit
+
+pytestmark = pytest.mark.slow  # real runs end to end: minutes
 
 
-def test_ddp_ranks_average_gradients_and_collect_their_own_data(tiny_overrides, tmp_path):
+def test_ddp_ranks_average_gradients_and_collect_their_own_data(tiny_overrides, tmp_path, run_cli):
     result = run_cli("fit", "--config", "conf/quickstart.yaml", *tiny_overrides, "run_name=ddp", "tracking.video=false",
                      "trainer.devices=2", "trainer.strategy=ddp", timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -30,9 +31,9 @@ def test_ddp_ranks_average_gradients_and_collect_their_own_data(tiny_overrides, 
     assert all(r["counters"]["agent_steps"] == 320 // 8 for r in ranks), "each rank steps its own environment"
     replays = []
     for r in (0, 1):
-        replay = FrameReplay(1000, 3, 4)
-        replay.loads(snapshot / f"replay-rank{r}")
-        replays.append(replay.frames._storage["pixels"][: len(replay)])
+        store = FrameStore(1000, 3)
+        store.loads(snapshot / f"replay-rank{r}")
+        replays.append(store.stacked_pixels(torch.arange(len(store))))
     assert not torch.equal(*replays), "both ranks collected the same frames (same environment seed)"
 
     with open(run_dir / "metrics.csv", newline="") as handle:

@@ -13,7 +13,7 @@ import pytest
 from mlflow import MlflowClient
 
 from mlr_lightning.config import load_config
-from mlr_lightning.experiment import fit
+from mlr_lightning.training.experiment import fit
 
 
 def free_port() -> int:
@@ -70,8 +70,9 @@ def check_run(client: MlflowClient, experiment: str):
     return run
 
 
+@pytest.mark.slow
 def test_fit_logs_to_the_embedded_store_without_any_server(tiny_overrides, tmp_path, monkeypatch):
-    monkeypatch.setattr("mlr_lightning.tracking.USER_TRACKING_URI", None)
+    monkeypatch.setattr("mlr_lightning.training.tracking.USER_TRACKING_URI", None)
     run_dir = fit(load_config(None, tiny_overrides))
     store = tmp_path / "runs" / "mlflow.db"
     assert store.exists()
@@ -88,8 +89,9 @@ def test_fit_logs_to_a_real_mlflow_server(mlflow_server, tiny_overrides, tmp_pat
     assert (run_dir / "metrics.csv").exists()
 
 
+@pytest.mark.slow
 def test_large_checkpoints_are_recorded_by_path(tiny_overrides, tmp_path, monkeypatch):
-    monkeypatch.setattr("mlr_lightning.tracking.USER_TRACKING_URI", None)
+    monkeypatch.setattr("mlr_lightning.training.tracking.USER_TRACKING_URI", None)
     fit(load_config(None, tiny_overrides + ["tracking.max_checkpoint_artifact_mb=0.001"]))
     client = MlflowClient(f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}")
     (run,) = client.search_runs([client.get_experiment_by_name("mlr_lightning").experiment_id])

@@ -27,22 +27,22 @@ from __future__ import annotations
 import copy
 import math
 
-import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
-from omegaconf import DictConfig, OmegaConf
-from tensordict import TensorDict
+from omegaconf import DictConfig
+from tensordict import TensorDict, TensorDictBase
 from torch import Tensor, nn
 from torchrl import timeit
 from torchrl.envs.utils import ExplorationType, exploration_type, set_exploration_type
 
-from mlr_lightning.agents.numerics import check_finite
-from mlr_lightning.augment import random_intensity, random_shift
-from mlr_lightning.masking import apply_mask, cube_mask
-from mlr_lightning.models.mlr import PredictiveLatentDecoder, mlr_loss, soft_update
-from mlr_lightning.models.rainbow import AtariEncoder, DuelingC51Head, RainbowNetwork, ql1_projection
-
-PROGRESS_BAR_METRICS = ("train/q_loss", "train/mlr_loss")
+from mlr_lightning.agents.base import RLAgent
+from mlr_lightning.data.augment import random_intensity, random_shift
+from mlr_lightning.mlr.decoder import PredictiveLatentDecoder
+from mlr_lightning.mlr.heads import ql1_projection
+from mlr_lightning.mlr.loss import mlr_loss
+from mlr_lightning.mlr.views import masked_views
+from mlr_lightning.models.rainbow import AtariEncoder, DuelingC51Head, RainbowNetwork
+from mlr_lightning.models.targets import soft_update
 
 
 def categorical_projection(next_probs: Tensor, returns: Tensor, discount: Tensor, support: Tensor) -> Tensor:
@@ -90,14 +90,15 @@ def q_values(logits: Tensor, support: Tensor) -> Tensor:
     return (logits.float().softmax(-1) * support).sum(-1)
 
 
-class RainbowMLRAgent(pl.LightningModule):
+class RainbowMLRAgent(RLAgent):
+    optimizer_names = ("adam",)
+    progress_bar_metrics = ("train/q_loss", "train/mlr_loss")
+
     def __init__(self, cfg: DictConfig | dict, num_actions: int):
-        super().__init__()
-        cfg = OmegaConf.create(cfg)
-        self.save_hyperparameters({"cfg": OmegaConf.to_container(cfg, resolve=True), "num_actions": num_actions})
-        self.cfg, self.rb, self.mlr = cfg, cfg.rainbow, cfg.mlr
-        self.automatic_optimization = False
-        rb = self.rb
+        super().__init__(cfg, num_actions=num_actions)
+        cfg = self.cfg
+        self.rainbow, self.mlr = cfg.rainbow, cfg.mlr
+        rb = self.rainbow
         encoder = AtariEncoder(cfg.env.frame_stack, rb.conv_channels, rb.conv_kernels, rb.conv_strides,
                                rb.renormalize, rb.renormalize_eps)
         self.map_shape = encoder.output_shape(cfg.env.image_size)  # (64, 7, 7)
@@ -109,11 +110,9 @@ class RainbowMLRAgent(pl.LightningModule):
         self.register_buffer("support", torch.linspace(rb.v_min, rb.v_max, rb.num_atoms))
         if self.mlr.enabled:
             self._build_mlr(num_actions)
-        # Updates done so far; a buffer so that it is checkpointed (the target schedule depends on it).
-        self.register_buffer("num_updates", torch.zeros((), dtype=torch.long))
 
     def _build_mlr(self, num_actions: int) -> None:
-        mlr, rb = self.mlr, self.rb
+        mlr, rb = self.mlr, self.rainbow
         dim = mlr.decoder_dim or self.latent_dim
         # PyTorch default init throughout, as the official Atari code (no truncated-normal re-init).
         self.decoder = PredictiveLatentDecoder(dim, num_actions, mlr.num_attn_layers, mlr.num_heads, mlr.mlp_ratio,
@@ -129,12 +128,12 @@ class RainbowMLRAgent(pl.LightningModule):
     @property
     def policy(self) -> RainbowPolicy:
         """The acting policy over the live online network (not a submodule: checkpoints hold it once)."""
-        return RainbowPolicy(self.online, self.support, self.rb.eval_epsilon)
+        return RainbowPolicy(self.online, self.support, self.rainbow.eval_epsilon)
 
     # ------------------------------------------------------------------------------ optimiser
     def configure_optimizers(self):
         params = [p for p in self.parameters() if p.requires_grad]
-        return torch.optim.Adam(params, lr=self.rb.lr, eps=self.rb.adam_eps)
+        return torch.optim.Adam(params, lr=self.rainbow.lr, eps=self.rainbow.adam_eps)
 
     def clip_groups(self) -> list[list[nn.Parameter]]:
         """Parameter groups whose gradient norms are clipped separately: the stem (conv + Q head) and
@@ -146,8 +145,8 @@ class RainbowMLRAgent(pl.LightningModule):
         return groups
 
     # ---------------------------------------------------------------------------------- update
-    def training_step(self, batch: dict, batch_idx: int) -> dict:
-        sample: TensorDict = batch["sample"]
+    def training_step(self, batch: TensorDictBase, batch_idx: int) -> dict:
+        sample: TensorDict = batch["rl"]  # [B], see data/prioritized.py
         self.online.head.reset_noise()
         self.target.head.reset_noise()
         with set_exploration_type(ExplorationType.RANDOM):  # noisy layers sample their noise
@@ -156,41 +155,32 @@ class RainbowMLRAgent(pl.LightningModule):
             loss = q_loss
             if self.mlr.enabled:
                 with timeit("update/mlr_loss"):
-                    mlr_value, mlr_metrics = self.mlr_loss(sample["window_pixels"], sample["window_action"], sample["weight"])
+                    mlr_value, mlr_metrics = self.compute_mlr_loss(batch["mlr", "pixels"], batch["mlr", "action"], sample["weight"])
                 loss = loss + self.mlr.weight * mlr_value
                 metrics |= mlr_metrics
         with timeit("update/step"):
-            metrics |= self._step(loss)
-        check_finite({k: v for k, v in metrics.items() if k.endswith("loss")}, int(self.num_updates))
-        self.num_updates += 1
-        if int(self.num_updates) % self.rb.target_update_interval == 0:
-            soft_update(self.target, self.online, self.rb.target_update_tau)
-        self._log(metrics, batch)
+            self.step(self.optimizer("adam"), loss)
+        norms = self._grad_norms
+        metrics |= {"train/loss": loss.detach(), "train/grad_norm_stem": norms[0]}
+        if len(norms) > 1:
+            metrics["train/grad_norm_transformer"] = norms[1]
+        self.finish_update(metrics, batch)
+        if int(self.num_updates) % self.rainbow.target_update_interval == 0:
+            soft_update(self.target, self.online, self.rainbow.target_update_tau)
         # Read by the PriorityUpdate callback, which writes them into the replay.
         return {"index": sample["index"], "priority": priority}
 
-    def _step(self, loss: Tensor) -> dict:
-        """zero_grad, backward and step through Lightning (precision, gradient scaling, DDP); the
-        clipping happens in :meth:`on_before_optimizer_step`, on unscaled gradients."""
-        optimizer = self.optimizers()
-        optimizer.zero_grad(set_to_none=True)
-        self.manual_backward(loss)
-        optimizer.step()
-        norms = self._grad_norms
-        return {"train/loss": loss.detach(), "train/grad_norm_stem": norms[0]} | (
-            {"train/grad_norm_transformer": norms[1]} if len(norms) > 1 else {})
-
     def on_before_optimizer_step(self, optimizer) -> None:
         """Lightning calls this after unscaling the gradients under 16-mixed: clip the true norms."""
-        self._grad_norms = [torch.nn.utils.clip_grad_norm_(group, self.rb.grad_clip) for group in self.clip_groups()]
+        self._grad_norms = [torch.nn.utils.clip_grad_norm_(group, self.rainbow.grad_clip) for group in self.clip_groups()]
 
     def augment(self, pixels: Tensor) -> Tensor:
         """uint8 [N, C, H, W] -> float [N, C, H, W] in pixel units: +-shift_pad px shift, then intensity."""
-        return random_intensity(random_shift(pixels, self.rb.shift_pad), self.rb.intensity_scale)
+        return random_intensity(random_shift(pixels, self.rainbow.shift_pad), self.rainbow.intensity_scale)
 
     def q_loss(self, sample: TensorDict) -> tuple[Tensor, Tensor, dict]:
         """Importance-weighted C51 loss, the new priorities [B] (KL) and metrics."""
-        rb, support = self.rb, self.support
+        rb, support = self.rainbow, self.support
         action = sample["action"].argmax(-1)  # one-hot [B, A] -> [B]
         batch = torch.arange(action.numel(), device=action.device)
         logits = self.online(self.augment(sample["pixels"]))  # [B, A, Z]
@@ -215,7 +205,7 @@ class RainbowMLRAgent(pl.LightningModule):
                    "train/is_weight": sample["weight"].mean()}
         return loss, kl, metrics
 
-    def mlr_loss(self, frames: Tensor, actions: Tensor, weight: Tensor) -> tuple[Tensor, dict]:
+    def compute_mlr_loss(self, frames: Tensor, actions: Tensor, weight: Tensor) -> tuple[Tensor, dict]:
         """frames uint8 [B, K, S, H, W], actions one-hot [B, K, A], weight [B] -> the weighted loss.
 
         Mean over the K positions of 2 - 2 cos(prediction, target) per sequence, times its importance
@@ -240,25 +230,10 @@ class RainbowMLRAgent(pl.LightningModule):
     def mlr_views(self, frames: Tensor) -> tuple[Tensor, Tensor]:
         """uint8 [B, K, S, H, W] -> masked-then-augmented online input and augmented target input,
         float pixel units [B*K, S, H, W]; independent augmentation draws per image and branch."""
-        mlr, env = self.mlr, self.cfg.env
-        b, k = frames.shape[:2]
-        mask = cube_mask(k, env.image_size, mlr.patch_size, mlr.block_size, mlr.mask_ratio,
-                         batch_size=b if mlr.per_sample_mask else None, device=frames.device)
-        if mlr.official_mask_keep:  # official Atari: the drawn patches are the visible ones
-            mask = ~mask
-        online_in = self.augment(apply_mask(frames, mask).flatten(0, 1))
+        mlr = self.mlr
+        # official_mask_keep: the official Atari code keeps the drawn patches visible.
+        online_in, target_in, _ = masked_views(frames, mlr, self.cfg.env.image_size, self.augment,
+                                               keep_drawn=mlr.official_mask_keep)
         if mlr.official_input_scaling:  # official: the masked branch reaches the encoder in [0, 255]
             online_in = online_in * 255.0
-        return online_in, self.augment(frames.flatten(0, 1))
-
-    def _log(self, metrics: dict, batch: dict) -> None:
-        shown = {k: v for k, v in metrics.items() if k in PROGRESS_BAR_METRICS}
-        self.log_dict(shown, on_step=True, on_epoch=False, prog_bar=True)
-        self.log_dict({k: v for k, v in metrics.items() if k not in shown}, on_step=True, on_epoch=False)
-        self.log("env_steps", float(batch["env_steps"]), prog_bar=True, on_step=True, on_epoch=False)
-        self.log("train/beta", float(batch["beta"]), on_step=True, on_epoch=False)
-        if not math.isnan(batch["episode_return"]):
-            self.log("train/episode_return", batch["episode_return"], prog_bar=True, on_step=True, on_epoch=False)
-        if int(self.num_updates) % self.trainer.log_every_n_steps == 0:
-            self.log_dict(timeit.todict(prefix="time"), on_step=True, on_epoch=False)
-            timeit.erase()
+        return online_in, target_in

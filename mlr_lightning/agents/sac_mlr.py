@@ -16,30 +16,26 @@ from __future__ import annotations
 import copy
 import math
 
-import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
+from tensordict import TensorDictBase
 from torch import Tensor, nn
 from torchrl import timeit
 from torchrl.envs.utils import ExplorationType, exploration_type
 
-from mlr_lightning.agents.numerics import check_finite
-from mlr_lightning.augment import center_crop, random_crop, random_intensity
-from mlr_lightning.masking import apply_mask, cube_mask
-from mlr_lightning.models.encoder import PixelEncoder, orthogonal_init
-from mlr_lightning.models.mlr import (
-    PredictiveLatentDecoder,
-    inverse_sqrt_schedule,
-    mlr_loss,
-    projection_mlp,
-    soft_update,
-    truncated_normal_init,
-)
+from mlr_lightning.agents.base import RLAgent
+from mlr_lightning.agents.schedules import inverse_sqrt_schedule
+from mlr_lightning.data.augment import center_crop, random_crop, random_intensity
+from mlr_lightning.mlr.decoder import PredictiveLatentDecoder
+from mlr_lightning.mlr.heads import projection_mlp
+from mlr_lightning.mlr.loss import mlr_loss
+from mlr_lightning.mlr.views import masked_views
+from mlr_lightning.models.encoder import PixelEncoder
+from mlr_lightning.models.init import orthogonal_init, truncated_normal_init
 from mlr_lightning.models.sac import Actor, Critic
+from mlr_lightning.models.targets import soft_update
 
-
-PROGRESS_BAR_METRICS = ("train/critic_loss", "train/actor_loss", "train/mlr_loss")
 ADAM_BETA2 = 0.999  # the official configs set only beta1 (critic_beta, actor_beta, alpha_beta)
 
 
@@ -59,13 +55,14 @@ class SACPolicy(nn.Module):
         return action[0] if unbatched else action
 
 
-class SACMLRAgent(pl.LightningModule):
+class SACMLRAgent(RLAgent):
+    optimizer_names = ("critic", "actor", "alpha", "mlr")
+    progress_bar_metrics = ("train/critic_loss", "train/actor_loss", "train/mlr_loss")
+
     def __init__(self, cfg: DictConfig | dict, action_dim: int):
-        super().__init__()
-        cfg = OmegaConf.create(cfg)
-        self.save_hyperparameters({"cfg": OmegaConf.to_container(cfg, resolve=True), "action_dim": action_dim})
-        self.cfg, self.sac, self.mlr = cfg, cfg.sac, cfg.mlr
-        self.automatic_optimization = False
+        super().__init__(cfg, action_dim=action_dim)
+        cfg = self.cfg
+        self.sac, self.mlr = cfg.sac, cfg.mlr
         in_channels = 3 * cfg.env.frame_stack
 
         def make_encoder() -> PixelEncoder:
@@ -81,8 +78,6 @@ class SACMLRAgent(pl.LightningModule):
         self.target_entropy = -float(action_dim)
         if self.mlr.enabled:
             self._build_mlr(action_dim)
-        # Updates done so far; a buffer so that it is checkpointed (actor/target schedules depend on it).
-        self.register_buffer("num_updates", torch.zeros((), dtype=torch.long))
 
     @property
     def policy(self) -> SACPolicy:
@@ -131,8 +126,8 @@ class SACMLRAgent(pl.LightningModule):
         return self.log_alpha.exp()
 
     # ---------------------------------------------------------------------------------- update
-    def training_step(self, batch: dict, batch_idx: int) -> None:
-        t = batch["transitions"]
+    def training_step(self, batch: TensorDictBase, batch_idx: int) -> None:
+        t = batch["rl"]  # [B]: pixels, action, reward, terminated, next_pixels (see data/replay.py)
         crop = self.cfg.env.crop_size
         obs = random_crop(t["pixels"], crop)  # [B, 3S, 84, 84] uint8
         next_obs = random_crop(t["next_pixels"], crop)  # independent crop, as the official sampler
@@ -140,42 +135,25 @@ class SACMLRAgent(pl.LightningModule):
             metrics = self.update_critic(obs, t["action"], t["reward"], next_obs, t["terminated"])
         if self.mlr.enabled:
             with timeit("update/mlr"):
-                metrics |= self.update_mlr(batch["windows"]["pixels"], batch["windows"]["action"])
+                metrics |= self.update_mlr(batch["mlr", "pixels"], batch["mlr", "action"])
         step = int(self.num_updates)
         if step % self.sac.actor_update_freq == 0:
             with timeit("update/actor"):
                 metrics |= self.update_actor_and_alpha(obs)
         if step % self.sac.critic_target_update_freq == 0:
             self.update_targets()
-        check_finite({k: v for k, v in metrics.items() if k.endswith("_loss")}, step)
-        self.num_updates += 1
-        shown = {k: v for k, v in metrics.items() if k in PROGRESS_BAR_METRICS}
-        self.log_dict(shown, on_step=True, on_epoch=False, prog_bar=True)
-        self.log_dict({k: v for k, v in metrics.items() if k not in shown}, on_step=True, on_epoch=False)
-        self.log("env_steps", float(batch["env_steps"]), prog_bar=True, on_step=True, on_epoch=False)
-        if not math.isnan(batch["episode_return"]):
-            self.log("train/episode_return", batch["episode_return"], prog_bar=True, on_step=True, on_epoch=False)
-        if step % self.trainer.log_every_n_steps == 0:
-            # Where the time goes (seconds per call since the last report), as TorchRL's SOTA scripts.
-            self.log_dict(timeit.todict(prefix="time"), on_step=True, on_epoch=False)
-            timeit.erase()
-
-    def _step(self, optimizer, loss: Tensor) -> None:
-        """zero_grad, backward and step, through Lightning (precision, gradient scaling, DDP)."""
-        optimizer.zero_grad(set_to_none=True)
-        self.manual_backward(loss)
-        optimizer.step()
+        self.finish_update(metrics, batch)
 
     def on_before_optimizer_step(self, optimizer) -> None:
         """Clip the MLR gradients here: Lightning calls this after unscaling them under 16-mixed."""
-        if self.mlr.enabled and optimizer is self.optimizers()[3].optimizer:
+        if self.mlr.enabled and optimizer is self.optimizer("mlr").optimizer:
             self.clip_gradients(optimizer, gradient_clip_val=self.mlr.grad_clip, gradient_clip_algorithm="norm")
 
     def update_critic(self, obs: Tensor, action: Tensor, reward: Tensor, next_obs: Tensor, terminated: Tensor) -> dict:
         target_q = self.td_target(reward, next_obs, terminated)
         q1, q2 = self.critic(obs, action)
         loss = F.mse_loss(q1.float(), target_q) + F.mse_loss(q2.float(), target_q)
-        self._step(self.optimizers()[0], loss)
+        self.step(self.optimizer("critic"), loss)
         return {"train/critic_loss": loss.detach(), "train/q1": q1.detach().mean()}
 
     @torch.no_grad()
@@ -188,13 +166,12 @@ class SACMLRAgent(pl.LightningModule):
         return (reward + (~terminated).float() * self.sac.discount * target_v).float()
 
     def update_actor_and_alpha(self, obs: Tensor) -> dict:
-        _, actor_opt, alpha_opt, *_ = self.optimizers()
         _, pi, log_pi = self.actor(obs, detach_conv=True)
         q1, q2 = self.critic(obs, pi, detach_conv=True)
         actor_loss = (self.alpha.detach() * log_pi - torch.min(q1, q2)).float().mean()
-        self._step(actor_opt, actor_loss)
+        self.step(self.optimizer("actor"), actor_loss)
         alpha_loss = (self.alpha * (-log_pi - self.target_entropy).detach()).float().mean()
-        self._step(alpha_opt, alpha_loss)
+        self.step(self.optimizer("alpha"), alpha_loss)
         return {
             "train/actor_loss": actor_loss.detach(),
             "train/alpha_loss": alpha_loss.detach(),
@@ -205,8 +182,8 @@ class SACMLRAgent(pl.LightningModule):
     def update_mlr(self, frames: Tensor, actions: Tensor) -> dict:
         """frames uint8 [B, K, 3S, H, W] (uncropped), actions [B, K, A]."""
         loss = self.compute_mlr_loss(frames, actions)
-        mlr_opt = self.optimizers()[3]
-        self._step(mlr_opt, loss)
+        mlr_opt = self.optimizer("mlr")
+        self.step(mlr_opt, loss)
         self.lr_schedulers().step()
         return {"train/mlr_loss": loss.detach(), "train/mlr_lr": torch.tensor(mlr_opt.param_groups[0]["lr"])}
 
@@ -223,16 +200,10 @@ class SACMLRAgent(pl.LightningModule):
     def mlr_views(self, frames: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """frames uint8 [B, K, C, H, W] -> (online input, target input) [B*K, C, crop, crop] and the mask.
 
-        The cube mask is applied to the raw frames *before* augmentation; the online (masked) and
-        target (unmasked) views get independent crops and intensity draws per image.
+        The cube mask is applied to the full (uncropped) frames *before* augmentation; the online
+        (masked) and target (unmasked) views get independent crops and intensity draws per image.
         """
-        mlr, env = self.mlr, self.cfg.env
-        b, k = frames.shape[:2]
-        mask = cube_mask(k, env.image_size, mlr.patch_size, mlr.block_size, mlr.mask_ratio,
-                         batch_size=b if mlr.per_sample_mask else None, device=frames.device)
-        online_in = self.augment_mlr(apply_mask(frames, mask).flatten(0, 1))
-        target_in = self.augment_mlr(frames.flatten(0, 1))
-        return online_in, target_in, mask
+        return masked_views(frames, self.mlr, self.cfg.env.image_size, self.augment_mlr)
 
     def augment_mlr(self, frames: Tensor) -> Tensor:
         """uint8 [N, C, H, W] -> float [N, C, crop, crop] in pixel units (the encoder divides by 255)."""

@@ -1,9 +1,9 @@
 """Prioritized replay of n-step transitions and K-step windows for Atari (rlpyt/SPR semantics).
 
-:class:`PrioritizedFrameReplay` keeps :class:`FrameReplay`'s layout (single uint8 frames stored
-once, stacks rebuilt from ``step_count``, a final-observation row after every episode end) and
-samples *start rows* with TorchRL's :class:`~torchrl.data.PrioritizedSampler` (alpha, beta, sum
-tree). From each start row ``i`` it builds, on the CPU, by walking forward through rows of the same
+:class:`PrioritizedReplay` draws from a :class:`~mlr_lightning.data.frames.FrameStore` (single
+uint8 frames stored once, stacks rebuilt from ``step_count``, a final-observation row after every
+episode end) whose buffer samples *start rows* with TorchRL's
+:class:`~torchrl.data.PrioritizedSampler` (alpha, beta, sum tree). From each start row ``i`` it builds, on the CPU, by walking forward through rows of the same
 episode:
 
 - the n-step return ``R = sum_{j<m} gamma^j r_{i+j}`` with ``m = min(n, steps left in the episode)``,
@@ -14,7 +14,19 @@ episode:
 
 Start rows whose lookahead reaches past the newest written row are redrawn (their future is not
 known yet); final-observation rows get priority 0. Importance weights are normalised by the batch
-maximum, as rlpyt does (TorchRL normalises by the buffer's minimum priority instead).
+maximum, as rlpyt does (TorchRL normalises by the buffer's minimum priority instead). The importance
+exponent beta is a pure function of training progress (so of the checkpointed step counter): linear
+from ``beta_start`` to ``beta_end``, as rlpyt anneals it over the training steps.
+
+One call of :meth:`PrioritizedReplay.sample` gives one update's batch, in the batch contract every
+agent reads::
+
+    TensorDict(batch_size=[])
+      "rl":  [B]    index [B], weight [B] (importance weights, max 1), pixels [B, S, H, W] uint8,
+                    action [B, A], return [B], discount [B] (gamma^m, 0 after a termination),
+                    next_pixels [B, S, H, W] uint8
+      "mlr": [B, K] pixels [B, K, S, H, W] uint8, action [B, K, A]   (MLR on; windows from the same rows)
+      "beta": []    the importance exponent used
 """
 
 from __future__ import annotations
@@ -22,28 +34,35 @@ from __future__ import annotations
 import torch
 from tensordict import TensorDict, TensorDictBase
 from torch import Tensor
-from torchrl.data import PrioritizedSampler, TensorDictReplayBuffer
+from torchrl import timeit
+from torchrl.data import PrioritizedSampler
 
-from mlr_lightning.data.replay import FrameReplay
+from mlr_lightning.data.frames import FrameStore
+from mlr_lightning.data.replay import Replay
 
 MAX_REDRAWS = 100  # rounds of redrawing invalid start rows before giving up
 
 
-class PrioritizedFrameReplay(FrameReplay):
+class PrioritizedReplay(Replay):
     def __init__(self, capacity: int, frame_stack: int, seq_len: int, n_step: int, discount: float,
-                 alpha: float, priority_eps: float, device: torch.device | str = "cpu"):
-        super().__init__(capacity, frame_stack, seq_len, device)
-        self.n_step, self.discount = n_step, discount
-        self.horizon = max(n_step, seq_len - 1)  # rows looked at after a start row
+                 alpha: float, priority_eps: float, batch_size: int, beta_start: float, beta_end: float,
+                 windows: bool, device: torch.device | str = "cpu"):
+        # The store's buffer samples through a sampler that tracks priorities (new rows get the
+        # current maximum priority, as in PER); snapshots (TorchRL's dumps) hold its sum and min trees.
         self.sampler = PrioritizedSampler(capacity, alpha=alpha, beta=1.0, eps=priority_eps)
-        # The same storage, now written through a buffer whose sampler tracks priorities (new rows
-        # get the current maximum priority, as in PER).
-        self.buffer = TensorDictReplayBuffer(storage=self.storage, sampler=self.sampler)
+        self.store = FrameStore(capacity, frame_stack, sampler=self.sampler, device=device)
+        self.seq_len, self.n_step, self.discount = seq_len, n_step, discount
+        self.batch_size, self.beta_start, self.beta_end, self.windows = batch_size, beta_start, beta_end, windows
+        self.horizon = max(n_step, seq_len - 1)  # rows looked at after a start row
+        self.capacity = capacity
 
-    def extend(self, steps: TensorDictBase, *args, **kwargs) -> None:
-        """FrameReplay's ``extend`` (same arguments), then priority 0 for the final-observation rows."""
-        start = self.cursor
-        super().extend(steps, *args, **kwargs)
+    def beta(self, progress: float) -> float:
+        return self.beta_start + (self.beta_end - self.beta_start) * min(1.0, progress)
+
+    def extend(self, steps: TensorDictBase, episode: Tensor | None = None) -> None:
+        """Store the steps, then give the final-observation rows priority 0 (never start rows)."""
+        start = self.store.cursor
+        self.store.extend(steps, episode)
         count = steps.numel() + int(steps["next", "done"].sum())  # steps and their final-observation rows
         rows = (start + torch.arange(count)) % self.capacity
         finals = rows[~self._field("has_action")[rows].reshape(-1)]
@@ -55,14 +74,16 @@ class PrioritizedFrameReplay(FrameReplay):
         self.sampler.update_priority(index.cpu(), priority.detach().float().cpu())
 
     # ---------------------------------------------------------------------------------- sampling
-    def sample(self, batch_size: int, beta: float, windows: bool) -> TensorDict:
-        """``batch_size`` prioritized start rows with their n-step targets (and MLR windows).
+    def sample(self, progress: float) -> TensorDict:
+        """One update's batch (see the module docstring) at the beta of ``progress``."""
+        beta = self.beta(progress)
+        with timeit("data/sample_prioritized"):
+            batch = self.sample_rows(self.batch_size, beta, self.windows)
+        batch["beta"] = torch.tensor(beta, dtype=torch.float64)
+        return batch
 
-        Returns ``index`` [B], ``weight`` [B] (importance weights, max 1), ``pixels`` [B, S, H, W],
-        ``action`` [B, A], ``return`` [B], ``discount`` [B] (gamma^m, 0 after a termination),
-        ``next_pixels`` [B, S, H, W]; with ``windows``, ``window_pixels`` [B, K, S, H, W] and
-        ``window_action`` [B, K, A].
-        """
+    def sample_rows(self, batch_size: int, beta: float, windows: bool) -> TensorDict:
+        """``batch_size`` prioritized start rows with their n-step targets (and MLR windows)."""
         self.sampler.beta = beta
         index, weight, ahead = self._draw(batch_size)
         steps = self._steps_left(index, ahead)  # [B] action rows of the episode from index on (<= horizon + 1)
@@ -75,31 +96,32 @@ class PrioritizedFrameReplay(FrameReplay):
         last = (index + m - 1) % self.capacity
         terminated = self._field("terminated")[last].reshape(-1) & (steps <= self.n_step)
         discount = torch.where(terminated, 0.0, self.discount ** m.double()).float()
-        out = TensorDict(
+        rl = TensorDict(
             {
                 "index": index,
                 "weight": (weight / weight.max()).float(),
-                "pixels": self.stacked_pixels(index),
+                "pixels": self.store.stacked_pixels(index),
                 "action": self._field("action")[index],
                 "return": returns.float(),
                 "discount": discount,
-                "next_pixels": self.stacked_pixels((index + m) % self.capacity),
+                "next_pixels": self.store.stacked_pixels((index + m) % self.capacity),
             },
             batch_size=[batch_size],
         )
+        batch = TensorDict({"rl": rl})
         if windows:
             k = torch.arange(self.seq_len)
             window = (index[:, None] + torch.minimum(k[None, :], steps[:, None] - 1)) % self.capacity  # [B, K]
-            out["window_pixels"] = self.stacked_pixels(window)
-            out["window_action"] = self._field("action")[window]
-        return out
+            batch["mlr"] = TensorDict({"pixels": self.store.stacked_pixels(window),
+                                       "action": self._field("action")[window]}, batch_size=[batch_size, self.seq_len])
+        return batch
 
     def _draw(self, batch_size: int) -> tuple[Tensor, Tensor, Tensor]:
         """Prioritized start rows whose lookahead is known: index [B], TorchRL weight [B], ahead rows [B, H]."""
         kept_index, kept_weight = [], []
         need = batch_size
         for _ in range(MAX_REDRAWS):
-            index, info = self.sampler.sample(self.storage, need)
+            index, info = self.sampler.sample(self.store.storage, need)
             index = torch.as_tensor(index).reshape(-1)
             valid = self._valid(index)
             kept_index.append(index[valid])
@@ -115,7 +137,7 @@ class PrioritizedFrameReplay(FrameReplay):
 
     def _same_episode(self, index: Tensor, ahead: Tensor) -> tuple[Tensor, Tensor]:
         """[B, H]: row i+j+1 is a written action row of i's episode; and row i+j+1 is written."""
-        written = torch.arange(1, self.horizon + 1)[None, :] <= ((self.cursor - 1 - index) % self.capacity)[:, None]
+        written = torch.arange(1, self.horizon + 1)[None, :] <= ((self.store.cursor - 1 - index) % self.capacity)[:, None]
         trajectory = self._field("trajectory")
         same = (trajectory[ahead].reshape(ahead.shape) == trajectory[index].reshape(-1, 1)) & written
         return same, written
@@ -134,8 +156,4 @@ class PrioritizedFrameReplay(FrameReplay):
         return self._field("has_action")[index].reshape(-1) & known
 
     def _field(self, key: str) -> Tensor:
-        """One per-step field of the whole storage [capacity, ...], without copying it."""
-        return self.storage._storage[key]
-
-    # Snapshots: ``self.buffer`` holds the PrioritizedSampler, so FrameReplay's ``dumps``/``loads``
-    # (TorchRL's format) write and read the priorities (sum and min trees) with the rows.
+        return self.store.field(key)

@@ -1,146 +1,79 @@
-"""Replay of single uint8 frames, stacked at sample time.
+"""Uniform replay for DMC: transitions for the RL loss and K-step windows for MLR.
 
-Each stored row is one observation frame ``o_t`` ``[3, H, W]`` with the transition that leaves it
-(``a_t``, ``r_{t+1}``, termination flags). After the last transition of an episode one more row
-holds the final observation, which truncated episodes need for bootstrapping; it has
-``has_action=False``. So every frame is stored once (TorchRL's ``compact_obs`` would drop that final
-observation), and the next observation of row ``i`` is always row ``i + 1``.
+Both are drawn from a :class:`~mlr_lightning.data.frames.FrameStore`; one call of :meth:`sample`
+gives one update's batch, in the batch contract every agent reads::
 
-Stacks of ``frame_stack`` frames are rebuilt from ``step_count``: slot ``j`` of row ``i`` is row
-``i - min(frame_stack - 1 - j, step_count_i)``, which repeats the first frame at an episode start,
-exactly like ``CatFrames(padding="same")`` does while acting.
+    TensorDict(batch_size=[])
+      "rl":  [B]     pixels [B, 3S, H, W] uint8, action [B, A], reward [B, 1], terminated [B, 1],
+                     next_pixels [B, 3S, H, W] uint8
+      "mlr": [Bm, K] pixels [Bm, K, 3S, H, W] uint8, action [Bm, K, A], index [Bm, K]   (MLR on)
 """
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from pathlib import Path
 
 import torch
 from tensordict import TensorDict, TensorDictBase
 from torch import Tensor
-from torchrl.data import LazyTensorStorage, SliceSampler, TensorDictReplayBuffer
+from torchrl import timeit
+from torchrl.data import SliceSampler
+
+from mlr_lightning.data.frames import FrameStore
 
 
-class FrameReplay:
-    """Transitions for the RL loss and K-step windows for MLR.
+class Replay(ABC):
+    """What the stream and the snapshots use of a replay: writing, one update's batch, persistence.
 
-    Two ``LazyTensorStorage`` written in lockstep by TorchRL's round-robin writers: ``frames`` holds
-    the uint8 pixels, ``storage`` the per-step fields. Keeping the pixels apart lets the samplers,
-    which scan whole fields of the storage (``SliceSampler`` reads ``storage[:]``), touch a few MB
-    instead of copying gigabytes of frames on every call.
+    A replay owns a :class:`FrameStore` and draws from it with its own rule (uniform or prioritized).
     """
 
-    def __init__(self, capacity: int, frame_stack: int, seq_len: int, device: torch.device | str = "cpu"):
-        self.frame_stack = frame_stack
-        self.seq_len = seq_len
-        self.storage = LazyTensorStorage(capacity, device=device)
-        self.frames = LazyTensorStorage(capacity, device=device)
-        self.buffer = TensorDictReplayBuffer(storage=self.storage)
-        # A TensorDict ({"pixels": ...}) rather than a bare tensor: TorchRL's ``loads`` can refill
-        # only TensorDict storages.
-        self.frame_buffer = TensorDictReplayBuffer(storage=self.frames)
+    store: FrameStore
+
+    @abstractmethod
+    def sample(self, progress: float) -> TensorDict:
+        """One update's batch; ``progress`` in [0, 1] is the fraction of training done."""
+
+    def extend(self, steps: TensorDictBase, episode: Tensor | None = None) -> None:
+        self.store.extend(steps, episode)
+
+    def abandon_episode(self) -> None:
+        self.store.abandon_episode()
+
+    def dumps(self, path: Path) -> None:
+        """Contents, write cursor and sampler state (priorities) in TorchRL's own format."""
+        self.store.dumps(path)
+
+    def loads(self, path: Path) -> None:
+        self.store.loads(path)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes that :meth:`dumps` writes."""
+        return self.store.nbytes
+
+    def __len__(self) -> int:
+        return len(self.store)
+
+
+class UniformReplay(Replay):
+    def __init__(self, capacity: int, frame_stack: int, seq_len: int, batch_size: int,
+                 window_batch_size: int | None, device: torch.device | str = "cpu"):
+        self.store = FrameStore(capacity, frame_stack, device=device)
+        self.seq_len, self.batch_size, self.window_batch_size = seq_len, batch_size, window_batch_size
         # Windows of seq_len consecutive rows of one episode. Final-observation rows carry their own
         # trajectory id, so a window never contains one (every step of a window needs an action).
         self.window_sampler = SliceSampler(slice_len=seq_len, traj_key="trajectory", strict_length=True)
 
-    def __len__(self) -> int:
-        return len(self.storage)
-
-    @property
-    def capacity(self) -> int:
-        return self.storage.max_size
-
-    @property
-    def cursor(self) -> int:
-        """Row the next write goes to (the oldest row once the storage is full)."""
-        return int(self.buffer._writer._cursor) % self.capacity
-
-    # ----------------------------------------------------------------------------------- writing
-    def extend(self, steps: TensorDictBase, episode: Tensor | None = None) -> None:
-        """Store a collector batch ``[T]`` of steps with stacked ``pixels`` ``[3*S, H, W]``.
-
-        ``episode`` ``[T]`` numbers the episode of each step (default: the collector's trajectory
-        ids). The training stream counts episodes itself, so that ids stay unique across collector
-        rebuilds and resumes.
-        """
-        steps = steps.reshape(-1)
-        channels = steps["pixels"].shape[-3] // self.frame_stack
-        episode = (steps["collector", "traj_ids"] if episode is None else episode).reshape(-1)
-        rows = TensorDict(
-            {
-                "pixels": steps["pixels"][..., -channels:, :, :],  # newest frame only
-                "action": steps["action"],
-                "reward": steps["next", "reward"],
-                "terminated": steps["next", "terminated"],
-                "step_count": steps["step_count"],
-                "has_action": torch.ones_like(steps["next", "terminated"]),
-                "trajectory": 2 * episode,
-            },
-            batch_size=steps.batch_size,
-        )
-        ends = steps["next", "done"].reshape(-1)
-        if ends.any():
-            final = TensorDict(
-                {
-                    "pixels": steps["next", "pixels"][ends][..., -channels:, :, :],
-                    "action": torch.zeros_like(rows["action"][ends]),
-                    "reward": torch.zeros_like(rows["reward"][ends]),
-                    "terminated": rows["terminated"][ends],
-                    "step_count": steps["next", "step_count"][ends],
-                    "has_action": torch.zeros_like(rows["has_action"][ends]),
-                    "trajectory": 2 * episode[ends] + 1,
-                },
-                batch_size=[int(ends.sum())],
-            )
-            # Interleave: each final-observation row goes right after the step that ended its episode.
-            order = torch.arange(len(rows)) + torch.cumsum(ends.long(), 0) - ends.long()
-            merged = torch.cat([rows, final])
-            position = torch.cat([order, order[ends] + 1])
-            rows = merged[position.argsort()]
-        self.frame_buffer.extend(TensorDict({"pixels": rows.pop("pixels")}, batch_size=rows.batch_size))
-        self.buffer.extend(rows)
-
-    def abandon_episode(self) -> None:
-        """The running episode ended without a final observation (its environment crashed): its
-        newest row has no successor, so it stops being a transition."""
-        if len(self):
-            newest = (self.cursor - 1) % self.capacity
-            self.storage._storage["has_action"][newest] = False
-
-    # ------------------------------------------------------------------------------ persistence
-    def dumps(self, path: Path) -> None:
-        """Write both buffers (contents, write cursor) with TorchRL's own format (memory-mapped)."""
-        Path(path).mkdir(parents=True, exist_ok=True)
-        self.buffer.dumps(Path(path) / "steps")
-        self.frame_buffer.dumps(Path(path) / "frames")
-
-    @property
-    def nbytes(self) -> int:
-        """Bytes that :meth:`dumps` writes (TorchRL writes the whole capacity)."""
-        return sum(s._storage.bytes() for s in (self.storage, self.frames) if s.initialized)
-
-    def loads(self, path: Path) -> None:
-        self.buffer.loads(Path(path) / "steps")
-        self.frame_buffer.loads(Path(path) / "frames")
-
-    # ---------------------------------------------------------------------------------- sampling
-    def _age_order(self, index: Tensor) -> Tensor:
-        """Position of each row from the oldest stored row (0 = oldest)."""
-        if len(self) < self.capacity:
-            return index
-        return (index - self.cursor) % self.capacity
-
-    def stacked_pixels(self, index: Tensor) -> Tensor:
-        """Rows ``[...]`` -> stacked frames ``[..., 3*S, H, W]`` (uint8)."""
-        step_count = self.storage[index.reshape(-1)]["step_count"].reshape(index.shape)
-        # Never reach past the oldest stored row: the start of the oldest episode may be overwritten.
-        reach = torch.minimum(step_count, self._age_order(index))
-        back = torch.arange(self.frame_stack - 1, -1, -1)  # [S]: oldest slot first
-        rows = (index[..., None] - torch.minimum(back, reach[..., None])) % self.capacity  # [..., S]
-        # index_select on the storage's tensor: LazyTensorStorage's own indexing is advanced indexing,
-        # ~7x slower for [N, 3, 100, 100] uint8 (1536 frames: 106 ms vs 16 ms on 2 CPU cores).
-        frames = self.frames._storage["pixels"].index_select(0, rows.reshape(-1))  # [N*S, 3, H, W]
-        return frames.reshape(*index.shape, self.frame_stack * frames.shape[-3], *frames.shape[-2:])
+    def sample(self, progress: float = 0.0) -> TensorDict:
+        """One update's batch (see the module docstring); uniform, so ``progress`` is unused."""
+        with timeit("data/sample_transitions"):
+            batch = TensorDict({"rl": self.sample_transitions(self.batch_size)})
+        if self.window_batch_size:
+            with timeit("data/sample_windows"):
+                batch["mlr"] = self.sample_windows(self.window_batch_size)
+        return batch
 
     def sample_transitions(self, batch_size: int) -> TensorDict:
         """Uniform over stored transitions: ``pixels``, ``action``, ``reward``, ``terminated``, ``next_pixels``.
@@ -150,21 +83,22 @@ class FrameReplay:
         is uniform over episodes rather than transitions and ~30x slower per call.
         """
         index = self._valid_transition_rows(batch_size)
-        rows = self.storage[index]
+        rows = self.store.storage[index]
         return TensorDict(
             {
-                "pixels": self.stacked_pixels(index),
+                "pixels": self.store.stacked_pixels(index),
                 "action": rows["action"],
                 "reward": rows["reward"],
                 "terminated": rows["terminated"],
-                "next_pixels": self.stacked_pixels((index + 1) % self.capacity),
+                "next_pixels": self.store.stacked_pixels((index + 1) % self.store.capacity),
             },
             batch_size=[batch_size],
         )
 
     def _valid_transition_rows(self, batch_size: int) -> Tensor:
-        has_action = self.storage[: len(self)]["has_action"].reshape(-1).clone()
-        newest = (self.cursor - 1) % self.capacity
+        store = self.store
+        has_action = store.storage[: len(store)]["has_action"].reshape(-1).clone()
+        newest = (store.cursor - 1) % store.capacity
         has_action[newest] = False  # its next observation is not written yet
         valid = has_action.nonzero().squeeze(-1)
         if valid.numel() == 0:
@@ -176,12 +110,12 @@ class FrameReplay:
 
         Returns ``pixels`` ``[B, K, 3*S, H, W]`` uint8, ``action`` ``[B, K, A]``, ``index`` ``[B, K]``.
         """
-        index, _ = self.window_sampler.sample(self.storage, batch_size * self.seq_len)
+        index, _ = self.window_sampler.sample(self.store.storage, batch_size * self.seq_len)
         index = (index if isinstance(index, Tensor) else index[0]).reshape(batch_size, self.seq_len)
-        rows = self.storage[index.reshape(-1)]
+        rows = self.store.storage[index.reshape(-1)]
         return TensorDict(
             {
-                "pixels": self.stacked_pixels(index),
+                "pixels": self.store.stacked_pixels(index),
                 "action": rows["action"].reshape(batch_size, self.seq_len, -1),
                 "index": index,
             },

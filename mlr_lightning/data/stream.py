@@ -1,9 +1,11 @@
 """The training data stream: collector -> replay -> sampled batches, as Lightning's dataloader.
 
-Each item of :class:`ExperienceStream` is produced by stepping the TorchRL collector once (one
-agent step, ``action_repeat`` environment steps), writing the step into the replay, and, once the
-random seed steps are done, sampling one update's worth of data. Lightning's fit loop therefore
-drives interaction and learning at the paper's ratio of one update per agent step.
+Each agent step of the TorchRL collector (``env_steps_per_agent_step`` environment steps: DMC's
+action repeat, 1 on Atari, whose x-axis counts agent steps) is written into the replay and, once the
+random seed steps are done, followed by ``updates_per_step`` items, each one update's batch
+(``replay.sample``, a TensorDict in the contract of :mod:`mlr_lightning.data.replay`). Lightning's
+fit loop therefore drives interaction and learning at the paper's ratio (1 update per agent step on
+DMC, 2 on Atari) with no loop around it.
 
 The stream is also the unit of full-state resume: :meth:`ExperienceStream.state_dict` holds the
 counters, the collector, the running episode inside the simulator and every random-number state,
@@ -20,13 +22,14 @@ from typing import Callable
 
 import numpy as np
 import torch
-from tensordict import TensorDictBase
+from tensordict import TensorDict, TensorDictBase
 from torch.utils.data import IterableDataset
 from torchrl import timeit
 from torchrl.collectors import Collector
 from torchrl.envs import EnvBase
 
-from mlr_lightning.data.replay import FrameReplay
+from mlr_lightning.data.replay import Replay
+from mlr_lightning.data.torchrl_internals import collector_observation, inner_env, set_collector_observation
 
 
 class EnvironmentFailure(RuntimeError):
@@ -53,43 +56,47 @@ CollectorFactory = Callable[[int], Collector]
 class ExperienceStream(IterableDataset):
     def __init__(
         self,
-        make_collector: CollectorFactory,
-        replay: FrameReplay,
+        make_collector: CollectorFactory | None,
+        replay: Replay,
         total_agent_steps: int,
         init_steps: int,
-        action_repeat: int,
-        batch_size: int,
-        window_batch_size: int | None,
+        updates_per_step: int,
+        env_steps_per_agent_step: int,
         max_env_restarts: int,
     ):
         super().__init__()
         self.make_collector, self.replay = make_collector, replay
-        self.total_agent_steps, self.init_steps, self.action_repeat = total_agent_steps, init_steps, action_repeat
-        self.batch_size, self.window_batch_size = batch_size, window_batch_size
-        self.max_env_restarts = max_env_restarts
+        self.total_agent_steps, self.init_steps, self.updates_per_step = total_agent_steps, init_steps, updates_per_step
+        self.env_steps_per_agent_step, self.max_env_restarts = env_steps_per_agent_step, max_env_restarts
         self.counters = StreamCounters()
         self.collector: Collector | None = None
         self._resume_state: dict | None = None
 
     @property
     def env_steps(self) -> int:
-        return self.counters.agent_steps * self.action_repeat
+        return self.counters.agent_steps * self.env_steps_per_agent_step
 
     def __len__(self) -> int:
-        """Number of updates: one per agent step from ``init_steps`` on (as the official loop)."""
-        return self.total_agent_steps - self.init_steps
+        """Number of updates: ``updates_per_step`` per agent step from ``init_steps`` on (as the official loops)."""
+        return (self.total_agent_steps - self.init_steps) * self.updates_per_step
 
     def __iter__(self):
         self._start()
+        # A snapshot taken between the updates of one agent step: the resumed stream owes the rest.
+        for _ in range(self.counters.owed_updates):
+            self.counters.owed_updates -= 1
+            yield self.sample()
         while (steps := self._collect()) is not None:
             self._record(steps)
             if self.init_steps <= self.counters.agent_steps < self.total_agent_steps:
-                batch = self.sample()
-                if self.counters.agent_steps == self.total_agent_steps - 1:
-                    # Lightning stops after len(self) batches, so the final agent step, which no
-                    # update follows (as in the official loop), is collected here.
-                    self._record(self._collect())
-                yield batch
+                for update in range(self.updates_per_step):
+                    self.counters.owed_updates = self.updates_per_step - 1 - update
+                    batch = self.sample()
+                    if self.counters.agent_steps == self.total_agent_steps - 1 and self.counters.owed_updates == 0:
+                        # Lightning stops after len(self) batches, so the final agent step, which no
+                        # update follows (as in the official loops), is collected here.
+                        self._record(self._collect())
+                    yield batch
 
     def _start(self) -> None:
         """A collector for the remaining steps; on resume, put back the saved state (RNG last)."""
@@ -101,7 +108,7 @@ class ExperienceStream(IterableDataset):
         self._new_collector(self.counters.collector_start)
         # Building the collector reset its environment; now overwrite that with the saved episode.
         self.collector.load_state_dict(state["collector"])
-        self.collector._carrier = state["carrier"]  # TorchRL leaves the observation in hand unsaved
+        set_collector_observation(self.collector, state["carrier"])
         simulator(self.collector.env).set_state(state["simulator"])
         set_rng_states(state["rng"])
 
@@ -134,13 +141,11 @@ class ExperienceStream(IterableDataset):
         self.counters.collector_start = self.counters.agent_steps
         self._new_collector(self.counters.agent_steps)
 
-    def sample(self) -> dict:
-        with timeit("data/sample_transitions"):
-            batch = {"transitions": self.replay.sample_transitions(self.batch_size), "env_steps": self.env_steps}
-        if self.window_batch_size:
-            with timeit("data/sample_windows"):
-                batch["windows"] = self.replay.sample_windows(self.window_batch_size)
-        batch["episode_return"] = self.counters.last_episode_return
+    def sample(self) -> TensorDict:
+        """One update's batch, with the x-axis position and the last finished episode's return."""
+        batch = self.replay.sample(self.counters.agent_steps / self.total_agent_steps)
+        batch["env_steps"] = torch.tensor(self.env_steps)
+        batch["episode_return"] = torch.tensor(self.counters.last_episode_return)
         return batch
 
     def _record(self, steps: TensorDictBase) -> None:
@@ -157,12 +162,12 @@ class ExperienceStream(IterableDataset):
 
     # ------------------------------------------------------------------------------ full state
     def state_dict(self) -> dict:
-        """Everything but the replay contents (see :meth:`FrameReplay.dumps`)."""
+        """Everything but the replay contents (see :meth:`Replay.dumps`)."""
         state = {"counters": asdict(self.counters), "rng": rng_states()}
         if self.collector is not None:
             state |= {
                 "collector": self.collector.state_dict(),
-                "carrier": self.collector._carrier.clone(),
+                "carrier": collector_observation(self.collector).clone(),
                 "simulator": simulator(self.collector.env).get_state(),
             }
         return state
@@ -186,7 +191,7 @@ class ExperienceStream(IterableDataset):
 
 def simulator(env: EnvBase):
     """The innermost environment (below TorchRL's wrapper), which saves and restores its episode."""
-    inner = env.base_env._env
+    inner = inner_env(env)
     if not hasattr(inner, "get_state"):
         raise NotImplementedError(f"{type(inner).__name__} cannot save its running episode (get_state/set_state)")
     return inner

@@ -2,7 +2,7 @@
 
 ``make_atari_env`` returns a TorchRL env whose ``"pixels"`` entry is the stack of the last
 ``frame_stack`` uint8 grayscale frames ``[frame_stack, 84, 84]`` and whose ``"action"`` is one-hot
-``[num_actions]`` (minimal action set). Protocol (shared/mlr_reference.md 3.2):
+``[num_actions]`` (minimal action set). Protocol (the official code's, on rlpyt):
 
 - ``frame_skip`` 4, max-pooling of the last two raw frames, grayscale, bilinear resize to 84x84
   (gymnasium's ``AtariPreprocessing``, which reads the ALE screen directly, with the official

@@ -12,7 +12,7 @@ from functools import cache
 
 from torchrl.envs import CatFrames, DMControlWrapper, DoubleToFloat, PermuteTransform, RewardSum, StepCounter, TransformedEnv
 
-from mlr_lightning.rendering import select_gl_backend
+from mlr_lightning.envs.rendering import select_gl_backend
 
 
 class UnknownTaskError(ValueError):

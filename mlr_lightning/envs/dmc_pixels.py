@@ -7,7 +7,7 @@ import collections
 import mujoco
 import numpy as np
 
-from mlr_lightning.rendering import select_gl_backend
+from mlr_lightning.envs.rendering import select_gl_backend
 
 select_gl_backend()  # MUJOCO_GL must be set before dm_control is first imported
 

@@ -1,1 +1,1 @@
-"""Networks: pixel encoder, SAC actor/critic, and the MLR predictive latent decoder with its heads."""
+"""Networks: the DMC pixel encoder and SAC actor/critic, the Rainbow network, inits and target updates."""

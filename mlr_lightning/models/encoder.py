@@ -41,15 +41,3 @@ class PixelEncoder(nn.Module):
         """Share ``source``'s conv parameters (the actor's convs are the critic's)."""
         for mine, theirs in zip(self.convs, source.convs):
             mine.weight, mine.bias = theirs.weight, theirs.bias
-
-
-def orthogonal_init(module: nn.Module) -> None:
-    """The official ``weight_init``: orthogonal Linear; delta-orthogonal conv (centre tap only)."""
-    if isinstance(module, nn.Linear):
-        nn.init.orthogonal_(module.weight)
-        nn.init.zeros_(module.bias)
-    elif isinstance(module, nn.Conv2d):
-        nn.init.zeros_(module.weight)
-        nn.init.zeros_(module.bias)
-        mid = module.weight.shape[2] // 2
-        nn.init.orthogonal_(module.weight[:, :, mid, mid], nn.init.calculate_gain("relu"))

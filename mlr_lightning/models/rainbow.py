@@ -4,8 +4,6 @@
   per-sample min-max "renormalize" over (C, H, W).
 - :class:`DuelingC51Head`: dueling distributional head with noisy linear layers; the gradient into
   the head is scaled by ``grad_scale`` (2^-1/2 in SPR).
-- :func:`ql1_projection`: MLR's projection, the head's first value and advantage layers with mean
-  weights and no ReLU, concatenated (2 x 256 = 512).
 
 Noise comes from TorchRL's ``NoisyLinear``, which adds noise only under the RANDOM exploration type
 (collection and updates) and uses the mean weights under DETERMINISTIC (evaluation).
@@ -98,16 +96,6 @@ class DuelingC51Head(nn.Module):
         for module in self.modules():
             if isinstance(module, NoisyLinear):
                 module.reset_noise()
-
-
-def ql1_projection(head: DuelingC51Head, latent: Tensor) -> Tensor:
-    """MLR's Atari projection (``QL1Head``, ``--q-l1-type value advantage``): [N, D] -> [N, 2 * hidden].
-
-    The head's first value and advantage layers with their mean weights (no noise) and no ReLU,
-    concatenated. Called with the online head, the MLR loss trains those layers, as in SPR/MLR.
-    """
-    layers = [head.value_hidden, head.advantage_hidden] if head.dueling else [head.advantage_hidden]
-    return torch.cat([F.linear(latent, layer.weight_mu, layer.bias_mu) for layer in layers], dim=-1)
 
 
 class RainbowNetwork(nn.Module):

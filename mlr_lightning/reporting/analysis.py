@@ -1,8 +1,7 @@
 """What MLR does to the latent space: the tested functions behind ``notebooks/``.
 
-The paper's "latent cosine similarity" analysis is defined concretely here (shared/mlr_reference.md,
-"Decisions for this project"), always comparing an MLR run with a Baseline run on the *same*
-trajectory:
+The paper mentions a "latent cosine similarity" analysis without defining it precisely; it is
+defined concretely here, always comparing an MLR run with a Baseline run on the *same* trajectory:
 1. ``cosine_similarity_matrix``: pairwise cosine similarity of the online encoder's latents along a
    trajectory (does the representation tell distinct states apart, or collapse?);
 2. ``similarity_by_distance``: that similarity as a function of temporal distance;
@@ -26,10 +25,9 @@ from mlflow.entities import Run
 from torch import Tensor
 
 from mlr_lightning.agents.sac_mlr import SACMLRAgent
-from mlr_lightning.augment import center_crop
-from mlr_lightning.callbacks import as_policy
-from mlr_lightning.evaluation import deterministic_episode
-from mlr_lightning.masking import apply_mask, cube_mask
+from mlr_lightning.data.augment import center_crop
+from mlr_lightning.mlr.masking import apply_mask, cube_mask
+from mlr_lightning.training.evaluation import as_policy, deterministic_episode
 
 
 def find_run(client: MlflowClient, experiment: str, mlr: bool, run_id: str | None = None, task: str | None = None) -> Run:
@@ -64,9 +62,9 @@ def load_agent(checkpoint: str | Path) -> SACMLRAgent:
 @torch.no_grad()
 def collect_trajectory(agent: SACMLRAgent, seed: int) -> dict[str, Tensor]:
     """One deterministic episode of ``agent``: ``pixels`` [T, 3S, H, W] uint8 and ``action`` [T, A]."""
-    from mlr_lightning.experiment import make_env
+    from mlr_lightning.domains import domain_of
 
-    env = make_env(agent.cfg, seed)
+    env = domain_of(agent.cfg).make_env(agent.cfg, seed, train=False)
     rollout = deterministic_episode(env, as_policy(agent))
     env.close()
     return {"pixels": rollout["pixels"], "action": rollout["action"]}

@@ -1,4 +1,5 @@
-"""MLR's predictive latent decoder, BYOL-style heads and loss (MLR paper, sections 2.2-2.7)."""
+"""MLR's predictive latent decoder: a small bidirectional transformer over state and action tokens
+(MLR paper, section 2.6)."""
 
 from __future__ import annotations
 
@@ -77,41 +78,3 @@ class PredictiveLatentDecoder(nn.Module):
         for block in self.blocks:
             tokens = block(tokens)
         return tokens.view(b, k, 2, d)[:, :, 0]
-
-
-def projection_mlp(dim: int, hidden_dim: int) -> nn.Sequential:
-    """Projection/prediction head of the DMC code: Linear -> ReLU -> Linear, back to ``dim``."""
-    return nn.Sequential(nn.Linear(dim, hidden_dim), nn.ReLU(), nn.Linear(hidden_dim, dim))
-
-
-def mlr_loss(prediction: Tensor, target: Tensor, eps: float) -> Tensor:
-    """Per-position ``2 - 2 cos(prediction, target)`` [...], via normalised L2 as in the official code."""
-    prediction = F.normalize(prediction.float(), dim=-1, eps=eps)
-    target = F.normalize(target.float(), dim=-1, eps=eps)
-    return (prediction - target).pow(2).sum(dim=-1)
-
-
-def truncated_normal_init(module: nn.Module, std: float) -> None:
-    """Official MLR init of every Linear: truncated normal at +-std, zero bias."""
-    if isinstance(module, nn.Linear):
-        nn.init.trunc_normal_(module.weight, std=std, a=-std, b=std)
-        if module.bias is not None:
-            nn.init.zeros_(module.bias)
-
-
-def inverse_sqrt_schedule(warmup_steps: int, init_factor: float):
-    """LR factor: linear from ``init_factor`` to 1 over ``warmup_steps`` updates, then sqrt(warmup / step)."""
-
-    def factor(step: int) -> float:
-        if step < warmup_steps:
-            return init_factor + (1.0 - init_factor) * step / warmup_steps
-        return math.sqrt(warmup_steps / step)
-
-    return factor
-
-
-@torch.no_grad()
-def soft_update(target: nn.Module, online: nn.Module, tau: float) -> None:
-    """target <- tau * online + (1 - tau) * target, in fp32 whatever the autocast state."""
-    for t, o in zip(target.parameters(), online.parameters()):
-        t.lerp_(o.detach(), tau)

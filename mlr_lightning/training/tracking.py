@@ -97,10 +97,11 @@ def git_commit() -> str:
 
 def run_tags(cfg: DictConfig) -> dict[str, str]:
     """The tags ``compare`` selects and groups runs by."""
-    domain = cfg.get("domain", "dmc")
-    agent = "rainbow" if domain == "atari" else "sac"
+    from mlr_lightning.domains import domain_of
+
+    agent = domain_of(cfg).agent_name
     return {
-        "domain": domain,
+        "domain": cfg.domain,
         "task": cfg.env.task,
         "algorithm": f"{agent}_mlr" if cfg.mlr.enabled else agent,
         "mlr": "on" if cfg.mlr.enabled else "off",

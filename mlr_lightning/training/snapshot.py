@@ -1,4 +1,5 @@
-"""Full-state checkpoints on disk: one directory per snapshot, renamed into place only when complete.
+"""The snapshot format, in one place: what a full-state checkpoint holds, how it is written,
+verified and found, and the resume policy built on it.
 
 ::
 
@@ -6,10 +7,15 @@
       update-00012000/          one complete snapshot
         model.ckpt              Lightning checkpoint: networks, targets, optimizers, LR schedules,
                                 callbacks (evaluation schedule and history), loop progress
-        stream-rank0.pt         rank 0's counters, collector, running episode and RNG states
-        replay-rank0/           rank 0's replay contents, in TorchRL's memory-mapped format
+        stream-rank{r}.pt       rank r's ExperienceStream.state_dict(): counters, collector, the
+                                running episode inside the simulator, RNG states
+        replay-rank{r}/         rank r's Replay.dumps(): rows, frames, write cursor, priorities
         MANIFEST.json           written last: every file's size, and sha256 of the small files
       last.ckpt -> update-00012000/model.ckpt
+
+``model.ckpt`` holds what Lightning saves of the agent and of the callbacks' ``state_dict`` (the
+evaluation schedule and history, with the evaluation environment's state). Every rank writes its
+own stream and replay files, so a resume needs the same number of ranks.
 
 A snapshot is written under a temporary name and renamed when its manifest is on disk, so a crash,
 a SIGKILL or a full disk mid-write never replaces a good snapshot: the previous one stays and
@@ -30,6 +36,9 @@ from pathlib import Path
 from typing import Callable
 
 import torch
+from omegaconf import DictConfig, OmegaConf
+
+from mlr_lightning.config import ConfigError, config_differences, to_yaml
 
 MODEL_FILE = "model.ckpt"
 MANIFEST = "MANIFEST.json"
@@ -204,3 +213,66 @@ def _sha256(path: Path) -> str:
         for block in iter(lambda: handle.read(2**20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+# --------------------------------------------------------------------------- per-rank state
+def stream_file(snapshot: Path, rank: int) -> Path:
+    return Path(snapshot) / f"stream-rank{rank}.pt"
+
+
+def replay_dir(snapshot: Path, rank: int) -> Path:
+    return Path(snapshot) / f"replay-rank{rank}"
+
+
+def save_rank_state(directory: Path, rank: int, stream) -> None:
+    """This rank's stream state and replay contents (an ``ExperienceStream`` and its ``Replay``)."""
+    save_torch(stream.state_dict(), stream_file(directory, rank))
+    stream.replay.dumps(replay_dir(directory, rank))
+
+
+def load_rank_state(snapshot: Path, rank: int, stream) -> None:
+    path = stream_file(snapshot, rank)
+    if not path.is_file():
+        raise CheckpointError(f"{snapshot} holds no state for rank {rank}: resume with the number of "
+                              "ranks (trainer.devices x trainer.num_nodes) that wrote it")
+    stream.load_state_dict(torch.load(path, weights_only=False))  # our own file
+    stream.replay.loads(replay_dir(snapshot, rank))
+
+
+def snapshot_agent_steps(snapshot: Path) -> int:
+    """Agent steps collected when the snapshot was taken (rank 0's counter)."""
+    return torch.load(stream_file(snapshot, 0), weights_only=False)["counters"]["agent_steps"]
+
+
+# ----------------------------------------------------------------------------- resume policy
+def find_resumable(cfg: DictConfig, resume: str) -> Path | None:
+    """``--resume PATH`` -> that snapshot. ``--resume auto`` -> the newest snapshot of this config's
+    run: ``output_dir/run_name`` when run_name is set, else the newest run directory whose
+    config.yaml is this config; ``None`` (a fresh start) when there is none yet."""
+    if resume != "auto":
+        return resolve_snapshot(resume)
+    output = Path(cfg.output_dir).resolve()
+    if cfg.run_name:
+        candidates = [output / cfg.run_name]
+    else:
+        mine = to_yaml(cfg)
+        candidates = sorted((p.parent for p in output.glob("*/config.yaml") if p.read_text() == mine),
+                            key=lambda p: p.stat().st_mtime, reverse=True)
+    for run_dir in candidates:
+        snapshot = latest_snapshot(run_dir / "checkpoints")
+        if snapshot is not None:
+            return snapshot
+    return None
+
+
+def run_dir_of(snapshot: Path) -> Path:
+    return Path(snapshot).parent.parent
+
+
+def check_same_experiment(cfg: DictConfig, run_dir: Path) -> None:
+    """A resumed run must be the same experiment: only bookkeeping keys may change."""
+    saved = OmegaConf.load(run_dir / "config.yaml")
+    changed = config_differences(saved, cfg)
+    if changed:
+        raise ConfigError(f"--resume continues {run_dir}, whose config differs in: {'; '.join(changed)}. "
+                          f"Resume with --config {run_dir / 'config.yaml'}, or start a new run")

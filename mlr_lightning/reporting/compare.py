@@ -17,8 +17,8 @@ import numpy as np
 import pandas as pd
 from mlflow import MlflowClient
 
-from mlr_lightning.paper import normalized_score, paper_reference
-from mlr_lightning.plots import learning_curves, performance_profiles
+from mlr_lightning.reporting.reference_scores import normalized_score, paper_reference
+from mlr_lightning.reporting.plots import learning_curves, performance_profiles
 
 EVAL_METRIC = "eval/return_mean"
 AGGREGATES = ("IQM", "Median", "Mean", "Optimality gap")

@@ -16,8 +16,8 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from mlr_lightning.compare import _markdown
-from mlr_lightning.paper import ATARI_REFERENCE, ATARI_RESULTS, human_normalized_score
+from mlr_lightning.reporting.compare import _markdown
+from mlr_lightning.reporting.reference_scores import ATARI_REFERENCE, ATARI_RESULTS, human_normalized_score
 
 
 def collect_runs(root: Path) -> dict[tuple[str, str], list[float]]:

@@ -1,6 +1,10 @@
-"""The MLR paper's reported numbers and the Atari-100k reference scores (shared/mlr_reference.md, 4-5).
+"""The MLR paper's reported numbers and the Atari-100k reference scores.
 
-Used by ``compare`` as the reference column and for score normalisation; no logic lives here.
+DMC: mean ± std over 10 seeds at 100k and 500k environment steps, from the result figure of the
+official repository (microsoft/Mask-based-Latent-Reconstruction, ``figs/DMC.png``). Atari: raw scores
+from ``figs/Atari_Full.png``, and the random and human scores of the official code
+(``Atari/src/rlpyt_utils.py``) that define the human-normalised score. Used by ``compare`` and
+``atari-table`` as the reference column and for score normalisation.
 """
 
 from __future__ import annotations
@@ -53,17 +57,26 @@ def human_normalized_score(game: str, score: float) -> float:
     return (score - random) / (human - random)
 
 
+def _dmc_reference(task: str, algorithm: str, budget: int) -> str:
+    mean_std = DMC_RESULTS.get(task, {}).get(algorithm, {}).get(budget)
+    return "" if mean_std is None else f"{mean_std[0]:g}±{mean_std[1]:g}"
+
+
+def _atari_reference(task: str, algorithm: str, budget: int) -> str:
+    score = ATARI_RESULTS.get(algorithm, {}).get(task)  # the paper reports the 100k budget only
+    return "" if score is None else f"{score:g}"
+
+
+# Per domain: score -> a common [0, 1]-ish scale for aggregation (DMC return / 1000, Atari HNS),
+# and the paper's number as printed.
+NORMALIZERS = {"dmc": lambda task, score: score / DMC_MAX_RETURN, "atari": human_normalized_score}
+REFERENCES = {"dmc": _dmc_reference, "atari": _atari_reference}
+
+
 def normalized_score(domain: str, task: str, score: float) -> float:
-    """Scores on a common [0, 1]-ish scale for aggregation: DMC return / 1000, Atari HNS."""
-    if domain == "atari":
-        return human_normalized_score(task, score)
-    return score / DMC_MAX_RETURN
+    return NORMALIZERS[domain](task, score)
 
 
 def paper_reference(domain: str, task: str, algorithm: str, budget: int) -> str:
     """The paper's number as printed, or '' where the paper reports none."""
-    if domain == "atari":
-        score = ATARI_RESULTS.get(algorithm, {}).get(task)
-        return "" if score is None else f"{score:g}"
-    mean_std = DMC_RESULTS.get(task, {}).get(algorithm, {}).get(budget)
-    return "" if mean_std is None else f"{mean_std[0]:g}±{mean_std[1]:g}"
+    return REFERENCES[domain](task, algorithm, budget)

@@ -1,108 +1,29 @@
-"""Lightning callbacks: evaluation on the environment-step schedule, and checkpoints per update count."""
+"""Lightning callbacks of a run: snapshots per update count, graceful SIGTERM/Ctrl-C, end-of-run
+artifacts, and priorities written back into a prioritized replay. (Evaluation: :mod:`.evaluation`.)"""
 
 from __future__ import annotations
 
 import signal
-import statistics
 import sys
 import threading
 import warnings
 from pathlib import Path
-from typing import Callable
 
 import lightning.pytorch as pl
 import numpy as np
-from tensordict.nn import TensorDictModule
-from torchrl.envs import EnvBase
 
-from mlr_lightning.agents.numerics import NonFiniteLossError
-from mlr_lightning.checkpointing import LAST, MODEL_FILE, CheckpointError, snapshot_name, write_snapshot
-from mlr_lightning.data.stream import simulator
-from mlr_lightning.evaluation import evaluate, record_episode
-from mlr_lightning.plots import episode_gif, learning_curves
-from mlr_lightning.tracking import mlflow_logger
-
-
-class PeriodicEvaluation(pl.Callback):
-    """Evaluates at every multiple of ``every_env_steps`` and at the end of training.
-
-    Environment steps are agent steps x action repeat, the paper's x-axis. Evaluation points that
-    fall inside the random seed phase (no update yet) are evaluated with the untrained policy when
-    the first update arrives, so none is skipped. Under DDP only global rank 0 has an ``env`` and
-    evaluates; the others pass ``None``.
-    """
-
-    def __init__(self, env: EnvBase | None, every_env_steps: int | None, num_episodes: int, final_env_steps: int,
-                 rebuild_env: Callable[[], EnvBase] | None = None,
-                 extra_metrics: Callable[[list[float]], dict] | None = None):
-        # every_env_steps=None: only at the end of training. extra_metrics: returns -> more metrics (Atari HNS).
-        self.env, self.every, self.num_episodes, self.final = env, every_env_steps, num_episodes, final_env_steps
-        self.rebuild_env, self.extra_metrics = rebuild_env, extra_metrics
-        self.env_restarts = 0
-        self.next_eval = 0 if every_env_steps else final_env_steps
-        self.history: list[dict] = []
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        if self.env is None:  # not the evaluating rank
-            return
-        while self.every and self.next_eval <= batch["env_steps"]:
-            self._evaluate(trainer, pl_module, self.next_eval)
-            self.next_eval += self.every
-
-    def on_train_end(self, trainer, pl_module):
-        if self.env is None:
-            return
-        while self.every and self.next_eval <= self.final:
-            self._evaluate(trainer, pl_module, self.next_eval)
-            self.next_eval += self.every
-        if not self.history or self.history[-1]["env_steps"] != self.final:
-            self._evaluate(trainer, pl_module, self.final)
-
-    def _evaluate(self, trainer: pl.Trainer, pl_module, env_steps: int) -> None:
-        try:
-            returns = evaluate(self.env, as_policy(pl_module), self.num_episodes)
-        except Exception as err:  # a renderer or simulator failure: rebuild the env, evaluate again once
-            if self.rebuild_env is None:
-                raise
-            warnings.warn(f"evaluation environment crashed at env step {env_steps} ({err!r}); rebuilding it")
-            self.env_restarts += 1
-            self.env = self.rebuild_env()
-            returns = evaluate(self.env, as_policy(pl_module), self.num_episodes)
-        metrics = {
-            "eval/return_mean": statistics.fmean(returns),
-            "eval/return_std": statistics.pstdev(returns),
-            "env_steps": float(env_steps),
-        }
-        if self.extra_metrics is not None:
-            metrics |= self.extra_metrics(returns)
-        self.history.append({"env_steps": env_steps, "returns": returns,
-                             "mean": metrics["eval/return_mean"], "std": metrics["eval/return_std"]})
-        for logger in trainer.loggers:
-            logger.log_metrics(metrics, step=env_steps)
-        trainer.progress_bar_metrics["eval_return"] = round(metrics["eval/return_mean"], 1)
-
-    def state_dict(self) -> dict:
-        if self.env is None:
-            return {}
-        # The evaluation environment's RNG decides the next evaluation episodes' initial states.
-        return {"next_eval": self.next_eval, "history": self.history, "env_restarts": self.env_restarts,
-                "env": simulator(self.env).get_state()}
-
-    def load_state_dict(self, state_dict: dict) -> None:
-        if self.env is None:
-            return
-        self.next_eval, self.history = state_dict["next_eval"], state_dict["history"]
-        self.env_restarts = state_dict["env_restarts"]
-        simulator(self.env).set_state(state_dict["env"])
-
-
-def as_policy(pl_module) -> TensorDictModule:
-    return TensorDictModule(pl_module.policy, in_keys=["pixels"], out_keys=["action"])
+from mlr_lightning.agents.base import NonFiniteLossError
+from mlr_lightning.data.stream import ExperienceStream
+from mlr_lightning.reporting.plots import episode_gif, learning_curves
+from mlr_lightning.training.evaluation import PeriodicEvaluation, as_policy, record_episode
+from mlr_lightning.training.snapshot import LAST, MODEL_FILE, CheckpointError, save_rank_state, snapshot_name, write_snapshot
+from mlr_lightning.training.tracking import mlflow_logger
 
 
 class UpdateCheckpoint(pl.Callback):
-    """Full-state snapshots (see :mod:`mlr_lightning.checkpointing`) every ``every_updates`` agent
-    updates, at the end of training, on SIGTERM/Ctrl-C and on a crash.
+    """Full-state snapshots (see :mod:`mlr_lightning.training.snapshot`) of the agent and this rank's
+    ``stream`` every ``every_updates`` agent updates, at the end of training, on SIGTERM/Ctrl-C and
+    on a crash.
 
     Lightning's ``ModelCheckpoint(every_n_train_steps=...)`` counts optimizer steps, which under
     manual optimization with 3-4 optimizers per update is not a meaningful unit here; and it saves
@@ -110,8 +31,8 @@ class UpdateCheckpoint(pl.Callback):
     previous snapshot intact.
     """
 
-    def __init__(self, dirpath: Path, every_updates: int, keep: int):
-        self.dirpath, self.every, self.keep = Path(dirpath), every_updates, keep
+    def __init__(self, dirpath: Path, every_updates: int, keep: int, stream: ExperienceStream):
+        self.dirpath, self.every, self.keep, self.stream = Path(dirpath), every_updates, keep, stream
 
     @property
     def last_path(self) -> Path:
@@ -120,10 +41,10 @@ class UpdateCheckpoint(pl.Callback):
     def save(self, trainer: pl.Trainer, pl_module) -> Path:
         def write(directory: Path) -> None:
             trainer.save_checkpoint(directory / MODEL_FILE)  # collective; rank 0 writes
-            trainer.datamodule.save_rank_state(directory, trainer.global_rank)
+            save_rank_state(directory, trainer.global_rank, self.stream)
 
         # Room for this rank's replay and the networks with their Adam moments, plus a margin.
-        needed = trainer.datamodule.stream.replay.nbytes + 4 * sum(p.numel() * p.element_size() for p in pl_module.parameters())
+        needed = self.stream.replay.nbytes + 4 * sum(p.numel() * p.element_size() for p in pl_module.parameters())
         return write_snapshot(self.dirpath, snapshot_name(int(pl_module.num_updates)), write, self.keep,
                               min_free_bytes=int(1.1 * needed), is_writer=trainer.is_global_zero,
                               barrier=trainer.strategy.barrier)
@@ -220,3 +141,14 @@ class RunArtifacts(pl.Callback):
         client.set_tag(run_id, "checkpoint_path", str(ckpt))
         if ckpt.stat().st_size <= self.max_checkpoint_mb * 2**20:
             client.log_artifact(run_id, str(ckpt), artifact_path="checkpoints")
+
+
+class PriorityUpdate(pl.Callback):
+    """Writes the priorities returned by ``training_step`` (``index``, ``priority``) into this
+    rank's prioritized replay. Place it before the checkpoint callback, so that a snapshot holds them."""
+
+    def __init__(self, replay):
+        self.replay = replay
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.replay.update_priority(outputs["index"], outputs["priority"])

@@ -1,0 +1,1 @@
+"""The data path: frame storage, uniform and prioritized replays, the collector stream, augmentation."""

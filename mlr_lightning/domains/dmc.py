@@ -1,0 +1,46 @@
+"""DeepMind Control from pixels: SAC + MLR (the official ``DMControl/`` code) on a uniform frame replay."""
+
+from __future__ import annotations
+
+from omegaconf import DictConfig, OmegaConf
+
+from mlr_lightning.agents.sac_mlr import SACMLRAgent
+from mlr_lightning.config import ExperimentConfig, validate_dmc
+from mlr_lightning.data.replay import UniformReplay
+from mlr_lightning.envs.dmc import make_dmc_env, split_task
+
+
+class DMCDomain:
+    name = "dmc"
+    schema = ExperimentConfig
+    agent_name = "sac"
+    agent_class = SACMLRAgent
+
+    def validate(self, cfg: DictConfig) -> None:
+        validate_dmc(cfg)
+
+    def check_task(self, cfg: DictConfig) -> None:
+        split_task(cfg.env.task)
+
+    def make_env(self, cfg: DictConfig, seed: int, train: bool = True):
+        e = cfg.env  # training and evaluation environments are the same on DMC
+        return make_dmc_env(e.task, e.action_repeat, e.image_size, e.camera_id, e.frame_stack, e.fast_render, seed)
+
+    def make_agent(self, cfg: DictConfig, env) -> SACMLRAgent:
+        return SACMLRAgent(OmegaConf.to_container(cfg, resolve=True), action_dim=env.action_spec.shape[-1])
+
+    def make_replay(self, cfg: DictConfig) -> UniformReplay:
+        return UniformReplay(cfg.replay.capacity, cfg.env.frame_stack, cfg.mlr.seq_len, cfg.train.batch_size,
+                             window_batch_size=cfg.mlr.batch_size if cfg.mlr.enabled else None)
+
+    def env_steps_per_agent_step(self, cfg: DictConfig) -> int:
+        return cfg.env.action_repeat
+
+    def eval_metrics(self, cfg: DictConfig):
+        return None
+
+    def callbacks(self, cfg: DictConfig, replay) -> list:
+        return []
+
+
+DMC = DMCDomain()

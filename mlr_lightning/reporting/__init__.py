@@ -1,0 +1,1 @@
+"""Turning runs into results: comparison tables, the Atari table, latent analyses, plots, the paper's numbers."""

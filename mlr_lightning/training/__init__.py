@@ -1,0 +1,1 @@
+"""Running an experiment: assembly, snapshots and resume, callbacks, evaluation, tracking."""

@@ -1,0 +1,119 @@
+"""Evaluation: deterministic episodes, and the callback that runs them on the env-step schedule."""
+
+from __future__ import annotations
+
+import statistics
+import warnings
+from typing import Callable
+
+import lightning.pytorch as pl
+import torch
+from tensordict import TensorDictBase
+from tensordict.nn import TensorDictModule
+from torch import Tensor
+from torchrl.envs import EnvBase
+from torchrl.envs.utils import ExplorationType, set_exploration_type
+
+from mlr_lightning.data.stream import simulator
+
+MAX_EPISODE_STEPS = 10**7  # episodes end through the environment's own time limit
+
+
+@torch.no_grad()
+def evaluate(env: EnvBase, policy: TensorDictModule, num_episodes: int) -> list[float]:
+    """Returns of ``num_episodes`` episodes with the mean action (exploration off)."""
+    return [record_episode(env, policy)[0] for _ in range(num_episodes)]
+
+
+@torch.no_grad()
+def deterministic_episode(env: EnvBase, policy: TensorDictModule) -> TensorDictBase:
+    """One episode with the mean action (exploration off), as a TorchRL rollout ``[T]``."""
+    with set_exploration_type(ExplorationType.DETERMINISTIC):
+        return env.rollout(max_steps=MAX_EPISODE_STEPS, policy=policy, break_when_any_done=True)
+
+
+def record_episode(env: EnvBase, policy: TensorDictModule) -> tuple[float, Tensor]:
+    """One deterministic episode: its return and its frames ``[T + 1, H, W, 3]`` uint8 (newest of each stack)."""
+    rollout = deterministic_episode(env, policy)
+    pixels = torch.cat([rollout["pixels"], rollout["next", "pixels"][-1:]])  # [T + 1, 3S, H, W]
+    # RGB stacks (3 channels per frame): the newest frame; grayscale stacks (Atari): the newest, as grey.
+    newest = pixels[:, -3:] if pixels.shape[1] % 3 == 0 else pixels[:, -1:].expand(-1, 3, -1, -1)
+    frames = newest.permute(0, 2, 3, 1).contiguous()
+    return float(rollout["next", "reward"].sum()), frames
+
+
+class PeriodicEvaluation(pl.Callback):
+    """Evaluates at every multiple of ``every_env_steps`` and at the end of training.
+
+    Environment steps are the paper's x-axis (DMC: agent steps x action repeat; Atari: agent steps). Evaluation points that
+    fall inside the random seed phase (no update yet) are evaluated with the untrained policy when
+    the first update arrives, so none is skipped. Under DDP only global rank 0 has an ``env`` and
+    evaluates; the others pass ``None``.
+    """
+
+    def __init__(self, every_env_steps: int | None, num_episodes: int, final_env_steps: int,
+                 extra_metrics: Callable[[list[float]], dict] | None = None, env: EnvBase | None = None,
+                 rebuild_env: Callable[[], EnvBase] | None = None):
+        # every_env_steps=None: only at the end of training. extra_metrics: returns -> more metrics (Atari HNS).
+        self.env, self.every, self.num_episodes, self.final = env, every_env_steps, num_episodes, final_env_steps
+        self.rebuild_env, self.extra_metrics = rebuild_env, extra_metrics
+        self.env_restarts = 0
+        self.next_eval = 0 if every_env_steps else final_env_steps
+        self.history: list[dict] = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if self.env is None:  # not the evaluating rank
+            return
+        while self.every and self.next_eval <= batch["env_steps"]:
+            self._evaluate(trainer, pl_module, self.next_eval)
+            self.next_eval += self.every
+
+    def on_train_end(self, trainer, pl_module):
+        if self.env is None:
+            return
+        while self.every and self.next_eval <= self.final:
+            self._evaluate(trainer, pl_module, self.next_eval)
+            self.next_eval += self.every
+        if not self.history or self.history[-1]["env_steps"] != self.final:
+            self._evaluate(trainer, pl_module, self.final)
+
+    def _evaluate(self, trainer: pl.Trainer, pl_module, env_steps: int) -> None:
+        try:
+            returns = evaluate(self.env, as_policy(pl_module), self.num_episodes)
+        except Exception as err:  # a renderer or simulator failure: rebuild the env, evaluate again once
+            if self.rebuild_env is None:
+                raise
+            warnings.warn(f"evaluation environment crashed at env step {env_steps} ({err!r}); rebuilding it")
+            self.env_restarts += 1
+            self.env = self.rebuild_env()
+            returns = evaluate(self.env, as_policy(pl_module), self.num_episodes)
+        metrics = {
+            "eval/return_mean": statistics.fmean(returns),
+            "eval/return_std": statistics.pstdev(returns),
+            "env_steps": float(env_steps),
+        }
+        if self.extra_metrics is not None:
+            metrics |= self.extra_metrics(returns)
+        self.history.append({"env_steps": env_steps, "returns": returns,
+                             "mean": metrics["eval/return_mean"], "std": metrics["eval/return_std"]})
+        for logger in trainer.loggers:
+            logger.log_metrics(metrics, step=env_steps)
+        trainer.progress_bar_metrics["eval_return"] = round(metrics["eval/return_mean"], 1)
+
+    def state_dict(self) -> dict:
+        if self.env is None:
+            return {}
+        # The evaluation environment's RNG decides the next evaluation episodes' initial states.
+        return {"next_eval": self.next_eval, "history": self.history, "env_restarts": self.env_restarts,
+                "env": simulator(self.env).get_state()}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        if self.env is None:
+            return
+        self.next_eval, self.history = state_dict["next_eval"], state_dict["history"]
+        self.env_restarts = state_dict["env_restarts"]
+        simulator(self.env).set_state(state_dict["env"])
+
+
+def as_policy(pl_module) -> TensorDictModule:
+    return TensorDictModule(pl_module.policy, in_keys=["pixels"], out_keys=["action"])

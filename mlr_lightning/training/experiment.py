@@ -1,0 +1,202 @@
+"""Assembles one experiment from a validated config: environments, agent, data, Trainer.
+
+Thin on purpose: the domain (:mod:`mlr_lightning.domains`) builds the pieces that differ between
+DMC and Atari, small ``make_*`` functions build the rest, and Lightning runs the loop. A run can be
+resumed from a full-state snapshot (see :mod:`mlr_lightning.training.snapshot`).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import TQDMProgressBar
+from lightning.pytorch.plugins import MixedPrecision
+from lightning.pytorch.strategies import DDPStrategy
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+from omegaconf import DictConfig
+from tensordict.nn import TensorDictModule
+from torch.utils.data import DataLoader
+
+from mlr_lightning.agents.base import NonFiniteLossError, RLAgent
+from mlr_lightning.config import ConfigError, to_yaml
+from mlr_lightning.data.replay import Replay
+from mlr_lightning.data.stream import ExperienceStream, make_collector
+from mlr_lightning.domains import Domain, domain_of
+from mlr_lightning.training.callbacks import GracefulInterrupt, RunArtifacts, UpdateCheckpoint
+from mlr_lightning.training.evaluation import PeriodicEvaluation
+from mlr_lightning.training.snapshot import (
+    MODEL_FILE,
+    check_same_experiment,
+    find_resumable,
+    load_rank_state,
+    run_dir_of,
+    snapshot_agent_steps,
+)
+from mlr_lightning.training.tracking import make_loggers, remember_run
+
+# Set by rank 0 for the ranks Lightning's DDP launcher starts: they re-run the same command and
+# must join the same run directory and snapshot instead of creating their own.
+RUN_DIR_ENV, SNAPSHOT_ENV = "MLR_LIGHTNING_RUN_DIR", "MLR_LIGHTNING_SNAPSHOT"
+
+
+class RunInterrupted(Exception):
+    """SIGTERM or Ctrl-C: a snapshot was saved and the run stopped cleanly."""
+
+    def __init__(self, signal_name: str, run_dir: Path, env_steps: int):
+        self.signal_name, self.run_dir, self.env_steps = signal_name, run_dir, env_steps
+        super().__init__(f"{signal_name} at env step {env_steps}")
+
+
+class RunFailed(Exception):
+    """Training stopped on an error; names the last good snapshot."""
+
+
+def rank_seed(cfg: DictConfig, rank: int) -> int:
+    return cfg.seed + rank * cfg.trainer.rank_seed_stride
+
+
+def make_run_dir(cfg: DictConfig) -> Path:
+    name = cfg.run_name or "-".join(
+        [cfg.env.task, "mlr" if cfg.mlr.enabled else "baseline", f"s{cfg.seed}", time.strftime("%Y%m%d-%H%M%S")]
+    )
+    run_dir = Path(cfg.output_dir).resolve() / name
+    if cfg.run_name and (run_dir / "checkpoints").is_dir():
+        raise ConfigError(f"run_name={cfg.run_name!r}: {run_dir} already holds a run; continue it with "
+                          "--resume auto, or choose another run_name")
+    if not cfg.run_name:  # never mix two runs started in the same second
+        suffix = 1
+        while run_dir.exists():
+            suffix += 1
+            run_dir = run_dir.with_name(f"{name}-{suffix}")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(to_yaml(cfg))
+    return run_dir
+
+
+def _as_is(batch):
+    """Batches are ready-made TensorDicts; torch's default_convert would try to index them."""
+    return batch
+
+
+def make_stream(cfg: DictConfig, domain: Domain, replay: Replay) -> ExperienceStream:
+    """This rank's stream; its collectors come from :func:`collector_factory` once the agent exists."""
+    per_agent_step = domain.env_steps_per_agent_step(cfg)
+    return ExperienceStream(None, replay, cfg.train.num_env_steps // per_agent_step, cfg.train.init_steps,
+                            cfg.train.updates_per_step, per_agent_step, cfg.train.max_env_restarts)
+
+
+def collector_factory(cfg: DictConfig, domain: Domain, stream: ExperienceStream, agent: RLAgent, env, env_seed: int):
+    """Collectors for the agent steps from ``start`` on: the first over ``env`` (built for the agent's
+    specs); a rebuild after an environment crash gets a new environment, seeded apart so that it does
+    not replay the same episodes."""
+    policy = TensorDictModule(agent.policy, in_keys=["pixels"], out_keys=["action"])
+    first_env = [env]
+
+    def collector_from(start: int):
+        env = first_env.pop() if first_env else domain.make_env(cfg, env_seed + stream.counters.env_restarts)
+        total = stream.total_agent_steps
+        # agent.device is read here, at iteration time, after Lightning has placed the agent.
+        return make_collector(env, policy, total - start, max(0, cfg.train.init_steps - start), agent.device)
+
+    return collector_from
+
+
+def make_trainer(cfg: DictConfig, run_dir: Path, loggers, callbacks) -> pl.Trainer:
+    # find_unused_parameters: each of the 3-4 backward passes of an update reaches only part of the
+    # agent (critic, actor, temperature, MLR), which DDP's reducer must be told about.
+    strategy = DDPStrategy(find_unused_parameters=True) if cfg.trainer.strategy == "ddp" else "auto"
+    precision, plugins = cfg.trainer.precision, []
+    if precision == "16-mixed" and not torch.cuda.is_available():
+        # Lightning silently turns 16-mixed into bf16-mixed on CPU; keep fp16 with its gradient
+        # scaler, so the configured path is the one that runs (CPU autocast supports fp16).
+        precision, plugins = None, [MixedPrecision("16-mixed", device="cpu", scaler=torch.amp.GradScaler("cpu"))]
+    return pl.Trainer(
+        default_root_dir=run_dir,
+        accelerator=cfg.trainer.accelerator,
+        devices=cfg.trainer.devices,
+        num_nodes=cfg.trainer.num_nodes,
+        strategy=strategy,
+        precision=precision,
+        plugins=plugins,
+        max_epochs=1,
+        logger=loggers,
+        log_every_n_steps=cfg.trainer.log_every_updates,
+        enable_checkpointing=False,  # UpdateCheckpoint counts agent updates and saves the full state
+        callbacks=callbacks,
+    )
+
+
+def fit(cfg: DictConfig, resume: str | None = None) -> Path:
+    """Train one agent as configured (or continue a snapshot, ``resume``); returns the run directory."""
+    domain_of(cfg).check_task(cfg)
+    if RUN_DIR_ENV in os.environ:  # a rank started by Lightning's DDP launcher
+        snapshot = Path(os.environ[SNAPSHOT_ENV]) if os.environ.get(SNAPSHOT_ENV) else None
+        return _train(cfg, Path(os.environ[RUN_DIR_ENV]), snapshot)
+    snapshot = find_resumable(cfg, resume) if resume else None
+    if snapshot is not None:
+        run_dir = run_dir_of(snapshot)
+        check_same_experiment(cfg, run_dir)
+    else:
+        run_dir = make_run_dir(cfg)
+    os.environ[RUN_DIR_ENV], os.environ[SNAPSHOT_ENV] = str(run_dir), str(snapshot or "")
+    try:
+        return _train(cfg, run_dir, snapshot)
+    finally:  # the next fit in this process (grid) starts its own run
+        del os.environ[RUN_DIR_ENV], os.environ[SNAPSHOT_ENV]
+
+
+def _train(cfg: DictConfig, run_dir: Path, snapshot: Path | None) -> Path:
+    domain = domain_of(cfg)
+    per_agent_step = domain.env_steps_per_agent_step(cfg)
+    resume_step = snapshot_agent_steps(snapshot) * per_agent_step if snapshot is not None else None
+
+    replay = domain.make_replay(cfg)
+    stream = make_stream(cfg, domain, replay)
+    evaluation = PeriodicEvaluation(cfg.eval.every_env_steps or None, cfg.eval.num_episodes, cfg.train.num_env_steps,
+                                    extra_metrics=domain.eval_metrics(cfg))
+    checkpoint = UpdateCheckpoint(run_dir / "checkpoints", cfg.trainer.checkpoint_every_updates,
+                                  cfg.trainer.keep_checkpoints, stream)
+    interrupt = GracefulInterrupt()
+    loggers = make_loggers(cfg, run_dir, resume_step)
+    trainer = make_trainer(cfg, run_dir, loggers, [
+        TQDMProgressBar(refresh_rate=cfg.trainer.log_every_updates),
+        *domain.callbacks(cfg, replay),  # before the snapshot, which holds what they change (priorities)
+        evaluation,
+        checkpoint,
+        interrupt,
+        RunArtifacts(run_dir, evaluation, checkpoint, cfg.tracking.video, cfg.tracking.max_checkpoint_artifact_mb),
+    ])
+    if trainer.is_global_zero and snapshot is None:
+        remember_run(cfg, loggers, run_dir)
+
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)  # the same initial networks on every rank
+    env_seed = rank_seed(cfg, trainer.global_rank)
+    env = domain.make_env(cfg, env_seed)
+    agent = domain.make_agent(cfg, env)
+    pl.seed_everything(env_seed, workers=True, verbose=False)  # each rank explores and samples its own way
+    if trainer.is_global_zero:  # evaluation and logging happen once
+        evaluation.rebuild_env = lambda: domain.make_env(cfg, cfg.seed + cfg.eval.seed_offset, train=False)
+        evaluation.env = evaluation.rebuild_env()
+    stream.make_collector = collector_factory(cfg, domain, stream, agent, env, env_seed)
+    if snapshot is not None:
+        load_rank_state(snapshot, trainer.global_rank, stream)
+    # batch_size=None: the stream yields ready batches; num_workers=0: the collector shares the live
+    # policy weights with the agent, so it must run in this process.
+    data = DataLoader(stream, batch_size=None, num_workers=0, collate_fn=_as_is)
+    try:
+        # weights_only=False: our snapshots hold numpy RNG states; they are files this run wrote.
+        trainer.fit(agent, train_dataloaders=data, ckpt_path=snapshot / MODEL_FILE if snapshot else None,
+                    weights_only=False)
+    except SIGTERMException:
+        raise RunInterrupted(interrupt.signal_name or "SIGTERM", run_dir, stream.env_steps) from None
+    except NonFiniteLossError as err:
+        last = checkpoint.last_path.resolve().parent if checkpoint.last_path.exists() else None
+        raise RunFailed(f"{err}; the last good checkpoint is {last or 'none (no snapshot was written yet)'}"
+                        + (f": fix the cause, then --resume {last}" if last else "")) from err
+    finally:
+        stream.close()
+    return run_dir
