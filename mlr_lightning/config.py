@@ -104,6 +104,14 @@ class MLRConfig(MLRBaseConfig):
 @dataclass
 class ReplayConfig:
     capacity: int = 100_000
+    # Where the frames live: "cpu", "auto" (the training device, or the host when the device lacks the
+    # free memory) or a device such as "cuda:0" (checked against its free memory up front). Results do
+    # not depend on it: the rows drawn are the same (the index arithmetic always runs on the host).
+    device: str = "auto"
+    # Prepare the next batch in a background thread while the update runs. Off (paper order): the
+    # batch of the update after agent step t is drawn once step t is stored. On: it is drawn one agent
+    # step earlier, from a dedicated checkpointed generator (runs stay reproducible and resumable).
+    prefetch: bool = False
 
 
 @dataclass
@@ -135,6 +143,15 @@ class TrainerConfig:
     log_every_updates: int = 50
     # Rank r seeds its environment and its sampling with seed + r * rank_seed_stride (rank 0: seed).
     rank_seed_stride: int = 1000
+    # torch.compile the networks of the update: false, "default" or "max-autotune" (true = "default").
+    # Random draws stay eager's (inductor's fallback_random), so a compiled run samples the same noise.
+    compile: bool | str = False
+    # CUDA graphs for the compiled networks (torch.compile's cudagraph trees): GPU only, needs compile.
+    cudagraphs: bool = False
+    # The finite-loss guard synchronises with the device every this many updates (1: every update,
+    # the paper-safe default). Any value still names the first non-finite update and loss and never
+    # lets a snapshot hold non-finite weights; N > 1 stops a diverged run up to N - 1 updates later.
+    finite_check_every: int = 1
 
 
 @dataclass
@@ -246,6 +263,9 @@ class PrioritizedReplayConfig:
     beta_start: float = 0.4  # annealed linearly to beta_end over training (from the agent-step counter)
     beta_end: float = 1.0
     priority_eps: float = 1e-6  # TorchRL's PrioritizedSampler eps: priorities are (p + eps)^alpha
+    # Where the frames live: "cpu", "auto" (the training device, or the host when it lacks the free
+    # memory) or a device such as "cuda:0"; as for DMC, results do not depend on it.
+    device: str = "auto"
     kl_clamp: float = 1e-6  # priorities are the per-sample KL clamped to [kl_clamp, 1 / kl_clamp] (rlpyt EPS)
 
 
@@ -280,7 +300,9 @@ PRECISIONS = ("32-true", "bf16-mixed", "16-mixed")
 STRATEGIES = ("auto", "ddp")
 # Keys a resumed run may change: they affect bookkeeping, not the experiment.
 RESUMABLE_CHANGES = ("run_name", "output_dir", "trainer.checkpoint_every_updates", "trainer.keep_checkpoints",
-                     "trainer.log_every_updates")
+                     "trainer.log_every_updates", "trainer.compile", "trainer.cudagraphs", "trainer.finite_check_every",
+                     "replay.device")
+COMPILE_MODES = (False, True, "default", "max-autotune")
 
 
 def load_config(paths: str | Path | Sequence[str | Path] | None = None, overrides: Sequence[str] = ()) -> DictConfig:
@@ -378,6 +400,7 @@ def validate_common(cfg: DictConfig, agent_steps: int) -> None:
     _require(train.batch_size >= 1 and train.updates_per_step >= 1, "train.batch_size / train.updates_per_step",
              "must be >= 1")
     _require(cfg.replay.capacity >= train.batch_size, "replay.capacity", "must be >= train.batch_size")
+    validate_replay_device(cfg.replay.device)
     _require(cfg.eval.every_env_steps >= 0, "eval.every_env_steps", "must be >= 0 (0: only at the end)")
     _require(cfg.eval.num_episodes >= 1, "eval.num_episodes", "must be >= 1")
     validate_trainer(cfg)
@@ -398,6 +421,31 @@ def validate_trainer(cfg: DictConfig) -> None:
     _require(cfg.trainer.strategy in STRATEGIES, "trainer.strategy", f"must be one of {STRATEGIES}")
     _require(cfg.trainer.keep_checkpoints >= 1, "trainer.keep_checkpoints", "must be >= 1")
     _require(cfg.trainer.checkpoint_every_updates >= 1, "trainer.checkpoint_every_updates", "must be >= 1")
+    _require(cfg.trainer.finite_check_every >= 1, "trainer.finite_check_every", "must be >= 1")
+    _require(cfg.trainer.compile in COMPILE_MODES, "trainer.compile",
+             f"must be false, default or max-autotune, got {cfg.trainer.compile!r}")
+    if cfg.trainer.cudagraphs:
+        import torch
+
+        _require(cfg.trainer.accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available(), "trainer.cudagraphs",
+                 "needs a CUDA GPU (none is available here, or trainer.accelerator is not a GPU); set it to false")
+        _require(cfg.trainer.compile not in (False,), "trainer.cudagraphs",
+                 "needs trainer.compile=default or max-autotune (CUDA graphs come with torch.compile)")
+
+
+def validate_replay_device(device: str) -> None:
+    """``replay.device``: cpu, auto or a CUDA device that exists (its memory is checked when the replay is placed)."""
+    import torch
+
+    if device in ("cpu", "auto"):
+        return
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ConfigError(f"replay.device must be cpu, auto or a device such as cuda:0, got {device!r}") from None
+    _require(parsed.type == "cpu" or (parsed.type == "cuda" and torch.cuda.is_available()
+                                      and (parsed.index or 0) < torch.cuda.device_count()),
+             "replay.device", f"({device}) is not a device of this machine; use cpu or auto")
 
 
 def _require(ok: bool, key: str, what: str) -> None:

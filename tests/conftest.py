@@ -124,3 +124,36 @@ def tiny_experiment(tmp_path_factory):
                  "--experiment", "tiny", *TINY_OVERRIDES, f"output_dir={out}", "tracking.video=false"])
     assert code == 0
     return {"output_dir": out, "uri": f"sqlite:///{out / 'mlflow.db'}", "experiment": "tiny"}
+
+
+@pytest.fixture(scope="session")
+def collected(tiny_base_overrides):
+    """Three real cartpole episodes (125 agent steps each at action repeat 8) of the tiny config's
+    24x24 renders, random actions, as the collector delivers them (one agent step per batch)."""
+    from tensordict.nn import TensorDictModule
+
+    from mlr_lightning.data.stream import make_collector
+
+    cfg = load_config(None, tiny_base_overrides)
+    env = domain_of(cfg).make_env(cfg, 0)
+    policy = TensorDictModule(lambda pixels: torch.zeros(1), in_keys=["pixels"], out_keys=["action"])
+    steps = 3 * 125
+    collector = make_collector(env, policy, total_agent_steps=steps, init_steps=steps, policy_device=torch.device("cpu"))
+    data = torch.cat([batch.clone() for batch in collector])
+    collector.shutdown()
+    return data
+
+
+@pytest.fixture(scope="session")
+def fill_replay():
+    """``fill_replay(data, capacity, seq_len=4, batch_size=1, window_batch_size=1)``: a ``UniformReplay``
+    (3 stacked frames) written one agent step at a time, as during training."""
+    from mlr_lightning.data.replay import UniformReplay
+
+    def fill(data, capacity, seq_len=4, batch_size=1, window_batch_size=1):
+        replay = UniformReplay(capacity, 3, seq_len, batch_size=batch_size, window_batch_size=window_batch_size)
+        for t in range(len(data)):
+            replay.extend(data[t : t + 1])
+        return replay
+
+    return fill

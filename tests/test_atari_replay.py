@@ -15,6 +15,7 @@ from torchrl.envs.utils import ExplorationType, set_exploration_type
 from mlr_lightning.agents.rainbow_mlr import RainbowMLRAgent
 from mlr_lightning.cli import main
 from mlr_lightning.config import load_config
+from mlr_lightning.data.frames import assemble_stacks
 from mlr_lightning.data.prioritized import PrioritizedReplay
 from mlr_lightning.data.stream import ExperienceStream, make_collector
 from mlr_lightning.domains.atari import ATARI
@@ -54,7 +55,7 @@ def test_n_step_returns_and_windows_across_episode_ends():
     replay.extend(episode([1.0, 2.0, 3.0, 4.0], True, 0))  # rows 0-3, final observation row 4 (terminated)
     replay.extend(episode([1.0, 1.0], True, 1, terminated=False))  # rows 5-6 (truncated), final row 7
     replay.extend(episode([1.0, 1.0, 1.0, 1.0, 1.0], False, 2))  # rows 8-12, still running
-    rows = by_row(replay.sample(progress=0.0))
+    rows = by_row(assemble_stacks(replay.sample(progress=0.0)))
     # Start rows whose 3-step future is not written yet (10-12) and final observations are never drawn.
     assert set(rows) == {0, 1, 2, 3, 5, 6, 8, 9}
     assert rows[0]["return"] == 1 + 0.5 * 2 + 0.25 * 3 and rows[0]["discount"] == 0.125
@@ -83,7 +84,7 @@ def test_priorities_follow_the_loss(tmp_path):
     stream = ExperienceStream(lambda start: make_collector(env, policy, 40 - start, 40, "cpu"), replay,
                               total_agent_steps=40, init_steps=20, updates_per_step=1, env_steps_per_agent_step=1,
                               max_env_restarts=0)
-    batch = next(iter(stream))
+    batch = assemble_stacks(next(iter(stream)))
     stream.close()
     sample = batch["rl"]
     assert torch.allclose(torch.as_tensor(replay.sampler._sum_tree[sample["index"].tolist()]), torch.tensor(1.0))

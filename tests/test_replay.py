@@ -2,47 +2,21 @@
 
 import pytest
 import torch
-from tensordict.nn import TensorDictModule
 
-from mlr_lightning.data.replay import UniformReplay
-from mlr_lightning.data.stream import make_collector
-
-STACK = 3
+STACK = 3  # the frames per stack of ``fill_replay``
 
 
-@pytest.fixture(scope="module")
-def collected(tiny_base_overrides, make_env):
-    """Three real cartpole episodes (125 agent steps each at action repeat 8), random actions."""
-    from mlr_lightning.config import load_config
-
-    cfg = load_config(None, tiny_base_overrides)
-    env = make_env(cfg, seed=0)
-    policy = TensorDictModule(lambda pixels: torch.zeros(1), in_keys=["pixels"], out_keys=["action"])
-    steps = 3 * 125
-    collector = make_collector(env, policy, total_agent_steps=steps, init_steps=steps, policy_device=torch.device("cpu"))
-    data = torch.cat([batch.clone() for batch in collector])
-    collector.shutdown()
-    return data
-
-
-def fill(data, capacity, seq_len=4):
-    replay = UniformReplay(capacity, STACK, seq_len, batch_size=1, window_batch_size=1)
-    for t in range(len(data)):  # one agent step at a time, as during training
-        replay.extend(data[t : t + 1])
-    return replay
-
-
-def test_every_frame_is_stored_once_plus_one_final_observation_per_episode(collected):
-    replay = fill(collected, capacity=10_000)
+def test_every_frame_is_stored_once_plus_one_final_observation_per_episode(fill_replay, collected):
+    replay = fill_replay(collected, capacity=10_000)
     episodes = int(collected["next", "done"].sum())
     assert episodes == 3
     assert len(replay) == len(collected) + episodes
     assert replay.store.frames[0]["pixels"].shape == (3, 24, 24) and replay.store.frames[0]["pixels"].dtype == torch.uint8
 
 
-def test_stacked_frames_equal_what_the_agent_saw(collected):
+def test_stacked_frames_equal_what_the_agent_saw(fill_replay, collected):
     """Rebuilt stacks match CatFrames' stacks from the environment, including at episode starts."""
-    replay = fill(collected, capacity=10_000)
+    replay = fill_replay(collected, capacity=10_000)
     rows = replay.store.storage[: len(replay)]
     action_rows = rows["has_action"].reshape(-1).nonzero().squeeze(-1)
     assert len(action_rows) == len(collected)
@@ -51,8 +25,8 @@ def test_stacked_frames_equal_what_the_agent_saw(collected):
     assert torch.equal(replay.store.stacked_pixels(action_rows + 1), collected["next", "pixels"])
 
 
-def test_transitions_bootstrap_through_time_limits(collected):
-    replay = fill(collected, capacity=10_000)
+def test_transitions_bootstrap_through_time_limits(fill_replay, collected):
+    replay = fill_replay(collected, capacity=10_000)
     last = collected["next", "done"].reshape(-1)
     assert collected["next", "truncated"].reshape(-1)[last].all(), "dm_control time limits are truncations"
     assert not collected["next", "terminated"].any()
@@ -63,17 +37,17 @@ def test_transitions_bootstrap_through_time_limits(collected):
     assert all((p[-3:].sum().item(), n[-3:].sum().item()) in pairs for p, n in zip(batch["pixels"], batch["next_pixels"]))
 
 
-def test_transitions_skip_final_observations_and_the_newest_row(collected):
-    replay = fill(collected[:10], capacity=10_000)
+def test_transitions_skip_final_observations_and_the_newest_row(fill_replay, collected):
+    replay = fill_replay(collected[:10], capacity=10_000)
     index = replay._valid_transition_rows(2000)
     assert index.max() == 8, "row 9 has no successor yet"
-    replay = fill(collected[:125], capacity=10_000)
+    replay = fill_replay(collected[:125], capacity=10_000)
     assert 125 not in replay._valid_transition_rows(5000).tolist(), "the final observation row is not a transition"
 
 
 @pytest.mark.parametrize("capacity", [10_000, 300])  # 300 < 378 rows: the storage wraps around
-def test_windows_never_cross_an_episode_end(collected, capacity):
-    replay = fill(collected, capacity=capacity, seq_len=16)
+def test_windows_never_cross_an_episode_end(fill_replay, collected, capacity):
+    replay = fill_replay(collected, capacity=capacity, seq_len=16)
     windows = replay.sample_windows(256)
     rows = replay.store.storage[windows["index"].reshape(-1)]
     trajectory = rows["trajectory"].reshape(256, 16)
@@ -84,8 +58,8 @@ def test_windows_never_cross_an_episode_end(collected, capacity):
     assert windows["pixels"].shape == (256, 16, 3 * STACK, 24, 24)
 
 
-def test_wrapped_storage_never_stacks_frames_from_a_newer_episode(collected):
-    replay = fill(collected, capacity=300)
+def test_wrapped_storage_never_stacks_frames_from_a_newer_episode(fill_replay, collected):
+    replay = fill_replay(collected, capacity=300)
     oldest = replay.store.cursor
     stacked = replay.store.stacked_pixels(torch.tensor([oldest]))
     frame = replay.store.frames[oldest]["pixels"]

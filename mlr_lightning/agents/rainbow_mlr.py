@@ -35,7 +35,7 @@ from torch import Tensor, nn
 from torchrl import timeit
 from torchrl.envs.utils import ExplorationType, exploration_type, set_exploration_type
 
-from mlr_lightning.agents.base import RLAgent
+from mlr_lightning.agents.base import RLAgent, adam
 from mlr_lightning.data.augment import random_intensity, random_shift
 from mlr_lightning.mlr.decoder import PredictiveLatentDecoder
 from mlr_lightning.mlr.heads import ql1_projection
@@ -133,7 +133,14 @@ class RainbowMLRAgent(RLAgent):
     # ------------------------------------------------------------------------------ optimiser
     def configure_optimizers(self):
         params = [p for p in self.parameters() if p.requires_grad]
-        return torch.optim.Adam(params, lr=self.rainbow.lr, eps=self.rainbow.adam_eps)
+        return adam(params, self.device, lr=self.rainbow.lr, eps=self.rainbow.adam_eps)
+
+    def compiled_networks(self) -> list[nn.Module]:
+        networks = [self.online, self.target]
+        if self.mlr.enabled:  # the MLR loss calls the online encoder on its own
+            networks += [self.online.encoder, self.target_encoder, self.decoder, self.decoder_in, self.decoder_out,
+                         self.prediction]
+        return networks
 
     def clip_groups(self) -> list[list[nn.Parameter]]:
         """Parameter groups whose gradient norms are clipped separately: the stem (conv + Q head) and
@@ -164,8 +171,8 @@ class RainbowMLRAgent(RLAgent):
         metrics |= {"train/loss": loss.detach(), "train/grad_norm_stem": norms[0]}
         if len(norms) > 1:
             metrics["train/grad_norm_transformer"] = norms[1]
-        self.finish_update(metrics, batch)
-        if int(self.num_updates) % self.rainbow.target_update_interval == 0:
+        self.finish_update(metrics)
+        if self.updates % self.rainbow.target_update_interval == 0:
             soft_update(self.target, self.online, self.rainbow.target_update_tau)
         # Read by the PriorityUpdate callback, which writes them into the replay.
         return {"index": sample["index"], "priority": priority}

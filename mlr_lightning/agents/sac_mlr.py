@@ -24,7 +24,7 @@ from torch import Tensor, nn
 from torchrl import timeit
 from torchrl.envs.utils import ExplorationType, exploration_type
 
-from mlr_lightning.agents.base import RLAgent
+from mlr_lightning.agents.base import RLAgent, adam
 from mlr_lightning.agents.schedules import inverse_sqrt_schedule
 from mlr_lightning.data.augment import center_crop, random_crop, random_intensity
 from mlr_lightning.mlr.decoder import PredictiveLatentDecoder
@@ -111,15 +111,22 @@ class SACMLRAgent(RLAgent):
         tied = {id(p) for p in self.critic.encoder.convs.parameters()}
         actor_params = [p for p in self.actor.parameters() if id(p) not in tied]  # convs get no actor gradient
         optimizers = [
-            torch.optim.Adam(self.critic.parameters(), lr=sac.critic_lr, betas=(sac.critic_beta, ADAM_BETA2)),
-            torch.optim.Adam(actor_params, lr=sac.actor_lr, betas=(sac.actor_beta, ADAM_BETA2)),
-            torch.optim.Adam([self.log_alpha], lr=sac.alpha_lr, betas=(sac.alpha_beta, ADAM_BETA2)),
+            adam(self.critic.parameters(), self.device, lr=sac.critic_lr, betas=(sac.critic_beta, ADAM_BETA2)),
+            adam(actor_params, self.device, lr=sac.actor_lr, betas=(sac.actor_beta, ADAM_BETA2)),
+            adam([self.log_alpha], self.device, lr=sac.alpha_lr, betas=(sac.alpha_beta, ADAM_BETA2)),
         ]
         if not self.mlr.enabled:
             return optimizers
-        mlr_opt = torch.optim.Adam(self.mlr_parameters(), lr=self.mlr.lr)
+        mlr_opt = adam(self.mlr_parameters(), self.device, lr=self.mlr.lr)
         schedule = torch.optim.lr_scheduler.LambdaLR(mlr_opt, inverse_sqrt_schedule(self.mlr.warmup_steps, self.mlr.warmup_init_factor))
         return optimizers + [mlr_opt], [{"scheduler": schedule, "interval": "step"}]
+
+    def compiled_networks(self) -> list[nn.Module]:
+        networks = [self.critic, self.actor, self.critic_target]
+        if self.mlr.enabled:  # the MLR loss calls the critic's encoder on its own
+            networks += [self.critic.encoder, self.decoder, self.projection, self.prediction, self.target_encoder,
+                         self.target_projection]
+        return networks
 
     @property
     def alpha(self) -> Tensor:
@@ -136,13 +143,13 @@ class SACMLRAgent(RLAgent):
         if self.mlr.enabled:
             with timeit("update/mlr"):
                 metrics |= self.update_mlr(batch["mlr", "pixels"], batch["mlr", "action"])
-        step = int(self.num_updates)
+        step = self.updates
         if step % self.sac.actor_update_freq == 0:
             with timeit("update/actor"):
                 metrics |= self.update_actor_and_alpha(obs)
         if step % self.sac.critic_target_update_freq == 0:
             self.update_targets()
-        self.finish_update(metrics, batch)
+        self.finish_update(metrics)
 
     def on_before_optimizer_step(self, optimizer) -> None:
         """Clip the MLR gradients here: Lightning calls this after unscaling them under 16-mixed."""

@@ -27,6 +27,10 @@ agent reads::
                     next_pixels [B, S, H, W] uint8
       "mlr": [B, K] pixels [B, K, S, H, W] uint8, action [B, K, A]   (MLR on; windows from the same rows)
       "beta": []    the importance exponent used
+
+delivered deduplicated like the uniform replay's (:mod:`mlr_lightning.data.replay`): with windows,
+one block of ``horizon + S`` frames per start row holds its stack, its bootstrap stack and its
+window (``2S + K*S`` frames before); without, the two stacks' ``2S`` frames.
 """
 
 from __future__ import annotations
@@ -37,7 +41,7 @@ from torch import Tensor
 from torchrl import timeit
 from torchrl.data import PrioritizedSampler
 
-from mlr_lightning.data.frames import FrameStore
+from mlr_lightning.data.frames import FrameBatch, FrameStore
 from mlr_lightning.data.replay import Replay
 
 MAX_REDRAWS = 100  # rounds of redrawing invalid start rows before giving up
@@ -74,16 +78,17 @@ class PrioritizedReplay(Replay):
         self.sampler.update_priority(index.cpu(), priority.detach().float().cpu())
 
     # ---------------------------------------------------------------------------------- sampling
-    def sample(self, progress: float) -> TensorDict:
+    def sample(self, progress: float, stacked: bool = False) -> TensorDict:
         """One update's batch (see the module docstring) at the beta of ``progress``."""
         beta = self.beta(progress)
         with timeit("data/sample_prioritized"):
-            batch = self.sample_rows(self.batch_size, beta, self.windows)
+            batch = self.sample_rows(self.batch_size, beta, self.windows, stacked)
         batch["beta"] = torch.tensor(beta, dtype=torch.float64)
         return batch
 
-    def sample_rows(self, batch_size: int, beta: float, windows: bool) -> TensorDict:
-        """``batch_size`` prioritized start rows with their n-step targets (and MLR windows)."""
+    def sample_rows(self, batch_size: int, beta: float, windows: bool, stacked: bool = False) -> TensorDict:
+        """``batch_size`` prioritized start rows with their n-step targets (and MLR windows);
+        deduplicated unless ``stacked``."""
         self.sampler.beta = beta
         index, weight, ahead = self._draw(batch_size)
         steps = self._steps_left(index, ahead)  # [B] action rows of the episode from index on (<= horizon + 1)
@@ -100,21 +105,27 @@ class PrioritizedReplay(Replay):
             {
                 "index": index,
                 "weight": (weight / weight.max()).float(),
-                "pixels": self.store.stacked_pixels(index),
                 "action": self._field("action")[index],
                 "return": returns.float(),
                 "discount": discount,
-                "next_pixels": self.store.stacked_pixels((index + m) % self.capacity),
             },
             batch_size=[batch_size],
         )
+        frames = FrameBatch(self.store, stacked)
         batch = TensorDict({"rl": rl})
-        if windows:
+        if windows:  # one block: the start row's stack, its bootstrap stack (m <= n) and its window
+            block = frames.block(index, self.horizon + 1)
             k = torch.arange(self.seq_len)
-            window = (index[:, None] + torch.minimum(k[None, :], steps[:, None] - 1)) % self.capacity  # [B, K]
-            batch["mlr"] = TensorDict({"pixels": self.store.stacked_pixels(window),
-                                       "action": self._field("action")[window]}, batch_size=[batch_size, self.seq_len])
-        return batch
+            position = torch.minimum(k[None, :], steps[:, None] - 1)  # [B, K]: past the episode, its last step
+            window = (index[:, None] + position) % self.capacity
+            batch["mlr"] = TensorDict({"action": self._field("action")[window]}, batch_size=[batch_size, self.seq_len])
+            frames.put(batch["mlr"], "pixels", block, position)
+            frames.put(rl, "pixels", block, 0)
+            frames.put(rl, "next_pixels", block, m)
+        else:  # two stacks per row: a block spanning the n steps between them would fetch more
+            frames.put(rl, "pixels", frames.block(index, 1), 0)
+            frames.put(rl, "next_pixels", frames.block((index + m) % self.capacity, 1), 0)
+        return frames.finish(batch)
 
     def _draw(self, batch_size: int) -> tuple[Tensor, Tensor, Tensor]:
         """Prioritized start rows whose lookahead is known: index [B], TorchRL weight [B], ahead rows [B, H]."""

@@ -7,12 +7,22 @@ gives one update's batch, in the batch contract every agent reads::
       "rl":  [B]     pixels [B, 3S, H, W] uint8, action [B, A], reward [B, 1], terminated [B, 1],
                      next_pixels [B, 3S, H, W] uint8
       "mlr": [Bm, K] pixels [Bm, K, 3S, H, W] uint8, action [Bm, K, A], index [Bm, K]   (MLR on)
+
+The replay delivers it deduplicated: instead of the stacked ``pixels``/``next_pixels`` fields the
+batch holds ``"frames"`` ``[N, 3, H, W]`` (every frame once, on the replay's device) and, per
+stacked field, ``("stacks", key)`` ``[..., S]`` (the frame of each slot).
+:func:`~mlr_lightning.data.frames.assemble_stacks` turns it into the contract above; the agents
+call it after the batch reached the training device. ``sample(stacked=True)`` stacks on the host
+instead (the original path, bit-identical after assembly; tests and benchmarks compare the two).
 """
 
 from __future__ import annotations
 
+import math
+import warnings
 from abc import ABC, abstractmethod
 from pathlib import Path
+from typing import Sequence
 
 import torch
 from tensordict import TensorDict, TensorDictBase
@@ -20,7 +30,12 @@ from torch import Tensor
 from torchrl import timeit
 from torchrl.data import SliceSampler
 
-from mlr_lightning.data.frames import FrameStore
+from mlr_lightning.config import ConfigError
+from mlr_lightning.data.frames import FrameBatch, FrameStore
+from mlr_lightning.data.torchrl_internals import set_sampler_generator
+
+
+FREE_MEMORY_SHARE = 0.75  # of a GPU's free memory the replay may take; the rest is the update's
 
 
 class Replay(ABC):
@@ -30,10 +45,35 @@ class Replay(ABC):
     """
 
     store: FrameStore
+    # Where sampling draws its random numbers: None is torch's global generator (the default); the
+    # stream's prefetching thread gives the replay a generator of its own.
+    generator: torch.Generator | None = None
 
     @abstractmethod
-    def sample(self, progress: float) -> TensorDict:
-        """One update's batch; ``progress`` in [0, 1] is the fraction of training done."""
+    def sample(self, progress: float, stacked: bool = False) -> TensorDict:
+        """One update's batch; ``progress`` in [0, 1] is the fraction of training done. Deduplicated
+        (see the module docstring) unless ``stacked``."""
+
+    def place(self, setting: str, training_device: torch.device | str, pixels_shape: Sequence[int]) -> torch.device:
+        """Keep the frames where ``replay.device`` (``setting``) says: "cpu", "auto" (``training_device``)
+        or a device; before anything is written or loaded. On a GPU the whole capacity is allocated at
+        the first write, so it is checked here against the GPU's free memory: an explicit device that
+        lacks it is refused naming the key, "auto" falls back to the host. Returns the device used.
+        ``pixels_shape`` is the stacked observation's ``[C*S, H, W]``."""
+        device = torch.device(training_device if setting == "auto" else setting)
+        if device.type == "cuda":
+            needed = self.store.capacity * math.prod(pixels_shape) // self.store.frame_stack  # uint8 frames
+            free = torch.cuda.mem_get_info(device)[0]
+            if needed > FREE_MEMORY_SHARE * free:
+                problem = (f"the replay's frames need {needed / 2**30:.1f} GiB (replay.capacity={self.store.capacity} "
+                           f"frames of {math.prod(pixels_shape) // self.store.frame_stack} bytes), more than "
+                           f"{FREE_MEMORY_SHARE:.0%} of the {free / 2**30:.1f} GiB free on {device}")
+                if setting != "auto":
+                    raise ConfigError(f"replay.device={setting}: {problem}; set replay.device=cpu or lower replay.capacity")
+                warnings.warn(f"replay.device=auto: {problem}; keeping the replay on the host")
+                device = torch.device("cpu")
+        self.store.place(device)
+        return device
 
     def extend(self, steps: TensorDictBase, episode: Tensor | None = None) -> None:
         self.store.extend(steps, episode)
@@ -66,58 +106,68 @@ class UniformReplay(Replay):
         # trajectory id, so a window never contains one (every step of a window needs an action).
         self.window_sampler = SliceSampler(slice_len=seq_len, traj_key="trajectory", strict_length=True)
 
-    def sample(self, progress: float = 0.0) -> TensorDict:
+    def sample(self, progress: float = 0.0, stacked: bool = False) -> TensorDict:
         """One update's batch (see the module docstring); uniform, so ``progress`` is unused."""
+        frames = FrameBatch(self.store, stacked)
         with timeit("data/sample_transitions"):
-            batch = TensorDict({"rl": self.sample_transitions(self.batch_size)})
+            batch = TensorDict({"rl": self.transitions(self._valid_transition_rows(self.batch_size), frames)})
         if self.window_batch_size:
             with timeit("data/sample_windows"):
-                batch["mlr"] = self.sample_windows(self.window_batch_size)
-        return batch
+                batch["mlr"] = self.windows(self._window_rows(self.window_batch_size), frames)
+        with timeit("data/gather_frames"):
+            return frames.finish(batch)
 
     def sample_transitions(self, batch_size: int) -> TensorDict:
-        """Uniform over stored transitions: ``pixels``, ``action``, ``reward``, ``terminated``, ``next_pixels``.
-
-        Hand-written index sampling instead of a TorchRL sampler: ``RandomSampler`` cannot skip rows
-        without a successor (final observations, the newest row), and ``SliceSampler(slice_len=2)``
-        is uniform over episodes rather than transitions and ~30x slower per call.
-        """
-        index = self._valid_transition_rows(batch_size)
-        rows = self.store.storage[index]
-        return TensorDict(
-            {
-                "pixels": self.store.stacked_pixels(index),
-                "action": rows["action"],
-                "reward": rows["reward"],
-                "terminated": rows["terminated"],
-                "next_pixels": self.store.stacked_pixels((index + 1) % self.store.capacity),
-            },
-            batch_size=[batch_size],
-        )
-
-    def _valid_transition_rows(self, batch_size: int) -> Tensor:
-        store = self.store
-        has_action = store.storage[: len(store)]["has_action"].reshape(-1).clone()
-        newest = (store.cursor - 1) % store.capacity
-        has_action[newest] = False  # its next observation is not written yet
-        valid = has_action.nonzero().squeeze(-1)
-        if valid.numel() == 0:
-            raise RuntimeError("the replay holds no complete transition yet")
-        return valid[torch.randint(valid.numel(), (batch_size,))]
+        """Uniform over stored transitions, stacked on the host: ``pixels``, ``action``, ``reward``,
+        ``terminated``, ``next_pixels``."""
+        return self.transitions(self._valid_transition_rows(batch_size), FrameBatch(self.store, stacked=True))
 
     def sample_windows(self, batch_size: int) -> TensorDict:
-        """``batch_size`` windows of ``seq_len`` consecutive steps of one episode.
+        """``batch_size`` windows of ``seq_len`` consecutive steps of one episode, stacked on the host.
 
         Returns ``pixels`` ``[B, K, 3*S, H, W]`` uint8, ``action`` ``[B, K, A]``, ``index`` ``[B, K]``.
         """
+        return self.windows(self._window_rows(batch_size), FrameBatch(self.store, stacked=True))
+
+    def transitions(self, index: Tensor, frames: FrameBatch) -> TensorDict:
+        """The transitions leaving rows ``index`` [B]; the next observation of row i is row i + 1."""
+        field = self.store.field
+        rl = TensorDict({"action": field("action")[index], "reward": field("reward")[index],
+                         "terminated": field("terminated")[index]}, batch_size=index.shape)
+        block = frames.block(index, 2)
+        frames.put(rl, "pixels", block, 0)
+        frames.put(rl, "next_pixels", block, 1)
+        return rl
+
+    def windows(self, index: Tensor, frames: FrameBatch) -> TensorDict:
+        """The windows of rows ``index`` [B, K]."""
+        batch_size = index.shape[0]
+        mlr = TensorDict({"action": self.store.field("action")[index.reshape(-1)].reshape(batch_size, self.seq_len, -1),
+                          "index": index}, batch_size=index.shape)
+        frames.put(mlr, "pixels", frames.block(index[:, 0], self.seq_len), torch.arange(self.seq_len).expand_as(index))
+        return mlr
+
+    def _valid_transition_rows(self, batch_size: int) -> Tensor:
+        """Uniform over rows with a stored successor (not a final observation, not the newest row).
+
+        Hand-written index sampling instead of a TorchRL sampler: ``RandomSampler`` cannot skip rows
+        without a successor, and ``SliceSampler(slice_len=2)`` is uniform over episodes rather than
+        transitions and ~30x slower per call. Draws ``randint(number of valid rows)`` and maps the
+        rank to its row through the few invalid rows, instead of listing every valid row.
+        """
+        store = self.store
+        invalid = ~store.field("has_action")[: len(store)].reshape(-1)
+        invalid[(store.cursor - 1) % store.capacity] = True  # the newest row: its next observation is not written yet
+        invalid = invalid.nonzero().squeeze(-1)  # sorted
+        count = len(store) - invalid.numel()
+        if count <= 0:
+            raise RuntimeError("the replay holds no complete transition yet")
+        rank = torch.randint(count, (batch_size,), generator=self.generator)
+        # The rank-th valid row lies after every invalid row i whose valid predecessors (invalid[i] - i) <= rank.
+        return rank + torch.searchsorted(invalid - torch.arange(invalid.numel()), rank, right=True)
+
+    def _window_rows(self, batch_size: int) -> Tensor:
+        """[B, K] rows of windows from TorchRL's ``SliceSampler`` (uniform over episodes, then over starts)."""
+        set_sampler_generator(self.window_sampler, self.generator)
         index, _ = self.window_sampler.sample(self.store.storage, batch_size * self.seq_len)
-        index = (index if isinstance(index, Tensor) else index[0]).reshape(batch_size, self.seq_len)
-        rows = self.store.storage[index.reshape(-1)]
-        return TensorDict(
-            {
-                "pixels": self.store.stacked_pixels(index),
-                "action": rows["action"].reshape(batch_size, self.seq_len, -1),
-                "index": index,
-            },
-            batch_size=[batch_size, self.seq_len],
-        )
+        return (index if isinstance(index, Tensor) else index[0]).reshape(batch_size, self.seq_len)

@@ -10,6 +10,14 @@ DMC, 2 on Atari) with no loop around it.
 The stream is also the unit of full-state resume: :meth:`ExperienceStream.state_dict` holds the
 counters, the collector, the running episode inside the simulator and every random-number state,
 so a resumed stream produces exactly the items the uninterrupted one would have.
+
+``prefetch`` (DMC's ``replay.prefetch``) overlaps sampling with the update: a background thread
+draws the next update's batch while the update and the next environment step run. The collector
+stays in this thread and always acts with the live, finished policy; what changes is that each
+batch (after the first) is drawn one agent step earlier, before the newest step is stored. The
+thread draws from a generator of its own, saved in snapshots with the state it had before the
+pending draw, so runs stay reproducible and resume exactly whatever the threads' timing. Off (the
+default), sampling runs here, in the paper's order, from torch's global generator.
 """
 
 from __future__ import annotations
@@ -17,6 +25,7 @@ from __future__ import annotations
 import math
 import random
 import warnings
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from typing import Callable
 
@@ -63,6 +72,7 @@ class ExperienceStream(IterableDataset):
         updates_per_step: int,
         env_steps_per_agent_step: int,
         max_env_restarts: int,
+        prefetch: bool = False,
     ):
         super().__init__()
         self.make_collector, self.replay = make_collector, replay
@@ -71,6 +81,10 @@ class ExperienceStream(IterableDataset):
         self.counters = StreamCounters()
         self.collector: Collector | None = None
         self._resume_state: dict | None = None
+        self.prefetch = prefetch
+        self._worker: ThreadPoolExecutor | None = None
+        self._pending: Future | None = None  # the next update's batch, being drawn by the worker
+        self._generator_state: torch.Tensor | None = None  # the worker's generator before that draw
 
     @property
     def env_steps(self) -> int:
@@ -101,6 +115,9 @@ class ExperienceStream(IterableDataset):
     def _start(self) -> None:
         """A collector for the remaining steps; on resume, put back the saved state (RNG last)."""
         state, self._resume_state = self._resume_state, None
+        if self.prefetch and self.replay.generator is None:
+            # Seeded without drawing from the global generator: its state is the rank's seed.
+            self.replay.generator = torch.Generator().manual_seed(torch.initial_seed() + 1)
         if state is None:
             self._new_collector(self.counters.agent_steps)
             return
@@ -111,6 +128,7 @@ class ExperienceStream(IterableDataset):
         set_collector_observation(self.collector, state["carrier"])
         simulator(self.collector.env).set_state(state["simulator"])
         set_rng_states(state["rng"])
+        self._restore_prefetch(state.get("prefetch"))
 
     def _new_collector(self, start: int) -> None:
         """Replace the collector (and its environment) by one for the agent steps from ``start`` on."""
@@ -136,6 +154,7 @@ class ExperienceStream(IterableDataset):
             ) from err
         warnings.warn(f"environment crashed at agent step {self.counters.agent_steps} ({err!r}); "
                       f"rebuilding it (restart {self.counters.env_restarts}/{self.max_env_restarts})")
+        self._wait_for_draw()
         self.replay.abandon_episode()
         self.counters.episode_id += 1
         self.counters.collector_start = self.counters.agent_steps
@@ -143,12 +162,46 @@ class ExperienceStream(IterableDataset):
 
     def sample(self) -> TensorDict:
         """One update's batch, with the x-axis position and the last finished episode's return."""
-        batch = self.replay.sample(self.counters.agent_steps / self.total_agent_steps)
+        progress = self.counters.agent_steps / self.total_agent_steps
+        if not self.prefetch:
+            batch = self.replay.sample(progress)
+        else:  # the batch drawn ahead (none before the first update), and the next one drawn from now on
+            batch = self.replay.sample(progress) if self._pending is None else self._pending.result()
+            self._draw_ahead(progress)
         batch["env_steps"] = torch.tensor(self.env_steps)
         batch["episode_return"] = torch.tensor(self.counters.last_episode_return)
         return batch
 
+    # ------------------------------------------------------------------------------ prefetching
+    def _draw_ahead(self, progress: float) -> None:
+        if self._worker is None:
+            self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="replay-prefetch")
+        self._generator_state, self._pending_progress = self.replay.generator.get_state(), progress
+        self._pending = self._worker.submit(self.replay.sample, progress)
+
+    def _wait_for_draw(self) -> None:
+        """The worker reads the replay: no write before its draw is done."""
+        if self._pending is not None:
+            self._pending.exception()
+
+    def _restore_prefetch(self, state: dict | None) -> None:
+        if state is None:
+            return
+        self.replay.generator = torch.Generator()
+        self.replay.generator.set_state(state["generator"])
+        if state["pending"] is not None:  # redraw the pending batch: the replay is as it was then
+            self._draw_ahead(state["pending"])
+
+    def _prefetch_state(self) -> dict | None:
+        if not self.prefetch or self.replay.generator is None:
+            return None
+        self._wait_for_draw()
+        pending = self._pending is not None
+        return {"generator": self._generator_state if pending else self.replay.generator.get_state(),
+                "pending": self._pending_progress if pending else None}
+
     def _record(self, steps: TensorDictBase) -> None:
+        self._wait_for_draw()
         steps = steps.reshape(-1)
         done = steps["next", "done"].reshape(-1)
         # frames_per_batch=1: every step of a batch belongs to the running episode
@@ -163,7 +216,7 @@ class ExperienceStream(IterableDataset):
     # ------------------------------------------------------------------------------ full state
     def state_dict(self) -> dict:
         """Everything but the replay contents (see :meth:`Replay.dumps`)."""
-        state = {"counters": asdict(self.counters), "rng": rng_states()}
+        state = {"counters": asdict(self.counters), "rng": rng_states(), "prefetch": self._prefetch_state()}
         if self.collector is not None:
             state |= {
                 "collector": self.collector.state_dict(),
@@ -177,10 +230,14 @@ class ExperienceStream(IterableDataset):
         if "collector" not in state:  # saved before collection began: nothing ran yet
             self.counters = StreamCounters(**state["counters"])
             set_rng_states(state["rng"])
+            self._restore_prefetch(state.get("prefetch"))
             return
         self._resume_state = state
 
     def close(self) -> None:
+        if self._worker is not None:
+            self._worker.shutdown(wait=True)
+            self._worker, self._pending = None, None
         if self.collector is not None:
             try:
                 self.collector.shutdown()

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 from tensordict import TensorDictBase
 from torchrl.collectors import Collector
+import torch
 from torchrl.data import LazyTensorStorage
+from torchrl.data.replay_buffers import Sampler
 from torchrl.envs import EnvBase
 
 CHECKED_AGAINST = "0.14.1"
@@ -40,3 +42,9 @@ def set_collector_observation(collector: Collector, observation: TensorDictBase)
 def inner_env(env: EnvBase):
     """The wrapped library environment below TorchRL's wrapper (``DMControlWrapper``/``GymWrapper``)."""
     return env.base_env._env
+
+
+def set_sampler_generator(sampler: Sampler, generator: torch.Generator | None) -> None:
+    """Make a sampler draw from ``generator`` (None: torch's global generator, TorchRL's default).
+    Samplers read ``_rng``; ``ReplayBuffer(generator=...)`` sets it only for the buffer's own sampler."""
+    sampler._rng = generator

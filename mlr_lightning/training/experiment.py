@@ -86,7 +86,8 @@ def make_stream(cfg: DictConfig, domain: Domain, replay: Replay) -> ExperienceSt
     """This rank's stream; its collectors come from :func:`collector_factory` once the agent exists."""
     per_agent_step = domain.env_steps_per_agent_step(cfg)
     return ExperienceStream(None, replay, cfg.train.num_env_steps // per_agent_step, cfg.train.init_steps,
-                            cfg.train.updates_per_step, per_agent_step, cfg.train.max_env_restarts)
+                            cfg.train.updates_per_step, per_agent_step, cfg.train.max_env_restarts,
+                            prefetch=cfg.replay.get("prefetch", False))
 
 
 def collector_factory(cfg: DictConfig, domain: Domain, stream: ExperienceStream, agent: RLAgent, env, env_seed: int):
@@ -176,6 +177,7 @@ def _train(cfg: DictConfig, run_dir: Path, snapshot: Path | None) -> Path:
     pl.seed_everything(cfg.seed, workers=True, verbose=False)  # the same initial networks on every rank
     env_seed = rank_seed(cfg, trainer.global_rank)
     env = domain.make_env(cfg, env_seed)
+    replay.place(cfg.replay.device, trainer.strategy.root_device, env.observation_spec["pixels"].shape)
     agent = domain.make_agent(cfg, env)
     pl.seed_everything(env_seed, workers=True, verbose=False)  # each rank explores and samples its own way
     if trainer.is_global_zero:  # evaluation and logging happen once
