@@ -125,7 +125,7 @@ class PrioritizedReplay(Replay):
         else:  # two stacks per row: a block spanning the n steps between them would fetch more
             frames.put(rl, "pixels", frames.block(index, 1), 0)
             frames.put(rl, "next_pixels", frames.block((index + m) % self.capacity, 1), 0)
-        return frames.finish(batch)
+        return frames.finish(batch, self._frame_buffer())
 
     def _draw(self, batch_size: int) -> tuple[Tensor, Tensor, Tensor]:
         """Prioritized start rows whose lookahead is known: index [B], TorchRL weight [B], ahead rows [B, H]."""

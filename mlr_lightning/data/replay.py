@@ -48,6 +48,22 @@ class Replay(ABC):
     # Where sampling draws its random numbers: None is torch's global generator (the default); the
     # stream's prefetching thread gives the replay a generator of its own.
     generator: torch.Generator | None = None
+    _frame_buffers: list[Tensor] = []  # see recycle_frames
+    _turn = 0
+
+    def recycle_frames(self, buffers: int = 2) -> None:
+        """Gather the frames of each batch into one of ``buffers`` tensors, in turn, instead of a new
+        one: on the host a new tensor of a paper-size batch's frames (130 MB) costs its page faults
+        at every batch, about 3x the gather itself. For a consumer done with a batch's frames before
+        it asks for the batch ``buffers`` later, like the stream, whose batches are assembled (or
+        copied to the training device) when their update starts."""
+        self._frame_buffers = [torch.empty(0, dtype=torch.uint8, device=self.store.device) for _ in range(buffers)]
+
+    def _frame_buffer(self) -> Tensor | None:
+        if not self._frame_buffers:
+            return None
+        self._turn = (self._turn + 1) % len(self._frame_buffers)
+        return self._frame_buffers[self._turn]
 
     @abstractmethod
     def sample(self, progress: float, stacked: bool = False) -> TensorDict:
@@ -115,7 +131,7 @@ class UniformReplay(Replay):
             with timeit("data/sample_windows"):
                 batch["mlr"] = self.windows(self._window_rows(self.window_batch_size), frames)
         with timeit("data/gather_frames"):
-            return frames.finish(batch)
+            return frames.finish(batch, self._frame_buffer())
 
     def sample_transitions(self, batch_size: int) -> TensorDict:
         """Uniform over stored transitions, stacked on the host: ``pixels``, ``action``, ``reward``,

@@ -115,6 +115,7 @@ class ExperienceStream(IterableDataset):
     def _start(self) -> None:
         """A collector for the remaining steps; on resume, put back the saved state (RNG last)."""
         state, self._resume_state = self._resume_state, None
+        self.replay.recycle_frames(2)  # each batch is consumed when its update starts (see recycle_frames)
         if self.prefetch and self.replay.generator is None:
             # Seeded without drawing from the global generator: its state is the rank's seed.
             self.replay.generator = torch.Generator().manual_seed(torch.initial_seed() + 1)
