@@ -271,7 +271,11 @@ def set_rng_states(states: dict) -> None:
 
 
 def make_collector(env, policy, total_agent_steps: int, init_steps: int, policy_device: torch.device) -> Collector:
-    """One environment stepped one agent step per iteration; uniform random actions for ``init_steps``."""
+    """One environment stepped one agent step per iteration; uniform random actions for ``init_steps``.
+
+    Each batch it yields is overwritten by the next one (``return_same_td``: no copy of the step's
+    frames per step); the stream writes it into the replay at once, others must clone it.
+    """
     return Collector(
         env,
         policy,
@@ -282,4 +286,5 @@ def make_collector(env, policy, total_agent_steps: int, init_steps: int, policy_
         env_device="cpu",
         storing_device="cpu",
         auto_register_policy_transforms=False,  # the policy needs no extra env transform
+        return_same_td=True,
     )
