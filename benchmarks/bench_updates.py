@@ -1,12 +1,17 @@
 """Benchmark (prints figures; not a test): agent update cost, replay sampling and snapshots, environment throughput.
 
-    .venv/bin/python benchmarks/bench_updates.py            # everything (~5 min on 2 CPU cores)
-    .venv/bin/python benchmarks/bench_updates.py --skip-paper-mlr   # without the ~20 s/update case
+    .venv/bin/python benchmarks/bench_updates.py                    # everything (~10 min on 2 CPU cores)
+    .venv/bin/python benchmarks/bench_updates.py --skip-paper-mlr   # without the ~20 s/update cases
     .venv/bin/python benchmarks/bench_updates.py --atari only       # only the Atari-100k figures
+    .venv/bin/python benchmarks/bench_updates.py --only data        # sampling and collector figures (a few minutes)
+    .venv/bin/python benchmarks/bench_updates.py --only gpu         # the GPU figures (benchmarks/gpu.sh)
+    ... --json                                                      # one JSON object per line
 
 Update times are measured through the real Lightning ``training_step`` (manual optimization, all
 optimizers) on synthetic uint8 batches of the right shapes; the breakdown comes from the same
-``timeit`` blocks the training loop logs as ``time/*``.
+``timeit`` blocks the training loop logs as ``time/*``. With ``--json`` every figure is one object
+``{"name": ..., <values>}``; the last line is ``{"name": "summary", ...}`` with the headline keys
+(``sampling_ratio_new_vs_old``, ``collector_share_dmc_fast``, ``collector_share_pong``, ...).
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from __future__ import annotations
 import mlr_lightning  # noqa: F401  (torch stack before dm_control)
 
 import argparse
+import json
 import statistics
 import tempfile
 import time
@@ -28,22 +34,38 @@ from torchrl import timeit
 
 from mlr_lightning.agents.sac_mlr import SACMLRAgent
 from mlr_lightning.config import load_config
+from mlr_lightning.data.frames import FRAMES, assemble_stacks
 from mlr_lightning.data.replay import UniformReplay
-from mlr_lightning.data.stream import make_collector
+from mlr_lightning.data.stream import make_collector, one_intra_op_thread
 from mlr_lightning.domains import domain_of
 from mlr_lightning.training.experiment import _as_is
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
+SUMMARY: dict[str, float] = {}
+JSON = False
+
+
+def report(name: str, text: str, **values) -> None:
+    """One figure: a line of text, or with ``--json`` one JSON object."""
+    print(json.dumps({"name": name, **values}) if JSON else text, flush=True)
+
+
+def section(title: str) -> None:
+    if not JSON:
+        print(f"\n== {title} ==", flush=True)
 
 
 class StepTimer(pl.Callback):
-    def __init__(self):
+    def __init__(self, device: torch.device):
         self.times: list[float] = []
+        self.sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
 
     def on_train_batch_start(self, *args):
+        self.sync()
         self.t0 = time.perf_counter()
 
     def on_train_batch_end(self, *args):
+        self.sync()
         self.times.append(time.perf_counter() - self.t0)
 
 
@@ -64,46 +86,86 @@ def synthetic_batch(cfg, action_dim: int) -> dict:
     return batch
 
 
-def time_updates(label: str, cfg, repeats: int, action_dim: int = 1) -> None:
-    torch.manual_seed(0)
-    agent = SACMLRAgent(cfg, action_dim)
-    timer = StepTimer()
-    batch = synthetic_batch(cfg, action_dim)
+def fit_timed(agent, batch, repeats: int, accelerator: str = "cpu", precision: str = "32-true") -> list[float]:
+    """Seconds of each update after the first (which includes one-off allocations and compilation)."""
+    timer = StepTimer(torch.device("cuda" if accelerator == "gpu" else "cpu"))
     loader = DataLoader([batch] * (repeats + 1), batch_size=None, collate_fn=_as_is)
-    trainer = pl.Trainer(accelerator="cpu", max_epochs=1, logger=False, enable_checkpointing=False,
-                         enable_progress_bar=False, enable_model_summary=False, log_every_n_steps=10**6,
-                         callbacks=[timer])
+    trainer = pl.Trainer(accelerator=accelerator, devices=1, precision=precision, max_epochs=1, logger=False,
+                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                         log_every_n_steps=10**6, callbacks=[timer])
     timeit.erase()
     trainer.fit(agent, loader)
+    return timer.times[1:]
+
+
+def time_updates(label: str, cfg, repeats: int, action_dim: int = 1, accelerator: str = "cpu",
+                 precision: str = "32-true") -> float:
+    torch.manual_seed(0)
+    agent = SACMLRAgent(cfg, action_dim)
+    timed = fit_timed(agent, synthetic_batch(cfg, action_dim), repeats, accelerator, precision)
     parts = {k.split("/")[-1]: v for k, v in timeit.todict().items() if k.startswith("update/")}
     shapes = f"RL batch {cfg.train.batch_size}" + (
         f", MLR {cfg.mlr.batch_size}x{cfg.mlr.seq_len} frames" if cfg.mlr.enabled else "")
-    timed = timer.times[1:]  # the first update includes one-off allocations
-    print(f"{label:<28} {shapes:<34} {statistics.median(timed):7.3f} s/update   "
-          + "  ".join(f"{k} {v:.3f}" for k, v in parts.items()))
+    seconds = statistics.median(timed)
+    report(f"update/{label}", f"{label:<36} {shapes:<34} {seconds:7.3f} s/update   "
+           + "  ".join(f"{k} {v:.3f}" for k, v in parts.items()),
+           seconds=seconds, shapes=shapes, precision=precision, compile=cfg.trainer.compile, parts=parts)
+    return seconds
 
 
-def replay_sampling(num_rows: int, episode_len: int, seq_len: int) -> UniformReplay:
-    """Fill a replay with synthetic 3x100x100 frames and time both samplers at the paper's sizes."""
+# ---------------------------------------------------------------------------------- replay
+def filled_replay(num_rows: int, episode_len: int, seq_len: int, device: str = "cpu") -> UniformReplay:
+    """A replay of ``num_rows`` synthetic 3x100x100 frames in episodes of ``episode_len`` steps, with
+    the paper's batch sizes (512 transitions, 128 windows of ``seq_len``)."""
     replay = UniformReplay(num_rows, frame_stack=3, seq_len=seq_len, batch_size=512, window_batch_size=128)
+    replay.store.place(device)
     store = replay.store
     chunk = 5000
     for start in range(0, num_rows, chunk):
         n = min(chunk, num_rows - start)
         step = (torch.arange(start, start + n) % episode_len).reshape(n, 1)
-        store.frame_buffer.extend(TensorDict({"pixels": torch.randint(0, 256, (n, 3, 100, 100), dtype=torch.uint8)}, [n]))
+        store.frame_buffer.extend(TensorDict({"pixels": torch.randint(0, 256, (n, 3, 100, 100), dtype=torch.uint8)}, [n],
+                                             device=store.device))
         store.buffer.extend(TensorDict({
             "action": torch.zeros(n, 1), "reward": torch.zeros(n, 1), "terminated": torch.zeros(n, 1, dtype=torch.bool),
             "step_count": step, "has_action": torch.ones(n, 1, dtype=torch.bool),
-            "trajectory": torch.arange(start, start + n) // episode_len}, [n]))
-    for label, fn in [("transitions x512", lambda: replay.sample_transitions(512)),
-                      (f"windows 128x{seq_len}", lambda: replay.sample_windows(128))]:
-        fn()
-        t0 = time.perf_counter()
-        for _ in range(5):
-            fn()
-        print(f"replay of {num_rows} frames: sample {label:<16} {(time.perf_counter() - t0) / 5 * 1000:7.1f} ms")
+            "trajectory": torch.arange(start, start + n) // episode_len}, [n], device="cpu"))
     return replay
+
+
+def batch_bytes(batch: TensorDict) -> int:
+    return sum(v.numel() * v.element_size() for v in batch.values(True, True))
+
+
+def replay_sampling(replay: UniformReplay, repeats: int = 7, label: str = "host") -> dict:
+    """One update's batch at the paper's sizes: today's path (stacks gathered on the host) against the
+    deduplicated one (frames once, into recycled buffers, as the training stream draws them), in turn."""
+    sync = torch.cuda.synchronize if replay.store.device.type == "cuda" else (lambda: None)
+    replay.recycle_frames(2)
+    old, new, assemble = [], [], []
+    for i in range(repeats + 1):
+        t0 = time.perf_counter()
+        stacked = replay.sample(stacked=True)
+        sync()
+        t1 = time.perf_counter()
+        deduplicated = replay.sample()
+        sync()
+        t2 = time.perf_counter()
+        new_bytes = batch_bytes(deduplicated)
+        assemble_stacks(deduplicated)
+        sync()
+        t3 = time.perf_counter()
+        if i:  # the first round allocates
+            old.append(t1 - t0), new.append(t2 - t1), assemble.append(t3 - t2)
+    ms = {k: 1000 * statistics.median(v) for k, v in (("old", old), ("new", new), ("assemble", assemble))}
+    result = {"old_ms": ms["old"], "new_ms": ms["new"], "assemble_ms": ms["assemble"],
+              "ratio_new_vs_old": ms["new"] / ms["old"], "bytes_old": batch_bytes(stacked), "bytes_new": new_bytes,
+              "bytes_ratio_new_vs_old": new_bytes / batch_bytes(stacked)}
+    report(f"sampling/{label}", f"replay of {len(replay)} frames on {replay.store.device}: one update's batch (512 "
+           f"transitions + 128 windows of {replay.seq_len}) today {ms['old']:.1f} ms, deduplicated {ms['new']:.1f} ms "
+           f"(x{result['ratio_new_vs_old']:.2f}), {result['bytes_ratio_new_vs_old']:.2f}x the bytes; assembling its "
+           f"stacks on {replay.store.device} {ms['assemble']:.1f} ms", **result)
+    return result
 
 
 def replay_snapshot(replay: UniformReplay) -> None:
@@ -116,14 +178,15 @@ def replay_snapshot(replay: UniformReplay) -> None:
         restored = UniformReplay(replay.store.capacity, replay.store.frame_stack, replay.seq_len, 512, 128)
         t0 = time.perf_counter()
         restored.loads(Path(tmp))
-        restored.sample_transitions(512)  # touch the loaded storage
+        restored.sample()  # touch the loaded storage
         loaded = time.perf_counter() - t0
-    print(f"replay of {len(replay)} frames: snapshot {size / 2**30:.2f} GiB written in {written:.1f} s, "
-          f"loaded in {loaded:.1f} s")
+    report("snapshot", f"replay of {len(replay)} frames: snapshot {size / 2**30:.2f} GiB written in {written:.1f} s, "
+           f"loaded in {loaded:.1f} s", gib=size / 2**30, write_s=written, load_s=loaded)
 
 
-def env_throughput(task: str, action_repeat: int, fast_render: bool, agent_steps: int) -> None:
-    """Collector agent steps per second against a bare dm_control loop with the same rendering."""
+# ----------------------------------------------------------------------------- environments
+def env_throughput(task: str, action_repeat: int, fast_render: bool, agent_steps: int) -> float:
+    """Collector agent steps per second against a bare dm_control loop with the same rendering; returns the share."""
     from mlr_lightning.envs.dmc import split_task
     from mlr_lightning.envs.dmc_pixels import ActionRepeatPixels  # selects the GL backend first
 
@@ -144,15 +207,26 @@ def env_throughput(task: str, action_repeat: int, fast_render: bool, agent_steps
     policy = TensorDictModule(lambda pixels: torch.zeros(env.action_spec.shape), in_keys=["pixels"], out_keys=["action"])
     collector = make_collector(env, policy, agent_steps, init_steps=agent_steps, policy_device=torch.device("cpu"))
     replay = domain_of(cfg).make_replay(load_config(CONF / "dmc" / f"{task}.yaml", ["replay.capacity=10000"]))
+    episode = torch.zeros(1, dtype=torch.long)
     t0 = time.perf_counter()
-    for steps in collector:
-        replay.extend(steps)
+    with one_intra_op_thread():  # as the training stream collects
+        for steps in collector:
+            replay.extend(steps, episode)
     rate = agent_steps / (time.perf_counter() - t0)
     collector.shutdown()
     render = "fast render" if fast_render else "default render"
-    print(f"{task:<18} AR {action_repeat} {render:<14} bare dm_control {bare_rate:6.1f} agent steps/s "
-          f"({bare_rate * action_repeat:6.0f} env steps/s) | collector+replay {rate:6.1f} agent steps/s "
-          f"({rate * action_repeat:6.0f} env steps/s, {rate / bare_rate:.0%} of bare)")
+    report(f"env/{task}/{'fast' if fast_render else 'default'}",
+           f"{task:<18} AR {action_repeat} {render:<14} bare dm_control {bare_rate:6.1f} agent steps/s "
+           f"({bare_rate * action_repeat:6.0f} env steps/s) | collector+replay {rate:6.1f} agent steps/s "
+           f"({rate * action_repeat:6.0f} env steps/s, {rate / bare_rate:.0%} of bare)",
+           bare_agent_steps_s=bare_rate, collector_agent_steps_s=rate, share=rate / bare_rate,
+           overhead_ms=1000 * (1 / rate - 1 / bare_rate))
+    return rate / bare_rate
+
+
+def dmc_collector_shares(agent_steps: int = 250) -> None:
+    shares = [env_throughput(task, repeat, True, agent_steps) for task, repeat in [("cartpole_swingup", 8), ("cheetah_run", 4)]]
+    SUMMARY["collector_share_dmc_fast"] = min(shares)
 
 
 # ---------------------------------------------------------------------------------------- Atari
@@ -169,26 +243,23 @@ def synthetic_atari_batch(cfg, num_actions: int) -> dict:
     return batch
 
 
-def time_atari_updates(label: str, cfg, repeats: int, num_actions: int = 6) -> None:
+def time_atari_updates(label: str, cfg, repeats: int, num_actions: int = 6, accelerator: str = "cpu",
+                       precision: str = "32-true") -> float:
     from mlr_lightning.agents.rainbow_mlr import RainbowMLRAgent
 
     torch.manual_seed(0)
     agent = RainbowMLRAgent(cfg, num_actions)
-    timer = StepTimer()
-    loader = DataLoader([synthetic_atari_batch(cfg, num_actions)] * (repeats + 1), batch_size=None, collate_fn=_as_is)
-    trainer = pl.Trainer(accelerator="cpu", max_epochs=1, logger=False, enable_checkpointing=False,
-                         enable_progress_bar=False, enable_model_summary=False, log_every_n_steps=10**6,
-                         callbacks=[timer])
-    timeit.erase()
-    trainer.fit(agent, loader)
+    timed = fit_timed(agent, synthetic_atari_batch(cfg, num_actions), repeats, accelerator, precision)
     parts = {k.split("/")[-1]: v for k, v in timeit.todict().items() if k.startswith("update/") and v > 0}
     m = cfg.mlr
     shapes = f"batch {cfg.train.batch_size}" + (
         f", MLR {cfg.train.batch_size}x{m.seq_len} frames, width {m.decoder_dim or agent.latent_dim}" if m.enabled else "")
     params = sum(p.numel() for p in agent.parameters() if p.requires_grad) / 1e6
-    timed = timer.times[1:]
-    print(f"{label:<28} {shapes:<44} {params:6.1f}M trainable {statistics.median(timed):7.3f} s/update   "
-          + "  ".join(f"{k} {v:.3f}" for k, v in parts.items()))
+    seconds = statistics.median(timed)
+    report(f"update/{label}", f"{label:<36} {shapes:<44} {params:6.1f}M trainable {seconds:7.3f} s/update   "
+           + "  ".join(f"{k} {v:.3f}" for k, v in parts.items()),
+           seconds=seconds, shapes=shapes, params_m=params, precision=precision, compile=cfg.trainer.compile, parts=parts)
+    return seconds
 
 
 def atari_throughput(game: str, agent_steps: int) -> None:
@@ -213,17 +284,22 @@ def atari_throughput(game: str, agent_steps: int) -> None:
     policy = TensorDictModule(lambda pixels: env.action_spec.rand(), in_keys=["pixels"], out_keys=["action"])
     collector = make_collector(env, policy, agent_steps, init_steps=agent_steps, policy_device=torch.device("cpu"))
     replay = ATARI.make_replay(cfg)
+    episode = torch.zeros(1, dtype=torch.long)
     t0 = time.perf_counter()
-    for steps in collector:
-        replay.extend(steps)
+    with one_intra_op_thread():  # as the training stream collects
+        for steps in collector:
+            replay.extend(steps, episode)
     rate = agent_steps / (time.perf_counter() - t0)
     collector.shutdown()
-    print(f"{game:<10} frame skip 4, 84x84 grey, 4 stacked | bare ale-py + AtariPreprocessing {bare_rate:6.0f} agent "
-          f"steps/s | TorchRL collector + prioritized replay {rate:6.0f} agent steps/s ({rate / bare_rate:.0%} of bare)")
+    report(f"env/{game}", f"{game:<10} frame skip 4, 84x84 grey, 4 stacked | bare ale-py + AtariPreprocessing "
+           f"{bare_rate:6.0f} agent steps/s | TorchRL collector + prioritized replay {rate:6.0f} agent steps/s "
+           f"({rate / bare_rate:.0%} of bare)", bare_agent_steps_s=bare_rate, collector_agent_steps_s=rate,
+           share=rate / bare_rate, overhead_ms=1000 * (1 / rate - 1 / bare_rate))
+    SUMMARY["collector_share_pong"] = rate / bare_rate
 
 
 def atari_main(args) -> None:
-    print("== Atari: one Rainbow update (median) ==")
+    section("Atari: one Rainbow update (median)")
     quick = CONF / "atari" / "quickstart.yaml"
     time_atari_updates("Atari quickstart Rainbow", load_config(quick, ["mlr.enabled=false"]), repeats=5)
     time_atari_updates("Atari quickstart +MLR", load_config(quick), repeats=5)
@@ -231,39 +307,103 @@ def atari_main(args) -> None:
     time_atari_updates("Atari paper Rainbow (Baseline)", load_config(paper, ["mlr.enabled=false"]), repeats=3)
     if not args.skip_paper_mlr:
         time_atari_updates("Atari paper Rainbow+MLR", load_config(paper), repeats=args.atari_mlr_repeats)
-    print("\n== Atari environment throughput ==")
+    section("Atari environment throughput")
     atari_throughput("pong", agent_steps=1000)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--skip-paper-mlr", action="store_true", help="skip the paper-size SAC+MLR update (~20 s each)")
-    parser.add_argument("--atari", choices=["also", "only", "skip"], default="also", help="the Atari-100k figures")
-    parser.add_argument("--atari-mlr-repeats", type=int, default=2, help="timed paper-size Atari MLR updates")
-    args = parser.parse_args()
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU\n")
-    if args.atari == "only":
-        return atari_main(args)
-
-    print("== One agent update (median) ==")
+# ------------------------------------------------------------------------------------ sections
+def updates_main(args) -> None:
+    section("One agent update (median)")
     quick = CONF / "quickstart.yaml"
     time_updates("quickstart SAC", load_config(quick, ["mlr.enabled=false"]), repeats=5)
-    time_updates("quickstart SAC+MLR", load_config(quick), repeats=5)
+    eager = time_updates("quickstart SAC+MLR", load_config(quick), repeats=5)
+    # The compiled update's speed on this CPU (its equality with eager is a test); the first update compiles.
+    compiled = time_updates("quickstart SAC+MLR compiled", load_config(quick, ["trainer.compile=default"]), repeats=5)
+    SUMMARY["compiled_speed_ratio_quickstart_cpu"] = eager / compiled
     paper = CONF / "dmc" / "cartpole_swingup.yaml"
     time_updates("paper SAC (Baseline)", load_config(paper, ["mlr.enabled=false"]), repeats=2)
     if not args.skip_paper_mlr:
         time_updates("paper SAC+MLR", load_config(paper), repeats=2)
 
-    print("\n== Replay sampling (paper sizes) ==")
-    replay_snapshot(replay_sampling(100_000, episode_len=126, seq_len=16))
 
-    print("\n== Environment throughput (100x100 pixels, camera 0, 3 stacked frames) ==")
-    for task, repeat in [("cartpole_swingup", 8), ("cheetah_run", 4)]:
-        for fast in (False, True):
-            env_throughput(task, repeat, fast, agent_steps=250)
-    if args.atari == "also":
-        print()
+def data_main(snapshot: bool) -> None:
+    section("Replay sampling (paper sizes)")
+    replay = filled_replay(100_000, episode_len=126, seq_len=16)
+    result = replay_sampling(replay)
+    SUMMARY["sampling_ratio_new_vs_old"] = result["ratio_new_vs_old"]
+    SUMMARY["sampling_bytes_ratio_new_vs_old"] = result["bytes_ratio_new_vs_old"]
+    if snapshot:
+        replay_snapshot(replay)
+    del replay
+    section("Environment throughput (100x100 pixels, camera 0, 3 stacked frames; fast renderer)")
+    dmc_collector_shares()
+
+
+def gpu_main() -> None:
+    """The GPU figures: paper-size updates (fp32, bf16-mixed, compiled), sampling with the replay on the
+    host and on the GPU, and dm_control steps/s with EGL on the GPU."""
+    if not torch.cuda.is_available():
+        raise SystemExit("--only gpu needs a CUDA GPU")
+    report("device", f"GPU: {torch.cuda.get_device_name()}", gpu=torch.cuda.get_device_name(), torch=torch.__version__)
+    section("Paper-size updates on the GPU (median)")
+    paper = CONF / "dmc" / "cartpole_swingup.yaml"
+    fp32 = time_updates("paper SAC+MLR fp32", load_config(paper), repeats=10, accelerator="gpu")
+    time_updates("paper SAC+MLR bf16-mixed", load_config(paper), repeats=10, accelerator="gpu", precision="bf16-mixed")
+    compiled = time_updates("paper SAC+MLR compiled", load_config(paper, ["trainer.compile=default"]), repeats=10,
+                            accelerator="gpu")
+    # Atari: batch 32, two updates per agent step: kernel launches dominate, which CUDA graphs remove.
+    atari = CONF / "atari" / "pong.yaml"
+    time_atari_updates("Atari paper Rainbow+MLR fp32", load_config(atari), repeats=10, accelerator="gpu")
+    time_atari_updates("Atari paper Rainbow+MLR bf16-mixed", load_config(atari), repeats=10, accelerator="gpu",
+                       precision="bf16-mixed")
+    time_atari_updates("Atari paper Rainbow+MLR compiled+cudagraphs",
+                       load_config(atari, ["trainer.compile=default", "trainer.cudagraphs=true"]), repeats=10,
+                       accelerator="gpu")
+    SUMMARY |= {"update_ms_paper_dmc_fp32": 1000 * fp32, "update_ms_paper_dmc_compiled": 1000 * compiled}
+    section("Replay sampling, paper sizes: replay on the host, then on the GPU (stacks assembled on the GPU)")
+    host = filled_replay(100_000, episode_len=126, seq_len=16)
+    host_result = replay_sampling(host, label="host")
+    del host
+    device = filled_replay(100_000, episode_len=126, seq_len=16, device="cuda")
+    device_result = replay_sampling(device, label="device")
+    SUMMARY |= {"sampling_ms_host": host_result["new_ms"], "sampling_ms_device": device_result["new_ms"],
+                "sampling_share_of_update_device": (device_result["new_ms"] + device_result["assemble_ms"]) / (1000 * fp32)}
+    del device
+    section("dm_control with EGL on the GPU")
+    for fast in (False, True):
+        env_throughput("cartpole_swingup", 8, fast, agent_steps=500)
+
+
+def main() -> None:
+    global JSON
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--skip-paper-mlr", action="store_true", help="skip the paper-size SAC+MLR update (~20 s each)")
+    parser.add_argument("--atari", choices=["also", "only", "skip"], default="also", help="the Atari-100k figures")
+    parser.add_argument("--atari-mlr-repeats", type=int, default=2, help="timed paper-size Atari MLR updates")
+    parser.add_argument("--only", choices=["data", "gpu"], help="data: sampling and collector figures only; gpu: the GPU figures")
+    parser.add_argument("--json", action="store_true", help="one JSON object per line")
+    args = parser.parse_args()
+    JSON = args.json
+    report("machine", f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
+           f"{torch.cuda.get_device_name() if torch.cuda.is_available() else 'CPU'}",
+           torch=torch.__version__, threads=torch.get_num_threads())
+    if args.only == "data":
+        data_main(snapshot=False)
+        section("Atari environment throughput")
+        atari_throughput("pong", agent_steps=1000)
+    elif args.only == "gpu":
+        gpu_main()
+    elif args.atari == "only":
         atari_main(args)
+    else:
+        updates_main(args)
+        data_main(snapshot=True)
+        section("Environment throughput, default renderer")
+        for task, repeat in [("cartpole_swingup", 8), ("cheetah_run", 4)]:
+            env_throughput(task, repeat, False, agent_steps=250)
+        if args.atari == "also":
+            atari_main(args)
+    report("summary", "\n" + "\n".join(f"{k}: {v:.3f}" for k, v in SUMMARY.items()), **SUMMARY)
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ from torch import Tensor
 from torchrl.data import LazyTensorStorage, TensorDictReplayBuffer
 from torchrl.data.replay_buffers import Sampler
 
-from mlr_lightning.data.torchrl_internals import storage_fields, storage_nbytes
+from mlr_lightning.data.torchrl_internals import SliceWriter, storage_fields, storage_nbytes
 
 FRAMES, STACKS = "frames", "stacks"  # the batch keys of a deduplicated batch (see the module docstring)
 
@@ -53,7 +53,7 @@ class FrameStore:
                  device: torch.device | str = "cpu"):
         self.frame_stack = frame_stack
         self.storage = LazyTensorStorage(capacity, device="cpu")
-        self.buffer = TensorDictReplayBuffer(storage=self.storage, sampler=sampler)
+        self.buffer = TensorDictReplayBuffer(storage=self.storage, sampler=sampler, writer=SliceWriter())
         self._frame_storage(capacity, device)
 
     def _frame_storage(self, capacity: int, device: torch.device | str) -> None:
@@ -61,7 +61,7 @@ class FrameStore:
         self.frames = LazyTensorStorage(capacity, device=self.device)
         # A TensorDict ({"pixels": ...}) rather than a bare tensor: TorchRL's ``loads`` can refill
         # only TensorDict storages.
-        self.frame_buffer = TensorDictReplayBuffer(storage=self.frames)
+        self.frame_buffer = TensorDictReplayBuffer(storage=self.frames, writer=SliceWriter())
 
     def place(self, device: torch.device | str) -> None:
         """Keep the frames on ``device`` from now on; only before anything is written or loaded."""

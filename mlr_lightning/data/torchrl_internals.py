@@ -7,10 +7,12 @@ torchrl 0.14.1 (pinned in pyproject.toml): re-check this file when the pin moves
 from __future__ import annotations
 
 from tensordict import TensorDictBase
+from tensordict.utils import expand_as_right
 from torchrl.collectors import Collector
 import torch
 from torchrl.data import LazyTensorStorage
 from torchrl.data.replay_buffers import Sampler
+from torchrl.data.replay_buffers.writers import TensorDictRoundRobinWriter
 from torchrl.envs import EnvBase
 
 CHECKED_AGAINST = "0.14.1"
@@ -48,3 +50,28 @@ def set_sampler_generator(sampler: Sampler, generator: torch.Generator | None) -
     """Make a sampler draw from ``generator`` (None: torch's global generator, TorchRL's default).
     Samplers read ``_rng``; ``ReplayBuffer(generator=...)`` sets it only for the buffer's own sampler."""
     sampler._rng = generator
+
+
+class SliceWriter(TensorDictRoundRobinWriter):
+    """TorchRL's round-robin writer, writing rows that do not wrap around with a slice.
+
+    The stock writer always indexes the storage with a tensor of rows, an advanced-indexing write;
+    with torch's two intra-op threads on a loaded two-core machine one such write of a frame took
+    0.2-0.3 ms against 5-13 us for the slice copy. The rest is the stock ``extend``: cursor, write
+    count, the ``"index"`` field and the samplers' update hooks (new rows' priorities).
+    """
+
+    def extend(self, data: TensorDictBase) -> torch.Tensor:
+        start, count = self._cursor, len(data)
+        size = self._storage._max_size_along_dim0(batched_data=data)
+        if start + count > size:
+            return super().extend(data)
+        index = torch.arange(start, start + count, dtype=torch.long, device=data.device or "cpu")
+        self._cursor = (start + count) % size
+        self._write_count += count
+        data.set("index", expand_as_right(index, data))
+        self._storage.set(slice(start, start + count), data)
+        self._bump_generation(index, data)
+        index = self._replicate_index(index)
+        self._mark_update_entities(index)
+        return index
