@@ -29,17 +29,17 @@ def stream_counters(snapshot):
 
 
 def test_a_nan_loss_stops_the_run_naming_the_update_the_loss_and_the_last_good_snapshot(tiny_overrides, tmp_path, monkeypatch):
-    real_sample = UniformReplay.sample_transitions
+    real_sample = UniformReplay.sample
     calls = []
 
-    def reward_turns_nan(self, batch_size):  # a corrupted reward reaches the real critic loss
-        batch = real_sample(self, batch_size)
+    def reward_turns_nan(self, *args, **kwargs):  # a corrupted reward reaches the real critic loss
+        batch = real_sample(self, *args, **kwargs)
         calls.append(1)
         if len(calls) == 15:
-            batch["reward"][0] = float("nan")
+            batch["rl", "reward"][0] = float("nan")
         return batch
 
-    monkeypatch.setattr(UniformReplay, "sample_transitions", reward_turns_nan)
+    monkeypatch.setattr(UniformReplay, "sample", reward_turns_nan)
     checkpoints = tmp_path / "runs" / "run" / "checkpoints"
     with pytest.raises(RunFailed, match=rf"non-finite train/critic_loss at update 14 \(then .*\); the last good checkpoint is "
                                         rf"{checkpoints / snapshot_name(10)}"):

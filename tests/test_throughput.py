@@ -246,3 +246,20 @@ def test_compiled_updates_equal_eager_ones(tiny_overrides, fill_replay, collecte
                                 num_actions=6)
         states[mode] = fit_updates(agent, batches)
     assert_close_states(states["default"], states[False])
+
+
+def test_a_sparse_finite_check_still_names_the_first_non_finite_update(tiny_overrides, fill_replay, collected, one_thread):
+    from mlr_lightning.agents.sac_mlr import SACMLRAgent
+
+    cfg = load_config(None, [*tiny_overrides, "trainer.finite_check_every=4"])
+    replay = fill_replay(collected, capacity=1000, seq_len=cfg.mlr.seq_len, batch_size=cfg.train.batch_size,
+                         window_batch_size=cfg.mlr.batch_size)
+    batches = batches_of(replay, 6)
+    batches[2]["rl", "reward"][0] = float("nan")  # the third update's critic loss
+    torch.manual_seed(0)
+    agent = SACMLRAgent(cfg, action_dim=1)
+    with pytest.raises(NonFiniteLossError, match=r"^non-finite train/critic_loss at update 2 \(then "):
+        fit_updates(agent, batches)
+    assert agent.updates == 4, "checked after the fourth update, without waiting for the device before"
+    with pytest.raises(NonFiniteLossError):  # nor can a snapshot be taken of these weights
+        agent.on_save_checkpoint({})

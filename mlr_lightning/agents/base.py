@@ -70,12 +70,6 @@ def check_finite(metrics: dict[str, Tensor], update: int) -> None:
     guard.check()
 
 
-def adam(params, device: torch.device, **kwargs) -> torch.optim.Adam:
-    """Adam with torch's fused kernel on CUDA (one launch for all parameters); elsewhere torch's
-    default implementation, so CPU runs keep their numbers."""
-    return torch.optim.Adam(params, fused=True if device.type == "cuda" else None, **kwargs)
-
-
 class RLAgent(pl.LightningModule):
     """Base of the agents. Subclasses build their networks, name their optimizers (in the order
     ``configure_optimizers`` returns them), list the networks to compile (:meth:`compiled_networks`)
@@ -111,6 +105,13 @@ class RLAgent(pl.LightningModule):
         optimizers = self.optimizers()
         optimizers = optimizers if isinstance(optimizers, list) else [optimizers]
         return optimizers[self.optimizer_names.index(name)]
+
+    def adam(self, params, **kwargs) -> torch.optim.Adam:
+        """Adam with torch's fused kernel on a CUDA GPU (one launch for all parameters), except under
+        16-mixed, whose gradient scaler must unscale before the agents clip (Lightning cannot with a
+        fused optimizer); elsewhere torch's default implementation, so CPU runs keep their numbers."""
+        fused = self.device.type == "cuda" and (self._trainer is None or self.trainer.precision != "16-mixed")
+        return torch.optim.Adam(params, fused=True if fused else None, **kwargs)
 
     def step(self, optimizer: LightningOptimizer, loss: Tensor) -> None:
         """zero_grad, backward and step, through Lightning (precision, gradient scaling, DDP)."""

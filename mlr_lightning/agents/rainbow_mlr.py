@@ -35,7 +35,7 @@ from torch import Tensor, nn
 from torchrl import timeit
 from torchrl.envs.utils import ExplorationType, exploration_type, set_exploration_type
 
-from mlr_lightning.agents.base import RLAgent, adam
+from mlr_lightning.agents.base import RLAgent
 from mlr_lightning.data.augment import random_intensity, random_shift
 from mlr_lightning.mlr.decoder import PredictiveLatentDecoder
 from mlr_lightning.mlr.heads import ql1_projection
@@ -133,7 +133,7 @@ class RainbowMLRAgent(RLAgent):
     # ------------------------------------------------------------------------------ optimiser
     def configure_optimizers(self):
         params = [p for p in self.parameters() if p.requires_grad]
-        return adam(params, self.device, lr=self.rainbow.lr, eps=self.rainbow.adam_eps)
+        return self.adam(params, lr=self.rainbow.lr, eps=self.rainbow.adam_eps)
 
     def compiled_networks(self) -> list[nn.Module]:
         networks = [self.online, self.target]

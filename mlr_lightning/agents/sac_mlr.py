@@ -24,7 +24,7 @@ from torch import Tensor, nn
 from torchrl import timeit
 from torchrl.envs.utils import ExplorationType, exploration_type
 
-from mlr_lightning.agents.base import RLAgent, adam
+from mlr_lightning.agents.base import RLAgent
 from mlr_lightning.agents.schedules import inverse_sqrt_schedule
 from mlr_lightning.data.augment import center_crop, random_crop, random_intensity
 from mlr_lightning.mlr.decoder import PredictiveLatentDecoder
@@ -111,13 +111,13 @@ class SACMLRAgent(RLAgent):
         tied = {id(p) for p in self.critic.encoder.convs.parameters()}
         actor_params = [p for p in self.actor.parameters() if id(p) not in tied]  # convs get no actor gradient
         optimizers = [
-            adam(self.critic.parameters(), self.device, lr=sac.critic_lr, betas=(sac.critic_beta, ADAM_BETA2)),
-            adam(actor_params, self.device, lr=sac.actor_lr, betas=(sac.actor_beta, ADAM_BETA2)),
-            adam([self.log_alpha], self.device, lr=sac.alpha_lr, betas=(sac.alpha_beta, ADAM_BETA2)),
+            self.adam(self.critic.parameters(), lr=sac.critic_lr, betas=(sac.critic_beta, ADAM_BETA2)),
+            self.adam(actor_params, lr=sac.actor_lr, betas=(sac.actor_beta, ADAM_BETA2)),
+            self.adam([self.log_alpha], lr=sac.alpha_lr, betas=(sac.alpha_beta, ADAM_BETA2)),
         ]
         if not self.mlr.enabled:
             return optimizers
-        mlr_opt = adam(self.mlr_parameters(), self.device, lr=self.mlr.lr)
+        mlr_opt = self.adam(self.mlr_parameters(), lr=self.mlr.lr)
         schedule = torch.optim.lr_scheduler.LambdaLR(mlr_opt, inverse_sqrt_schedule(self.mlr.warmup_steps, self.mlr.warmup_init_factor))
         return optimizers + [mlr_opt], [{"scheduler": schedule, "interval": "step"}]
 
