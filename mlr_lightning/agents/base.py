@@ -63,13 +63,6 @@ class FiniteGuard:
             raise NonFiniteLossError(min(bad), [name for name, update in first.items() if update == min(bad)])
 
 
-def check_finite(metrics: dict[str, Tensor], update: int) -> None:
-    """One device sync for all losses together (in the order they were computed)."""
-    guard = FiniteGuard()
-    guard.record(metrics, update)
-    guard.check()
-
-
 class RLAgent(pl.LightningModule):
     """Base of the agents. Subclasses build their networks, name their optimizers (in the order
     ``configure_optimizers`` returns them), list the networks to compile (:meth:`compiled_networks`)
