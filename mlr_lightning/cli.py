@@ -29,7 +29,16 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--resume", metavar="PATH|auto",
                      help="continue a run from its full-state checkpoint: a run directory, a snapshot "
                           "(checkpoints/update-N) or 'auto' (this config's latest run, or a fresh start if none)")
+    fit.add_argument("--allow-change", action="append", default=[], metavar="KEY",
+                     help="with --resume: let this optimiser setting differ from the run's config (repeatable), "
+                          "e.g. --allow-change sac.alpha_lr to continue a diverging run with a smaller rate")
     fit.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. mlr.enabled=false seed=3")
+
+    sync = commands.add_parser("sync", help="fill a run's MLflow history in from its metrics.csv",
+                               description="Log the rows of <run_dir>/metrics.csv that its MLflow run is missing "
+                                           "(e.g. after the tracking server was down during training).")
+    sync.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    sync.add_argument("--tracking-uri", help="default: the store recorded in <run_dir>/mlflow_run.json")
 
     grid = commands.add_parser("grid", help="run seeds x overrides into one MLflow experiment",
                                description="Run every combination of --seeds and --vary, one after the other, "
@@ -63,7 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return {"fit": run_fit, "grid": run_grid, "compare": run_compare,
+        return {"fit": run_fit, "grid": run_grid, "compare": run_compare, "sync": run_sync,
                 "atari-table": run_atari_table}[args.command](args)
     except ConfigError as err:
         print(f"config error: {err}", file=sys.stderr)
@@ -80,25 +89,46 @@ def run_fit(args) -> int:
     from mlr_lightning.envs.dmc import UnknownTaskError
     from mlr_lightning.envs.rendering import RenderBackendError
     from mlr_lightning.training.experiment import RunFailed, RunInterrupted, fit
+    from mlr_lightning.training.run_dir import RunDirError
     from mlr_lightning.training.snapshot import CheckpointError
+    from mlr_lightning.training.tracking import TrackingStoreError
 
     try:
-        run_dir = fit(cfg, resume=getattr(args, "resume", None))
-    except (UnknownTaskError, UnknownGameError, RenderBackendError, CheckpointError) as err:
+        run_dir = fit(cfg, resume=getattr(args, "resume", None), allow_change=getattr(args, "allow_change", ()))
+    except (UnknownTaskError, UnknownGameError, RenderBackendError, CheckpointError, RunDirError,
+            TrackingStoreError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except (RunFailed, EnvironmentFailure) as err:
         print(f"error: training stopped: {err}", file=sys.stderr)
         return 1
     except RunInterrupted as stop:
-        print(f"{stop.signal_name}: stopped at env step {stop.env_steps}; the full state is saved in "
-              f"{stop.run_dir / 'checkpoints'}.\nResume with: python -m mlr_lightning fit --config "
-              f"{stop.run_dir / 'config.yaml'} --resume {stop.run_dir}", file=sys.stderr)
+        saved = (f"the full state is saved in {stop.run_dir / 'checkpoints'}" if stop.snapshot_saved else
+                 f"stopped at once, without a snapshot: the resume continues from the last snapshot in "
+                 f"{stop.run_dir / 'checkpoints'}")
+        print(f"{stop.signal_name}: stopped at env step {stop.env_steps}; {saved}.\nResume with: python -m "
+              f"mlr_lightning fit --config {stop.run_dir / 'config.yaml'} --resume {stop.run_dir}", file=sys.stderr)
         return 128 + {"SIGINT": signal.SIGINT, "SIGTERM": signal.SIGTERM}[stop.signal_name]
     from lightning.pytorch.utilities import rank_zero_only
 
     if rank_zero_only.rank == 0:  # under DDP every rank returns here
         print(f"Results: {run_dir} (config.yaml, metrics.csv, checkpoints/last.ckpt)")
+    return 0
+
+
+def run_sync(args) -> int:
+    from mlr_lightning.training.tracking import TrackingStoreError, sync_run
+
+    for run_dir in args.run_dirs:
+        if not Path(run_dir, "metrics.csv").is_file():
+            print(f"error: {run_dir} is not a run directory (no metrics.csv)", file=sys.stderr)
+            return 2
+        try:
+            run_id, last = sync_run(Path(run_dir), args.tracking_uri)
+        except TrackingStoreError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        print(f"{run_dir}: MLflow run {run_id} holds metrics through env step {last}")
     return 0
 
 

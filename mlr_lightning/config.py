@@ -135,6 +135,9 @@ class TrainerConfig:
     log_every_updates: int = 50
     # Rank r seeds its environment and its sampling with seed + r * rank_seed_stride (rank 0: seed).
     rank_seed_stride: int = 1000
+    # A snapshot is "good" only if every parameter is finite and at most this in magnitude: a run
+    # that diverges stops before it overwrites its last good snapshot (healthy weights are O(1)).
+    max_abs_weight: float = 1.0e4
 
 
 @dataclass
@@ -281,6 +284,10 @@ STRATEGIES = ("auto", "ddp")
 # Keys a resumed run may change: they affect bookkeeping, not the experiment.
 RESUMABLE_CHANGES = ("run_name", "output_dir", "trainer.checkpoint_every_updates", "trainer.keep_checkpoints",
                      "trainer.log_every_updates")
+# Optimiser settings a resume may change when the user names them (``fit --resume ... --allow-change
+# KEY``), e.g. to continue a diverging run with a smaller learning rate.
+OPTIMIZER_KEYS = ("sac.critic_lr", "sac.actor_lr", "sac.alpha_lr", "sac.critic_beta", "sac.actor_beta",
+                  "sac.alpha_beta", "mlr.lr", "mlr.grad_clip", "rainbow.lr", "rainbow.adam_eps", "rainbow.grad_clip")
 
 
 def load_config(paths: str | Path | Sequence[str | Path] | None = None, overrides: Sequence[str] = ()) -> DictConfig:
@@ -435,19 +442,20 @@ def _type_message(err: ValidationError, origin: str) -> str:
     )
 
 
-def config_differences(saved: DictConfig, current: DictConfig) -> list[str]:
-    """Dotted keys whose values differ between two configs, except :data:`RESUMABLE_CHANGES`."""
-    flat = [_flatten(OmegaConf.to_container(c, resolve=True)) for c in (saved, current)]
+def config_differences(saved: DictConfig, current: DictConfig, allowed: Sequence[str] = ()) -> list[str]:
+    """Dotted keys whose values differ between two configs, except :data:`RESUMABLE_CHANGES` and ``allowed``."""
+    flat = [flatten(OmegaConf.to_container(c, resolve=True)) for c in (saved, current)]
     keys = sorted(set(flat[0]) | set(flat[1]))
     return [f"{k}: {flat[0].get(k)!r} -> {flat[1].get(k)!r}" for k in keys
-            if flat[0].get(k) != flat[1].get(k) and k not in RESUMABLE_CHANGES]
+            if flat[0].get(k) != flat[1].get(k) and k not in RESUMABLE_CHANGES and k not in allowed]
 
 
-def _flatten(tree: dict, prefix: str = "") -> dict:
+def flatten(tree: dict, prefix: str = "") -> dict:
+    """Nested dict -> ``{"a.b.c": value}``."""
     flat = {}
     for key, value in tree.items():
         if isinstance(value, dict):
-            flat |= _flatten(value, f"{prefix}{key}.")
+            flat |= flatten(value, f"{prefix}{key}.")
         else:
             flat[f"{prefix}{key}"] = value
     return flat

@@ -36,6 +36,20 @@ def check_finite(metrics: dict[str, Tensor], update: int) -> None:
         raise NonFiniteLossError(update, bad)
 
 
+class DivergedError(FloatingPointError):
+    """Parameters became non-finite or implausibly large: the run diverged, though its losses may
+    still be finite (a huge log-temperature, say). Raised before such a state is called a good snapshot."""
+
+
+def check_parameters(module: torch.nn.Module, max_abs: float, update: int) -> None:
+    """Raise :class:`DivergedError` naming the first parameter that is non-finite or exceeds ``max_abs``."""
+    for name, param in module.named_parameters():
+        peak = param.detach().abs().max()
+        if not bool(torch.isfinite(peak)) or float(peak) > max_abs:
+            raise DivergedError(f"parameter {name} reached {float(peak):.3g} at update {update} "
+                                f"(trainer.max_abs_weight={max_abs:g}): the run diverged")
+
+
 class RLAgent(pl.LightningModule):
     """Base of the agents. Subclasses build their networks, name their optimizers (in the order
     ``configure_optimizers`` returns them) and call :meth:`finish_update` at the end of each update."""
@@ -56,6 +70,14 @@ class RLAgent(pl.LightningModule):
         optimizers = self.optimizers()
         optimizers = optimizers if isinstance(optimizers, list) else [optimizers]
         return optimizers[self.optimizer_names.index(name)]
+
+    def on_train_start(self) -> None:
+        """A resume restores the optimisers' states, learning rates included; a resume that changes an
+        optimiser setting on purpose (``--allow-change``) must see it applied."""
+        self.apply_optimizer_settings()
+
+    def apply_optimizer_settings(self) -> None:
+        """Set the configured learning rates (and betas/eps) on the optimisers, where they differ."""
 
     def step(self, optimizer: LightningOptimizer, loss: Tensor) -> None:
         """zero_grad, backward and step, through Lightning (precision, gradient scaling, DDP)."""

@@ -135,6 +135,10 @@ class RainbowMLRAgent(RLAgent):
         params = [p for p in self.parameters() if p.requires_grad]
         return torch.optim.Adam(params, lr=self.rainbow.lr, eps=self.rainbow.adam_eps)
 
+    def apply_optimizer_settings(self) -> None:
+        for group in self.optimizer("adam").optimizer.param_groups:
+            group["lr"], group["eps"] = self.rainbow.lr, self.rainbow.adam_eps
+
     def clip_groups(self) -> list[list[nn.Parameter]]:
         """Parameter groups whose gradient norms are clipped separately: the stem (conv + Q head) and
         the transformer; the predictor and the action embedding are not clipped (official)."""

@@ -121,6 +121,20 @@ class SACMLRAgent(RLAgent):
         schedule = torch.optim.lr_scheduler.LambdaLR(mlr_opt, inverse_sqrt_schedule(self.mlr.warmup_steps, self.mlr.warmup_init_factor))
         return optimizers + [mlr_opt], [{"scheduler": schedule, "interval": "step"}]
 
+    def apply_optimizer_settings(self) -> None:
+        sac = self.sac
+        for name, lr, beta1 in (("critic", sac.critic_lr, sac.critic_beta), ("actor", sac.actor_lr, sac.actor_beta),
+                                ("alpha", sac.alpha_lr, sac.alpha_beta)):
+            for group in self.optimizer(name).optimizer.param_groups:
+                group["lr"], group["betas"] = lr, (beta1, ADAM_BETA2)
+        if self.mlr.enabled:
+            schedule = self.lr_schedulers()  # LambdaLR: lr = base_lr * factor(updates)
+            if schedule.base_lrs != [self.mlr.lr]:
+                schedule.base_lrs = [self.mlr.lr]
+                for group in schedule.optimizer.param_groups:
+                    group["initial_lr"] = self.mlr.lr
+                    group["lr"] = self.mlr.lr * schedule.lr_lambdas[0](schedule.last_epoch)
+
     @property
     def alpha(self) -> Tensor:
         return self.log_alpha.exp()

@@ -110,20 +110,22 @@ class FrameStore:
             self.field("has_action")[newest] = False
 
     # ------------------------------------------------------------------------------ persistence
-    def dumps(self, path: Path) -> None:
-        """Write both buffers (contents, write cursor) with TorchRL's own format (memory-mapped)."""
-        Path(path).mkdir(parents=True, exist_ok=True)
-        self.buffer.dumps(Path(path) / "steps")
-        self.frame_buffer.dumps(Path(path) / "frames")
+    def state_dict(self) -> dict:
+        """Rows, frames, write cursors and the sampler's state (priorities), as tensors in memory.
+
+        Snapshots ``torch.save`` it with ordinary file writes: TorchRL's own ``dumps`` writes through
+        memory maps, where a disk that fills up kills the process with SIGBUS instead of raising.
+        """
+        return {"steps": self.buffer.state_dict(), "frames": self.frame_buffer.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.buffer.load_state_dict(state["steps"])
+        self.frame_buffer.load_state_dict(state["frames"])
 
     @property
     def nbytes(self) -> int:
-        """Bytes that :meth:`dumps` writes (TorchRL writes the whole capacity)."""
+        """Bytes of the storages, which a snapshot writes whole (capacity, not only the filled part)."""
         return storage_nbytes(self.storage) + storage_nbytes(self.frames)
-
-    def loads(self, path: Path) -> None:
-        self.buffer.loads(Path(path) / "steps")
-        self.frame_buffer.loads(Path(path) / "frames")
 
     # ---------------------------------------------------------------------------------- sampling
     def _age_order(self, index: Tensor) -> Tensor:

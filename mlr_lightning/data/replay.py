@@ -12,7 +12,6 @@ gives one update's batch, in the batch contract every agent reads::
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from pathlib import Path
 
 import torch
 from tensordict import TensorDict, TensorDictBase
@@ -41,16 +40,16 @@ class Replay(ABC):
     def abandon_episode(self) -> None:
         self.store.abandon_episode()
 
-    def dumps(self, path: Path) -> None:
-        """Contents, write cursor and sampler state (priorities) in TorchRL's own format."""
-        self.store.dumps(path)
+    def state_dict(self) -> dict:
+        """Contents, write cursor and sampler state (priorities): see :meth:`FrameStore.state_dict`."""
+        return self.store.state_dict()
 
-    def loads(self, path: Path) -> None:
-        self.store.loads(path)
+    def load_state_dict(self, state: dict) -> None:
+        self.store.load_state_dict(state)
 
     @property
     def nbytes(self) -> int:
-        """Bytes that :meth:`dumps` writes."""
+        """Bytes that :meth:`state_dict` holds."""
         return self.store.nbytes
 
     def __len__(self) -> int:
