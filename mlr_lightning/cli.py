@@ -52,11 +52,15 @@ def build_parser() -> argparse.ArgumentParser:
     grid.add_argument("overrides", nargs="*", metavar="key=value", help="overrides shared by every run")
 
     cmp = commands.add_parser("compare", help="tables and plots from an MLflow experiment",
-                              description="Per-task mean ± std at step budgets beside the paper's numbers, "
+                              description="Counts one FINISHED run per task, algorithm and seed (lists the rest). "
+                                          "Per-task mean ± sample std at step budgets beside the paper's numbers, "
                                           "aggregate IQM/median/mean/optimality gap with bootstrap CIs, plots.")
     cmp.add_argument("--experiment", default="mlr_lightning")
     cmp.add_argument("--filter", default="", help="MLflow filter, e.g. \"tags.task = 'walker_walk'\"")
-    cmp.add_argument("--budgets", type=int, nargs="+", default=[100_000, 500_000], help="environment steps")
+    cmp.add_argument("--budgets", type=int, nargs="+", default=None,
+                     help="environment steps, e.g. 100000 500000 (default: the runs' final evaluation steps)")
+    cmp.add_argument("--common-seeds", action="store_true",
+                     help="where an algorithm has unequal runs per task, aggregate only the seeds every task has")
     cmp.add_argument("--tracking-uri", help="default: $MLFLOW_TRACKING_URI, else sqlite:///<output-dir>/mlflow.db")
     cmp.add_argument("--output-dir", default="runs", help="where fit wrote runs (locates the embedded store)")
     cmp.add_argument("--out", default=None, help="directory for tables and plots (default <output-dir>/compare-<experiment>)")
@@ -84,6 +88,9 @@ def run_fit(args) -> int:
     if getattr(args, "print_config", False):
         print(to_yaml(cfg), end="")
         return 0
+    from mlr_lightning.mlr.warmup import warmup_note
+    if note := warmup_note(cfg):
+        print(note, file=sys.stderr)
     from mlr_lightning.data.stream import EnvironmentFailure
     from mlr_lightning.envs.atari import UnknownGameError
     from mlr_lightning.envs.dmc import UnknownTaskError
@@ -165,14 +172,11 @@ def run_compare(args) -> int:
     client = MlflowClient(resolve_tracking_uri(args.tracking_uri, args.output_dir))
     out = Path(args.out or Path(args.output_dir) / f"compare-{args.experiment}")
     try:
-        result = compare(client, args.experiment, out, args.budgets, args.filter, reps=args.reps)
+        compare(client, args.experiment, out, args.budgets, args.filter, reps=args.reps, common_seeds=args.common_seeds)
     except CompareError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    print((out / "per_task.md").read_text())
-    for budget in result["aggregate"]:
-        print(f"Aggregate over tasks at {budget} environment steps (normalised scores, 95% stratified bootstrap CIs):")
-        print((out / f"aggregate_{budget}.md").read_text())
+    print((out / "summary.md").read_text())
     print(f"Tables and plots: {out}")
     return 0
 

@@ -192,3 +192,31 @@ def mlflow_server_factory(tmp_path):
 def mlflow_server(mlflow_server_factory) -> str:
     """The URL of a real MLflow server on localhost."""
     return mlflow_server_factory().url
+
+
+# A real Atari (Pong) Rainbow+MLR agent, the paper's network, run for 60 agent steps: 40 random, 20 updates.
+TINY_ATARI_OVERRIDES = [
+    "rainbow.hidden_dim=32",
+    "rainbow.num_atoms=11",
+    "mlr.decoder_dim=16",
+    "train.num_env_steps=60",
+    "train.init_steps=40",
+    "train.batch_size=4",
+    "replay.capacity=1000",
+    "eval.num_episodes=1",
+    "eval.max_steps=50",
+    "trainer.log_every_updates=5",
+    "trainer.checkpoint_every_updates=10",
+]
+
+
+@pytest.fixture(scope="session")
+def tiny_atari_experiment(tmp_path_factory):
+    """A real MLflow experiment of the tiny Atari agent made by ``grid``: MLR on/off, seed 1."""
+    from mlr_lightning.cli import main
+
+    out = tmp_path_factory.mktemp("atari_experiment")
+    code = main(["grid", "--config", "conf/atari/quickstart.yaml", "--seeds", "1", "--vary", "mlr.enabled=true,false",
+                 "--experiment", "tiny_atari", *TINY_ATARI_OVERRIDES, f"output_dir={out}", "tracking.video=false"])
+    assert code == 0
+    return {"output_dir": out, "uri": f"sqlite:///{out / 'mlflow.db'}", "experiment": "tiny_atari"}
