@@ -7,13 +7,13 @@ resumed from a full-state snapshot (see :mod:`mlr_lightning.training.snapshot`).
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from pathlib import Path
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.callbacks import TQDMProgressBar
 from lightning.pytorch.plugins import MixedPrecision
 from lightning.pytorch.strategies import DDPStrategy
 from lightning.pytorch.utilities.exceptions import SIGTERMException
@@ -28,6 +28,7 @@ from mlr_lightning.data.stream import ExperienceStream, make_collector
 from mlr_lightning.domains import Domain, domain_of
 from mlr_lightning.training.callbacks import GracefulInterrupt, RunArtifacts, UpdateCheckpoint
 from mlr_lightning.training.evaluation import PeriodicEvaluation
+from mlr_lightning.training.progress import EnvStepProgressBar
 from mlr_lightning.training.snapshot import (
     MODEL_FILE,
     check_same_experiment,
@@ -126,6 +127,7 @@ def make_trainer(cfg: DictConfig, run_dir: Path, loggers, callbacks) -> pl.Train
         logger=loggers,
         log_every_n_steps=cfg.trainer.log_every_updates,
         enable_checkpointing=False,  # UpdateCheckpoint counts agent updates and saves the full state
+        enable_model_summary=logging.getLogger("lightning.pytorch").isEnabledFor(logging.INFO),  # fit --verbose
         callbacks=callbacks,
     )
 
@@ -163,7 +165,7 @@ def _train(cfg: DictConfig, run_dir: Path, snapshot: Path | None) -> Path:
     interrupt = GracefulInterrupt()
     loggers = make_loggers(cfg, run_dir, resume_step)
     trainer = make_trainer(cfg, run_dir, loggers, [
-        TQDMProgressBar(refresh_rate=cfg.trainer.log_every_updates),
+        EnvStepProgressBar(cfg.train.num_env_steps, refresh_updates=cfg.trainer.log_every_updates),
         *domain.callbacks(cfg, replay),  # before the snapshot, which holds what they change (priorities)
         evaluation,
         checkpoint,
