@@ -13,7 +13,6 @@ from pathlib import Path
 
 from mlr_lightning.config import ConfigError, load_config, to_yaml
 
-
 FIT_EXAMPLES = """\
   python -m mlr_lightning fit --config conf/quickstart.yaml                 # SAC+MLR on CPU, minutes
   python -m mlr_lightning fit --config conf/dmc/walker_walk.yaml seed=2     # paper settings (GPU)
@@ -48,8 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def command(name: str, examples: str, **kwargs) -> argparse.ArgumentParser:
-        return commands.add_parser(name, epilog="examples:\n" + examples, formatter_class=argparse.RawDescriptionHelpFormatter,
-                                   **kwargs)
+        return commands.add_parser(name, epilog="examples:\n" + examples,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter, **kwargs)
 
     fit = command("fit", FIT_EXAMPLES, help="train an agent from a config file", description="Train an agent.")
     fit.add_argument("--config", required=True, action="append",
@@ -65,8 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. mlr.enabled=false seed=3")
 
     grid = command("grid", GRID_EXAMPLES, help="run seeds x overrides into one MLflow experiment",
-                               description="Run every combination of --seeds and --vary, one after the other, "
-                                           "into one MLflow experiment; --print-only prints the commands instead.")
+                   description="Run every combination of --seeds and --vary, one after the other, "
+                               "into one MLflow experiment; --print-only prints the commands instead.")
     grid.add_argument("--config", required=True)
     grid.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     grid.add_argument("--vary", action="append", default=[], metavar="key=v1,v2",
@@ -76,8 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
     grid.add_argument("overrides", nargs="*", metavar="key=value", help="overrides shared by every run")
 
     cmp = command("compare", COMPARE_EXAMPLES, help="tables and plots from an MLflow experiment",
-                              description="Per-task mean ± std at step budgets beside the paper's numbers, "
-                                          "aggregate IQM/median/mean/optimality gap with bootstrap CIs, plots.")
+                  description="Per-task mean ± std at step budgets beside the paper's numbers, "
+                              "aggregate IQM/median/mean/optimality gap with bootstrap CIs, plots.")
     cmp.add_argument("--experiment", default="mlr_lightning")
     cmp.add_argument("--filter", default="", help="MLflow filter, e.g. \"tags.task = 'walker_walk'\"")
     cmp.add_argument("--budgets", type=int, nargs="+", default=[100_000, 500_000], help="environment steps")
@@ -87,8 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
     cmp.add_argument("--reps", type=int, default=2000, help="bootstrap repetitions")
 
     table = command("atari-table", TABLE_EXAMPLES, help="per-game Atari-100k table (reference, paper, your runs)",
-                                description="Raw and human-normalised scores per game: random, human, the paper's "
-                                            "Baseline and MLR, and the final evaluations of the runs under --runs.")
+                    description="Raw and human-normalised scores per game: random, human, the paper's "
+                                "Baseline and MLR, and the final evaluations of the runs under --runs.")
     table.add_argument("--runs", default=None, help="directory of run directories (e.g. runs); omit for the paper only")
     return parser
 
@@ -177,8 +176,7 @@ def run_grid(args) -> int:
 
 def run_compare(args) -> int:
     from mlr_lightning.training.console import quiet_libraries
-    from mlr_lightning.training.preflight import check_tracking_uri, check_writable_dir
-    from mlr_lightning.training.tracking import USER_TRACKING_URI, resolve_tracking_uri
+    from mlr_lightning.training.preflight import check_tracking_uri, check_writable_dir, tracking_store
 
     # Arguments first, before MLflow is touched: a mistake costs one line, and creates no store.
     if any(budget <= 0 for budget in args.budgets):
@@ -187,12 +185,11 @@ def run_compare(args) -> int:
         return usage_error(f"--reps is a number of bootstrap repetitions and must be >= 1, got {args.reps}")
     if Path(args.output_dir).exists() and not Path(args.output_dir).is_dir():
         return usage_error(f"--output-dir {args.output_dir} is a file; give the output_dir that fit wrote runs to")
-    uri = resolve_tracking_uri(args.tracking_uri, args.output_dir)
+    uri, where = tracking_store(args.tracking_uri, args.output_dir, "--tracking-uri", "--output-dir")
     out = Path(args.out or Path(args.output_dir) / f"compare-{args.experiment}")
     try:
-        check_tracking_uri(uri, f"--tracking-uri {uri}" if args.tracking_uri else f"MLFLOW_TRACKING_URI={uri}"
-                           if USER_TRACKING_URI else f"--output-dir {args.output_dir}", must_exist=True)
-        check_writable_dir(out, f"--out {out}")
+        check_tracking_uri(uri, where, must_exist=True)  # compare reads a store: it must not create one
+        check_writable_dir(out, f"--out={out}")
     except ConfigError as err:
         return usage_error(str(err))
     quiet_libraries()

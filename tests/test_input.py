@@ -190,7 +190,7 @@ def test_compare_output_dir_that_is_a_file(tmp_path, capsys):
 
 def test_compare_without_a_store_creates_none(tmp_path, capsys):
     assert main(["compare", "--output-dir", str(tmp_path), "--experiment", "x"]) == 2
-    assert f"--output-dir {tmp_path}: no MLflow store at {tmp_path / 'mlflow.db'}" in one_line(capsys)
+    assert f"--output-dir={tmp_path}: no MLflow store at {tmp_path / 'mlflow.db'}" in one_line(capsys)
     assert not any(tmp_path.iterdir()), "compare created a store or an output directory"
 
 

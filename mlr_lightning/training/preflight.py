@@ -33,12 +33,17 @@ def preflight(cfg: DictConfig) -> None:
     check_output_dir(Path(cfg.output_dir), cfg.run_name)
     check_accelerator(cfg.trainer.accelerator, cfg.trainer.devices)
     if cfg.tracking.mlflow:
-        from mlr_lightning.training.tracking import USER_TRACKING_URI, resolve_tracking_uri
+        check_tracking_uri(*tracking_store(cfg.tracking.uri, cfg.output_dir, "tracking.uri", "output_dir"))
 
-        uri = resolve_tracking_uri(cfg.tracking.uri, cfg.output_dir)
-        where = (f"tracking.uri={uri}" if cfg.tracking.uri else f"MLFLOW_TRACKING_URI={uri}" if USER_TRACKING_URI
-                 else f"output_dir={cfg.output_dir}")
-        check_tracking_uri(uri, where)
+
+def tracking_store(uri: str | None, output_dir: str, uri_key: str, dir_key: str) -> tuple[str, str]:
+    """The MLflow store a command will use, and where it came from ("key=value", for messages)."""
+    from mlr_lightning.training.tracking import USER_TRACKING_URI, resolve_tracking_uri
+
+    resolved = resolve_tracking_uri(uri, output_dir)
+    if uri:
+        return resolved, f"{uri_key}={resolved}"
+    return resolved, f"MLFLOW_TRACKING_URI={resolved}" if USER_TRACKING_URI else f"{dir_key}={output_dir}"
 
 
 def check_output_dir(output_dir: Path, run_name: str | None = None) -> None:
