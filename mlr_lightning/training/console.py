@@ -27,6 +27,8 @@ NOISY_WARNINGS = (
     (r"`isinstance\(treespec, LeafSpec\)` is deprecated", FutureWarning),
     # The stream is an IterableDataset with a length, consumed in this process (num_workers=0).
     (r"Your `IterableDataset` has `__len__` defined", UserWarning),
+    # On resume: the stream is restored from our own snapshot (training/snapshot.py), not by Lightning.
+    (r"You're resuming from a checkpoint that ended before the epoch ended", UserWarning),
     # A short run has fewer updates than trainer.log_every_updates; the env-step loggers still log evaluations.
     (r"The number of training batches \(\d+\) is smaller than the logging interval", UserWarning),
     # arch's bootstrap, which rliable calls with the deprecated random_state (compare).
@@ -47,9 +49,7 @@ def quiet_libraries(verbose: bool = False) -> None:
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # so does mlflow, from this variable
     for name in CHATTY_LOGGERS:
         logging.getLogger(name).setLevel(logging.WARNING)
-    # Lightning warns when it creates the MLflow experiment of a first run: expected, not a problem.
-    logging.getLogger("lightning.pytorch.loggers.mlflow").addFilter(
-        lambda record: not record.getMessage().startswith("Experiment with name"))
+    logging.getLogger("lightning.pytorch.loggers.mlflow").addFilter(_not_new_experiment)  # once: a set of filters
     for message, category in NOISY_WARNINGS:
         warnings.filterwarnings("ignore", message=message, category=category)
     warnings.filterwarnings("ignore", category=DeprecationWarning, module="torchrl")  # TorchRL shows its own
@@ -59,6 +59,11 @@ def quiet_libraries(verbose: bool = False) -> None:
         ale_py.ALEInterface.setLoggerMode(ale_py.LoggerMode.Warning)
     except ImportError:
         pass
+
+
+def _not_new_experiment(record: logging.LogRecord) -> bool:
+    """Lightning warns when it creates the MLflow experiment of a first run: expected, not a problem."""
+    return not record.getMessage().startswith("Experiment with name")
 
 
 def fit_summary(run_dir: Path, wall_s: float, resumed: bool = False) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import sys
 import time
 from datetime import timedelta
+from pathlib import Path
 
 from lightning.pytorch.callbacks import ProgressBar
 from tqdm import tqdm
@@ -36,9 +37,11 @@ class EnvStepProgressBar(ProgressBar):
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
         if self._start is not None or not (self._enabled and trainer.is_global_zero):
             return
-        self._start, self._start_steps = time.monotonic(), int(batch["env_steps"])  # > 0 when resumed
+        self._start, self._start_steps = time.monotonic(), int(batch["env_steps"])
         self._last_line_time = self._start
         self._next_line_steps = self._start_steps
+        if trainer.ckpt_path:
+            print(f"Resumed from {Path(trainer.ckpt_path).parent} at env step {self._start_steps}", flush=True)
         if sys.stdout.isatty():
             self._bar = tqdm(total=self.total, initial=self._start_steps, desc="Training", unit=" env steps",
                              unit_scale=True, dynamic_ncols=True, file=sys.stdout)
