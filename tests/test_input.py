@@ -202,10 +202,11 @@ def test_atari_table_runs_directory_missing(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("command", ["fit", "grid", "compare", "atari-table"])
-def test_help_shows_examples(command, run_cli):
-    result = run_cli(command, "--help")
-    assert result.returncode == 0
-    examples = result.stdout.split("examples:\n")[1]
+def test_help_shows_examples(command, capsys):
+    with pytest.raises(SystemExit) as done:
+        main([command, "--help"])
+    assert done.value.code == 0
+    examples = capsys.readouterr().out.split("examples:\n")[1]
     assert f"python -m mlr_lightning {command} " in examples
 
 
