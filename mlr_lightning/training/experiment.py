@@ -7,13 +7,13 @@ resumed from a full-state snapshot (see :mod:`mlr_lightning.training.snapshot`).
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Sequence
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.callbacks import TQDMProgressBar
 from lightning.pytorch.plugins import MixedPrecision
 from lightning.pytorch.strategies import DDPStrategy
 from lightning.pytorch.utilities.exceptions import SIGTERMException
@@ -27,6 +27,7 @@ from mlr_lightning.data.stream import ExperienceStream, make_collector
 from mlr_lightning.domains import Domain, domain_of
 from mlr_lightning.training.callbacks import GracefulInterrupt, HardStop, RunArtifacts, UpdateCheckpoint
 from mlr_lightning.training.evaluation import PeriodicEvaluation
+from mlr_lightning.training.progress import EnvStepProgressBar
 from mlr_lightning.training.run_dir import RunLock, new_run_dir
 from mlr_lightning.training.snapshot import (
     MODEL_FILE,
@@ -110,6 +111,7 @@ def make_trainer(cfg: DictConfig, run_dir: Path, loggers, callbacks) -> pl.Train
         logger=loggers,
         log_every_n_steps=cfg.trainer.log_every_updates,
         enable_checkpointing=False,  # UpdateCheckpoint counts agent updates and saves the full state
+        enable_model_summary=logging.getLogger("lightning.pytorch").isEnabledFor(logging.INFO),  # fit --verbose
         callbacks=callbacks,
     )
 
@@ -164,7 +166,7 @@ def _train(cfg: DictConfig, run_dir: Path, snapshot: Path | None) -> Path:
     interrupt = GracefulInterrupt()
     loggers = make_loggers(cfg, run_dir, resume_step)  # creates (or reopens) the MLflow run on rank 0
     trainer = make_trainer(cfg, run_dir, loggers, [
-        TQDMProgressBar(refresh_rate=cfg.trainer.log_every_updates),
+        EnvStepProgressBar(cfg.train.num_env_steps, refresh_updates=cfg.trainer.log_every_updates),
         *domain.callbacks(cfg, replay),  # before the snapshot, which holds what they change (priorities)
         evaluation,
         checkpoint,
