@@ -135,10 +135,6 @@ def run_fit(args) -> int:
     from mlr_lightning.training.preflight import preflight
 
     preflight(cfg)  # this machine can run it: before a run directory or an MLflow run exists
-    from mlr_lightning.mlr.warmup import warmup_note
-
-    if note := warmup_note(cfg):
-        print(note, file=sys.stderr)
     from mlr_lightning.data.stream import EnvironmentFailure
     from mlr_lightning.envs.atari import UnknownGameError
     from mlr_lightning.envs.dmc import UnknownTaskError
@@ -148,8 +144,14 @@ def run_fit(args) -> int:
     from mlr_lightning.training.snapshot import CheckpointError
     from mlr_lightning.training.tracking import TrackingStoreError
 
+    from mlr_lightning.domains import domain_of
+    from mlr_lightning.mlr.warmup import warmup_note
+
     started = time.monotonic()
     try:
+        domain_of(cfg).check_task(cfg)  # an unknown task or camera is reported before anything else
+        if note := warmup_note(cfg):
+            print(note, file=sys.stderr)
         run_dir = fit(cfg, resume=getattr(args, "resume", None), allow_change=getattr(args, "allow_change", ()))
     except (UnknownTaskError, UnknownGameError, RenderBackendError, CheckpointError, RunDirError,
             TrackingStoreError) as err:
@@ -221,7 +223,7 @@ def run_compare(args) -> int:
     from mlr_lightning.training.preflight import check_tracking_uri, check_writable_dir, tracking_store
 
     # Arguments first, before MLflow is touched: a mistake costs one line, and creates no store.
-    if any(budget <= 0 for budget in args.budgets):
+    if args.budgets and any(budget <= 0 for budget in args.budgets):
         return usage_error(f"--budgets are environment steps and must be > 0, got {' '.join(map(str, args.budgets))}")
     if args.reps < 1:
         return usage_error(f"--reps is a number of bootstrap repetitions and must be >= 1, got {args.reps}")

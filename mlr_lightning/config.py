@@ -463,6 +463,7 @@ BOUNDS: dict[str, tuple] = {
     **dict.fromkeys(["trainer.devices", "trainer.num_nodes", "trainer.checkpoint_every_updates",
                      "trainer.keep_checkpoints", "trainer.log_every_updates"], AT_LEAST_1),
     "trainer.rank_seed_stride": AT_LEAST_0,
+    "trainer.max_abs_weight": POSITIVE,
     "tracking.max_checkpoint_artifact_mb": AT_LEAST_0,
 }
 

@@ -40,8 +40,10 @@ def test_updates_count_the_action_repeat_and_updates_per_step():
 def test_fit_prints_the_note_before_it_starts(tmp_path, capsys):
     from mlr_lightning.cli import main
 
-    # An unknown task stops fit right after the config is read: nothing is trained.
-    code = main(["fit", "--config", "conf/quickstart.yaml", "env.task=cartpole_nothing", f"output_dir={tmp_path}"])
+    # A run directory holding an unfinished attempt stops fit before anything is trained, after the note.
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "metrics.csv").write_text("step\n0\n")
+    code = main(["fit", "--config", "conf/quickstart.yaml", "run_name=run", f"output_dir={tmp_path}"])
     assert code == 2
     err = capsys.readouterr().err
-    assert err.startswith("note: this run makes 600 MLR updates") and "cartpole_nothing" in err
+    assert err.startswith("note: this run makes 600 MLR updates") and "--resume auto" in err
