@@ -64,6 +64,9 @@ class SACConfig:
     critic_tau: float = 0.01  # moving-average rate of the target Q heads
     encoder_tau: float = 0.05  # moving-average rate of the target critic's encoder
     critic_target_update_freq: int = 2
+    # Deviation switch. false (ours): the RL batch's random crop draws offsets 0..16 (every 84-px window
+    # of the 100-px frame, as the MLR crop does). true (official SAC sampler): 0..15.
+    official_crop_range: bool = False
 
 
 @dataclass

@@ -143,8 +143,9 @@ class SACMLRAgent(RLAgent):
     def training_step(self, batch: TensorDictBase, batch_idx: int) -> None:
         t = batch["rl"]  # [B]: pixels, action, reward, terminated, next_pixels (see data/replay.py)
         crop = self.cfg.env.crop_size
-        obs = random_crop(t["pixels"], crop)  # [B, 3S, 84, 84] uint8
-        next_obs = random_crop(t["next_pixels"], crop)  # independent crop, as the official sampler
+        every_window = not self.sac.official_crop_range
+        obs = random_crop(t["pixels"], crop, every_window)  # [B, 3S, 84, 84] uint8
+        next_obs = random_crop(t["next_pixels"], crop, every_window)  # independent crop, as the official sampler
         with timeit("update/critic"):
             metrics = self.update_critic(obs, t["action"], t["reward"], next_obs, t["terminated"])
         if self.mlr.enabled:
