@@ -1,4 +1,4 @@
-"""Command line: ``python -m mlr_lightning {fit,grid,compare} ...``.
+"""Command line: ``python -m mlr_lightning {fit,grid,sweep,compare,sync,atari-table} ...``.
 
 Knows about files, arguments and messages; nothing about tensors.
 """
@@ -32,6 +32,12 @@ COMPARE_EXAMPLES = """\
   python -m mlr_lightning compare --experiment ablation --budgets 100000 500000 --output-dir runs
   python -m mlr_lightning compare --experiment atari100k --budgets 100000 --filter "tags.mlr = 'on'"
   python -m mlr_lightning compare --experiment ablation --tracking-uri http://mlflow.example.org:5000
+"""
+SWEEP_EXAMPLES = """\
+  python -m mlr_lightning sweep --config conf/sweeps/dmc100k.yaml --dry-run      # 120 trials, nothing run
+  python -m mlr_lightning sweep --config conf/sweeps/quickstart.yaml             # 2 x 2 tiny CPU trials
+  python -m mlr_lightning sweep --config conf/sweeps/atari100k.yaml --address HEAD:6379 tracking.uri=http://HEAD:5000
+  python -m mlr_lightning sweep --config conf/sweeps/dmc100k.yaml --print-only   # one fit per line (SLURM array)
 """
 SYNC_EXAMPLES = """\
   python -m mlr_lightning sync runs/cartpole_swingup-mlr-s1-20261125-120000  # after the server was down
@@ -87,6 +93,23 @@ def build_parser() -> argparse.ArgumentParser:
     grid.add_argument("--print-only", action="store_true", help="print one fit command per run and exit")
     grid.add_argument("overrides", nargs="*", metavar="key=value", help="overrides shared by every run")
 
+    sweep = command("sweep", SWEEP_EXAMPLES,
+                    help="run a sweep file's trials in parallel on Ray (one machine or a cluster)",
+                    description="Run every trial of a sweep file (configs x seeds x axes) as its own fit process on "
+                                "Ray Tune, with retries; a re-run skips finished trials and resumes the others from "
+                                "their snapshots. See docs/sweeps.md.")
+    sweep.add_argument("--config", required=True, help="sweep file, e.g. conf/sweeps/dmc100k.yaml")
+    sweep.add_argument("--address", metavar="auto|HOST:PORT",
+                       help="join this Ray cluster; default: start Ray on this machine for the sweep's lifetime")
+    sweep.add_argument("--dry-run", action="store_true", help="validate every trial, print the trial table and exit")
+    sweep.add_argument("--print-only", action="store_true",
+                       help="print one fit command per trial (e.g. for a SLURM array job) and exit")
+    sweep.add_argument("--progress-every", type=float, default=30.0, metavar="SECONDS",
+                       help="print the trial table at least this often (and on every status change)")
+    sweep.add_argument("overrides", nargs="*", metavar="key=value",
+                       help="sweep keys (seeds=[1,2], resources.gpus=0.5, experiment=NAME) or config overrides "
+                            "for every trial (train.num_env_steps=500000)")
+
     cmp = command("compare", COMPARE_EXAMPLES, help="tables and plots from an MLflow experiment",
                   description="Counts one FINISHED run per task, algorithm and seed (lists the rest). "
                               "Per-task mean ± sample std at step budgets beside the paper's numbers, "
@@ -112,7 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return {"fit": run_fit, "grid": run_grid, "compare": run_compare, "sync": run_sync,
+        return {"fit": run_fit, "grid": run_grid, "sweep": run_sweep, "compare": run_compare, "sync": run_sync,
                 "atari-table": run_atari_table}[args.command](args)
     except ConfigError as err:
         print("config error: " + " ".join(str(err).split("\n")), file=sys.stderr)  # one line, whoever raised it
@@ -191,31 +214,47 @@ def run_sync(args) -> int:
 
 
 def run_grid(args) -> int:
-    from mlr_lightning.grid import expand_grid, fit_command
-
-    try:
-        runs = expand_grid(args.seeds, args.vary)
-    except ValueError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    shared = list(args.overrides) + ([f"tracking.experiment={args.experiment}"] if args.experiment else [])
-    configs = [load_config(args.config, shared + run) for run in runs]  # validate every run before starting any
-    commands = [fit_command(args.config, shared + run) for run in runs]
-    if args.print_only:
-        print("\n".join(commands))
-        return 0
+    """The sweep's trials (one code path for expanding them), run one after the other in this process."""
+    from mlr_lightning.sweep.mlflow_store import open_store
+    from mlr_lightning.sweep.progress import split_finished
+    from mlr_lightning.sweep.spec import expand, grid_sweep
     from mlr_lightning.training.preflight import preflight
 
-    for cfg in configs:
-        preflight(cfg)
-    print(f"{len(runs)} runs into MLflow experiment {configs[0].tracking.experiment!r}, one after the other. "
-          "To hand them to your own launcher (a SLURM array, GNU parallel), print them with --print-only.")
-    for i, (command, run) in enumerate(zip(commands, runs), 1):
-        print(f"[{i}/{len(runs)}] {command}", flush=True)
-        code = run_fit(argparse.Namespace(config=args.config, overrides=shared + run))
+    plan = expand(grid_sweep(args.config, args.seeds, args.vary, args.experiment, args.overrides))
+    if args.print_only:
+        print("\n".join(trial.command() for trial in plan.trials))
+        return 0
+    for trial in plan.trials[:1]:  # the trials share output_dir, tracking and accelerator
+        preflight(load_config(trial.config, list(trial.overrides)))
+    finished, todo = split_finished(plan, open_store(plan))
+    print(f"{len(plan.trials)} runs into MLflow experiment {plan.experiment!r}, one after the other"
+          + (f" ({len(finished)} finished earlier)" if finished else "") + ". To run them in parallel, on this "
+          "machine or a Ray cluster, use sweep; to hand them to your own launcher (a SLURM array, GNU parallel), "
+          "print them with --print-only.")
+    for i, trial in enumerate(todo, 1):
+        print(f"[{i}/{len(todo)}] {trial.command()}", flush=True)
+        code = run_fit(argparse.Namespace(config=trial.config, overrides=list(trial.overrides), resume="auto"))
         if code:
             return code
     return 0
+
+
+def run_sweep(args) -> int:
+    from mlr_lightning.sweep.runner import format_plan, run_on_ray
+    from mlr_lightning.sweep.spec import expand, load_sweep
+    from mlr_lightning.training.preflight import preflight
+
+    sweep, trial_overrides = load_sweep(args.config, args.overrides)
+    plan = expand(sweep, trial_overrides)
+    if args.print_only:
+        print("\n".join(trial.command() for trial in plan.trials))
+        return 0
+    if args.dry_run:
+        print(format_plan(plan))
+        return 0
+    if args.address is None:  # on a cluster the driver's machine may lack the trials' GPUs
+        preflight(load_config(plan.trials[0].config, list(plan.trials[0].overrides)))
+    return run_on_ray(plan, address=args.address, progress_every_s=args.progress_every)
 
 
 def run_compare(args) -> int:
