@@ -169,15 +169,18 @@ def replay_sampling(replay: UniformReplay, repeats: int = 7, label: str = "host"
 
 
 def replay_snapshot(replay: UniformReplay) -> None:
-    """What a full-state snapshot adds: writing the replay (TorchRL's memory-mapped format) and reading it back."""
+    """What a full-state snapshot adds: writing the replay (``torch.save`` of its state dict, as
+    snapshots do) and reading it back."""
     with tempfile.TemporaryDirectory(dir=CONF.parent) as tmp:  # on the project's disk, not a tmpfs
+        path = Path(tmp) / "replay.pt"
         t0 = time.perf_counter()
-        replay.dumps(Path(tmp))
+        with open(path, "wb") as handle:
+            torch.save(replay.state_dict(), handle)
         written = time.perf_counter() - t0
-        size = sum(f.stat().st_size for f in Path(tmp).rglob("*") if f.is_file())
+        size = path.stat().st_size
         restored = UniformReplay(replay.store.capacity, replay.store.frame_stack, replay.seq_len, 512, 128)
         t0 = time.perf_counter()
-        restored.loads(Path(tmp))
+        restored.load_state_dict(torch.load(path, weights_only=False))
         restored.sample()  # touch the loaded storage
         loaded = time.perf_counter() - t0
     report("snapshot", f"replay of {len(replay)} frames: snapshot {size / 2**30:.2f} GiB written in {written:.1f} s, "

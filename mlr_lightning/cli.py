@@ -1,4 +1,4 @@
-"""Command line: ``python -m mlr_lightning {fit,grid,compare} ...``.
+"""Command line: ``python -m mlr_lightning {fit,grid,sweep,compare,sync,atari-table} ...``.
 
 Knows about files, arguments and messages; nothing about tensors.
 """
@@ -8,9 +8,45 @@ from __future__ import annotations
 import argparse
 import signal
 import sys
+import time
 from pathlib import Path
 
 from mlr_lightning.config import ConfigError, load_config, to_yaml
+
+FIT_EXAMPLES = """\
+  python -m mlr_lightning fit --config conf/quickstart.yaml                 # SAC+MLR on CPU, minutes
+  python -m mlr_lightning fit --config conf/dmc/walker_walk.yaml seed=2     # paper settings (GPU)
+  python -m mlr_lightning fit --config conf/dmc/walker_walk.yaml mlr.enabled=false   # the paper's Baseline
+  python -m mlr_lightning fit --config conf/atari/quickstart.yaml           # Rainbow+MLR on Pong, minutes
+  python -m mlr_lightning fit --config conf/dmc/cheetah_run.yaml --print-config      # every value, nothing run
+  python -m mlr_lightning fit --config runs/<run>/config.yaml --resume runs/<run>    # continue a run
+  python -m mlr_lightning fit --config conf/dmc/walker_walk.yaml run_name=ww-s1 --resume auto   # requeue-safe
+"""
+GRID_EXAMPLES = """\
+  python -m mlr_lightning grid --config conf/quickstart.yaml --seeds 1 2 3 --vary mlr.enabled=true,false \\
+      --experiment ablation                                                 # 6 runs, one after the other
+  python -m mlr_lightning grid --config conf/dmc/walker_walk.yaml --vary mlr.seq_len=8,16 --print-only
+"""
+COMPARE_EXAMPLES = """\
+  python -m mlr_lightning compare --experiment ablation                     # runs/mlflow.db
+  python -m mlr_lightning compare --experiment ablation --budgets 100000 500000 --output-dir runs
+  python -m mlr_lightning compare --experiment atari100k --budgets 100000 --filter "tags.mlr = 'on'"
+  python -m mlr_lightning compare --experiment ablation --tracking-uri http://mlflow.example.org:5000
+"""
+SWEEP_EXAMPLES = """\
+  python -m mlr_lightning sweep --config conf/sweeps/dmc100k.yaml --dry-run      # 120 trials, nothing run
+  python -m mlr_lightning sweep --config conf/sweeps/quickstart.yaml             # 2 x 2 tiny CPU trials
+  python -m mlr_lightning sweep --config conf/sweeps/atari100k.yaml --address HEAD:6379 tracking.uri=http://HEAD:5000
+  python -m mlr_lightning sweep --config conf/sweeps/dmc100k.yaml --print-only   # one fit per line (SLURM array)
+"""
+SYNC_EXAMPLES = """\
+  python -m mlr_lightning sync runs/cartpole_swingup-mlr-s1-20261125-120000  # after the server was down
+  python -m mlr_lightning sync runs/* --tracking-uri http://127.0.0.1:5000
+"""
+TABLE_EXAMPLES = """\
+  python -m mlr_lightning atari-table                                       # the paper's numbers only
+  python -m mlr_lightning atari-table --runs runs                           # beside your finished runs
+"""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -20,7 +56,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    fit = commands.add_parser("fit", help="train an agent from a config file", description="Train an agent.")
+    def command(name: str, examples: str, **kwargs) -> argparse.ArgumentParser:
+        return commands.add_parser(name, epilog="examples:\n" + examples,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter, **kwargs)
+
+    fit = command("fit", FIT_EXAMPLES, help="train an agent from a config file", description="Train an agent.")
     fit.add_argument("--config", required=True, action="append",
                      help="YAML file, e.g. conf/quickstart.yaml or conf/dmc/walker_walk.yaml; repeat it to merge "
                           "several files in order (e.g. a task, then conf/atari/official.yaml)")
@@ -29,11 +69,22 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--resume", metavar="PATH|auto",
                      help="continue a run from its full-state checkpoint: a run directory, a snapshot "
                           "(checkpoints/update-N) or 'auto' (this config's latest run, or a fresh start if none)")
+    fit.add_argument("--allow-change", action="append", default=[], metavar="KEY",
+                     help="with --resume: let this optimiser setting differ from the run's config (repeatable), "
+                          "e.g. --allow-change sac.alpha_lr to continue a diverging run with a smaller rate")
+    fit.add_argument("--verbose", action="store_true",
+                     help="show the libraries' messages (Lightning, TorchRL, MLflow) that fit hides by default")
     fit.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. mlr.enabled=false seed=3")
 
-    grid = commands.add_parser("grid", help="run seeds x overrides into one MLflow experiment",
-                               description="Run every combination of --seeds and --vary, one after the other, "
-                                           "into one MLflow experiment; --print-only prints the commands instead.")
+    sync = command("sync", SYNC_EXAMPLES, help="fill a run's MLflow history in from its metrics.csv",
+                   description="Log the rows of <run_dir>/metrics.csv that its MLflow run is missing "
+                               "(e.g. after the tracking server was down during training).")
+    sync.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    sync.add_argument("--tracking-uri", help="default: the store recorded in <run_dir>/mlflow_run.json")
+
+    grid = command("grid", GRID_EXAMPLES, help="run seeds x overrides into one MLflow experiment",
+                   description="Run every combination of --seeds and --vary, one after the other, "
+                               "into one MLflow experiment; --print-only prints the commands instead.")
     grid.add_argument("--config", required=True)
     grid.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     grid.add_argument("--vary", action="append", default=[], metavar="key=v1,v2",
@@ -42,20 +93,41 @@ def build_parser() -> argparse.ArgumentParser:
     grid.add_argument("--print-only", action="store_true", help="print one fit command per run and exit")
     grid.add_argument("overrides", nargs="*", metavar="key=value", help="overrides shared by every run")
 
-    cmp = commands.add_parser("compare", help="tables and plots from an MLflow experiment",
-                              description="Per-task mean ± std at step budgets beside the paper's numbers, "
-                                          "aggregate IQM/median/mean/optimality gap with bootstrap CIs, plots.")
+    sweep = command("sweep", SWEEP_EXAMPLES,
+                    help="run a sweep file's trials in parallel on Ray (one machine or a cluster)",
+                    description="Run every trial of a sweep file (configs x seeds x axes) as its own fit process on "
+                                "Ray Tune, with retries; a re-run skips finished trials and resumes the others from "
+                                "their snapshots. See docs/sweeps.md.")
+    sweep.add_argument("--config", required=True, help="sweep file, e.g. conf/sweeps/dmc100k.yaml")
+    sweep.add_argument("--address", metavar="auto|HOST:PORT",
+                       help="join this Ray cluster; default: start Ray on this machine for the sweep's lifetime")
+    sweep.add_argument("--dry-run", action="store_true", help="validate every trial, print the trial table and exit")
+    sweep.add_argument("--print-only", action="store_true",
+                       help="print one fit command per trial (e.g. for a SLURM array job) and exit")
+    sweep.add_argument("--progress-every", type=float, default=30.0, metavar="SECONDS",
+                       help="print the trial table at least this often (and on every status change)")
+    sweep.add_argument("overrides", nargs="*", metavar="key=value",
+                       help="sweep keys (seeds=[1,2], resources.gpus=0.5, experiment=NAME) or config overrides "
+                            "for every trial (train.num_env_steps=500000)")
+
+    cmp = command("compare", COMPARE_EXAMPLES, help="tables and plots from an MLflow experiment",
+                  description="Counts one FINISHED run per task, algorithm and seed (lists the rest). "
+                              "Per-task mean ± sample std at step budgets beside the paper's numbers, "
+                              "aggregate IQM/median/mean/optimality gap with bootstrap CIs, plots.")
     cmp.add_argument("--experiment", default="mlr_lightning")
     cmp.add_argument("--filter", default="", help="MLflow filter, e.g. \"tags.task = 'walker_walk'\"")
-    cmp.add_argument("--budgets", type=int, nargs="+", default=[100_000, 500_000], help="environment steps")
+    cmp.add_argument("--budgets", type=int, nargs="+", default=None,
+                     help="environment steps, e.g. 100000 500000 (default: the runs' final evaluation steps)")
+    cmp.add_argument("--common-seeds", action="store_true",
+                     help="where an algorithm has unequal runs per task, aggregate only the seeds every task has")
     cmp.add_argument("--tracking-uri", help="default: $MLFLOW_TRACKING_URI, else sqlite:///<output-dir>/mlflow.db")
     cmp.add_argument("--output-dir", default="runs", help="where fit wrote runs (locates the embedded store)")
     cmp.add_argument("--out", default=None, help="directory for tables and plots (default <output-dir>/compare-<experiment>)")
     cmp.add_argument("--reps", type=int, default=2000, help="bootstrap repetitions")
 
-    table = commands.add_parser("atari-table", help="per-game Atari-100k table (reference, paper, your runs)",
-                                description="Raw and human-normalised scores per game: random, human, the paper's "
-                                            "Baseline and MLR, and the final evaluations of the runs under --runs.")
+    table = command("atari-table", TABLE_EXAMPLES, help="per-game Atari-100k table (reference, paper, your runs)",
+                    description="Raw and human-normalised scores per game: random, human, the paper's "
+                                "Baseline and MLR, and the final evaluations of the runs under --runs.")
     table.add_argument("--runs", default=None, help="directory of run directories (e.g. runs); omit for the paper only")
     return parser
 
@@ -63,86 +135,158 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return {"fit": run_fit, "grid": run_grid, "compare": run_compare,
+        return {"fit": run_fit, "grid": run_grid, "sweep": run_sweep, "compare": run_compare, "sync": run_sync,
                 "atari-table": run_atari_table}[args.command](args)
     except ConfigError as err:
-        print(f"config error: {err}", file=sys.stderr)
+        print("config error: " + " ".join(str(err).split("\n")), file=sys.stderr)  # one line, whoever raised it
         return 2
 
 
+def usage_error(message: str) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return 2
+
+
 def run_fit(args) -> int:
+    from mlr_lightning.training.console import fit_summary, quiet_libraries
+
+    quiet_libraries(verbose=getattr(args, "verbose", False))
     cfg = load_config(args.config, args.overrides)
     if getattr(args, "print_config", False):
         print(to_yaml(cfg), end="")
         return 0
+    from mlr_lightning.training.preflight import preflight
+
+    preflight(cfg)  # this machine can run it: before a run directory or an MLflow run exists
     from mlr_lightning.data.stream import EnvironmentFailure
     from mlr_lightning.envs.atari import UnknownGameError
     from mlr_lightning.envs.dmc import UnknownTaskError
     from mlr_lightning.envs.rendering import RenderBackendError
     from mlr_lightning.training.experiment import RunFailed, RunInterrupted, fit
+    from mlr_lightning.training.run_dir import RunDirError
     from mlr_lightning.training.snapshot import CheckpointError
+    from mlr_lightning.training.tracking import TrackingStoreError
 
+    from mlr_lightning.domains import domain_of
+    from mlr_lightning.mlr.warmup import warmup_note
+
+    started = time.monotonic()
     try:
-        run_dir = fit(cfg, resume=getattr(args, "resume", None))
-    except (UnknownTaskError, UnknownGameError, RenderBackendError, CheckpointError) as err:
+        domain_of(cfg).check_task(cfg)  # an unknown task or camera is reported before anything else
+        if note := warmup_note(cfg):
+            print(note, file=sys.stderr)
+        run_dir = fit(cfg, resume=getattr(args, "resume", None), allow_change=getattr(args, "allow_change", ()))
+    except (UnknownTaskError, UnknownGameError, RenderBackendError, CheckpointError, RunDirError,
+            TrackingStoreError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except (RunFailed, EnvironmentFailure) as err:
         print(f"error: training stopped: {err}", file=sys.stderr)
         return 1
     except RunInterrupted as stop:
-        print(f"{stop.signal_name}: stopped at env step {stop.env_steps}; the full state is saved in "
-              f"{stop.run_dir / 'checkpoints'}.\nResume with: python -m mlr_lightning fit --config "
-              f"{stop.run_dir / 'config.yaml'} --resume {stop.run_dir}", file=sys.stderr)
+        saved = (f"the full state is saved in {stop.run_dir / 'checkpoints'}" if stop.snapshot_saved else
+                 f"stopped at once, without a snapshot: the resume continues from the last snapshot in "
+                 f"{stop.run_dir / 'checkpoints'}")
+        print(f"{stop.signal_name}: stopped at env step {stop.env_steps}; {saved}.\nResume with: python -m "
+              f"mlr_lightning fit --config {stop.run_dir / 'config.yaml'} --resume {stop.run_dir}", file=sys.stderr)
         return 128 + {"SIGINT": signal.SIGINT, "SIGTERM": signal.SIGTERM}[stop.signal_name]
     from lightning.pytorch.utilities import rank_zero_only
 
     if rank_zero_only.rank == 0:  # under DDP every rank returns here
-        print(f"Results: {run_dir} (config.yaml, metrics.csv, checkpoints/last.ckpt)")
+        print(fit_summary(run_dir, time.monotonic() - started, resumed=bool(getattr(args, "resume", None))))
+    return 0
+
+
+def run_sync(args) -> int:
+    from mlr_lightning.training.tracking import TrackingStoreError, sync_run
+
+    for run_dir in args.run_dirs:
+        if not Path(run_dir, "metrics.csv").is_file():
+            print(f"error: {run_dir} is not a run directory (no metrics.csv)", file=sys.stderr)
+            return 2
+        try:
+            run_id, last = sync_run(Path(run_dir), args.tracking_uri)
+        except TrackingStoreError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        print(f"{run_dir}: MLflow run {run_id} holds metrics through env step {last}")
     return 0
 
 
 def run_grid(args) -> int:
-    from mlr_lightning.grid import expand_grid, fit_command
+    """The sweep's trials (one code path for expanding them), run one after the other in this process."""
+    from mlr_lightning.sweep.mlflow_store import open_store
+    from mlr_lightning.sweep.progress import split_finished
+    from mlr_lightning.sweep.spec import expand, grid_sweep
+    from mlr_lightning.training.preflight import preflight
 
-    try:
-        runs = expand_grid(args.seeds, args.vary)
-    except ValueError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    shared = list(args.overrides) + ([f"tracking.experiment={args.experiment}"] if args.experiment else [])
-    configs = [load_config(args.config, shared + run) for run in runs]  # validate every run before starting any
-    commands = [fit_command(args.config, shared + run) for run in runs]
+    plan = expand(grid_sweep(args.config, args.seeds, args.vary, args.experiment, args.overrides))
     if args.print_only:
-        print("\n".join(commands))
+        print("\n".join(trial.command() for trial in plan.trials))
         return 0
-    print(f"{len(runs)} runs into MLflow experiment {configs[0].tracking.experiment!r}, one after the other. "
-          "To hand them to your own launcher (a SLURM array, GNU parallel), print them with --print-only.")
-    for i, (command, run) in enumerate(zip(commands, runs), 1):
-        print(f"[{i}/{len(runs)}] {command}", flush=True)
-        code = run_fit(argparse.Namespace(config=args.config, overrides=shared + run))
+    for trial in plan.trials[:1]:  # the trials share output_dir, tracking and accelerator
+        preflight(load_config(trial.config, list(trial.overrides)))
+    finished, todo = split_finished(plan, open_store(plan))
+    print(f"{len(plan.trials)} runs into MLflow experiment {plan.experiment!r}, one after the other"
+          + (f" ({len(finished)} finished earlier)" if finished else "") + ". To run them in parallel, on this "
+          "machine or a Ray cluster, use sweep; to hand them to your own launcher (a SLURM array, GNU parallel), "
+          "print them with --print-only.")
+    for i, trial in enumerate(todo, 1):
+        print(f"[{i}/{len(todo)}] {trial.command()}", flush=True)
+        code = run_fit(argparse.Namespace(config=trial.config, overrides=list(trial.overrides), resume="auto"))
         if code:
             return code
     return 0
 
 
+def run_sweep(args) -> int:
+    from mlr_lightning.sweep.runner import format_plan, run_on_ray
+    from mlr_lightning.sweep.spec import expand, load_sweep
+    from mlr_lightning.training.preflight import preflight
+
+    sweep, trial_overrides = load_sweep(args.config, args.overrides)
+    plan = expand(sweep, trial_overrides)
+    if args.print_only:
+        print("\n".join(trial.command() for trial in plan.trials))
+        return 0
+    if args.dry_run:
+        print(format_plan(plan))
+        return 0
+    if args.address is None:  # on a cluster the driver's machine may lack the trials' GPUs
+        preflight(load_config(plan.trials[0].config, list(plan.trials[0].overrides)))
+    return run_on_ray(plan, address=args.address, progress_every_s=args.progress_every)
+
+
 def run_compare(args) -> int:
+    from mlr_lightning.training.console import quiet_libraries
+    from mlr_lightning.training.preflight import check_tracking_uri, check_writable_dir, tracking_store
+
+    # Arguments first, before MLflow is touched: a mistake costs one line, and creates no store.
+    if args.budgets and any(budget <= 0 for budget in args.budgets):
+        return usage_error(f"--budgets are environment steps and must be > 0, got {' '.join(map(str, args.budgets))}")
+    if args.reps < 1:
+        return usage_error(f"--reps is a number of bootstrap repetitions and must be >= 1, got {args.reps}")
+    if Path(args.output_dir).exists() and not Path(args.output_dir).is_dir():
+        return usage_error(f"--output-dir {args.output_dir} is a file; give the output_dir that fit wrote runs to")
+    uri, where = tracking_store(args.tracking_uri, args.output_dir, "--tracking-uri", "--output-dir")
+    out = Path(args.out or Path(args.output_dir) / f"compare-{args.experiment}")
+    try:
+        check_tracking_uri(uri, where, must_exist=True)  # compare reads a store: it must not create one
+        check_writable_dir(out, f"--out={out}")
+    except ConfigError as err:
+        return usage_error(str(err))
+    quiet_libraries()
     from mlflow import MlflowClient
 
     from mlr_lightning.reporting.compare import CompareError, compare
-    from mlr_lightning.training.tracking import resolve_tracking_uri
 
-    client = MlflowClient(resolve_tracking_uri(args.tracking_uri, args.output_dir))
-    out = Path(args.out or Path(args.output_dir) / f"compare-{args.experiment}")
+    client = MlflowClient(uri)
     try:
-        result = compare(client, args.experiment, out, args.budgets, args.filter, reps=args.reps)
+        compare(client, args.experiment, out, args.budgets, args.filter, reps=args.reps, common_seeds=args.common_seeds)
     except CompareError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    print((out / "per_task.md").read_text())
-    for budget in result["aggregate"]:
-        print(f"Aggregate over tasks at {budget} environment steps (normalised scores, 95% stratified bootstrap CIs):")
-        print((out / f"aggregate_{budget}.md").read_text())
+    print((out / "summary.md").read_text())
     print(f"Tables and plots: {out}")
     return 0
 
@@ -150,6 +294,11 @@ def run_compare(args) -> int:
 def run_atari_table(args) -> int:
     from mlr_lightning.reporting.atari_table import atari_table, collect_runs, format_table
 
+    if args.runs and not Path(args.runs).is_dir():
+        return usage_error(f"--runs {args.runs} is not a directory; give the output_dir that fit wrote runs to")
     runs = collect_runs(Path(args.runs)) if args.runs else None
+    if args.runs and not runs:
+        return usage_error(f"no finished Atari runs under {args.runs} (run directories with domain: atari in "
+                           "config.yaml and a final evaluation in metrics.csv)")
     print(format_table(atari_table(runs), with_runs=bool(args.runs)))
     return 0

@@ -10,12 +10,15 @@ Loading is strict: an unknown key, a value of the wrong type or an inconsistent 
 
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from omegaconf import MISSING, DictConfig, OmegaConf
-from omegaconf.errors import ConfigAttributeError, ConfigKeyError, MissingMandatoryValue, ValidationError
+import yaml
+from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
+from omegaconf.errors import (ConfigAttributeError, ConfigKeyError, MissingMandatoryValue, OmegaConfBaseException,
+                              ValidationError)
 
 
 class ConfigError(ValueError):
@@ -61,6 +64,9 @@ class SACConfig:
     critic_tau: float = 0.01  # moving-average rate of the target Q heads
     encoder_tau: float = 0.05  # moving-average rate of the target critic's encoder
     critic_target_update_freq: int = 2
+    # Deviation switch. false (ours): the RL batch's random crop draws offsets 0..16 (every 84-px window
+    # of the 100-px frame, as the MLR crop does). true (official SAC sampler): 0..15.
+    official_crop_range: bool = False
 
 
 @dataclass
@@ -143,6 +149,9 @@ class TrainerConfig:
     log_every_updates: int = 50
     # Rank r seeds its environment and its sampling with seed + r * rank_seed_stride (rank 0: seed).
     rank_seed_stride: int = 1000
+    # A snapshot is "good" only if every parameter is finite and at most this in magnitude: a run
+    # that diverges stops before it overwrites its last good snapshot (healthy weights are O(1)).
+    max_abs_weight: float = 1.0e4
     # torch.compile the networks of the update: false, "default" or "max-autotune" (true = "default").
     # Random draws stay eager's (inductor's fallback_random), so a compiled run samples the same noise.
     compile: bool | str = False
@@ -298,10 +307,16 @@ class AtariExperimentConfig(RunConfig):
 
 PRECISIONS = ("32-true", "bf16-mixed", "16-mixed")
 STRATEGIES = ("auto", "ddp")
+ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps")
 # Keys a resumed run may change: they affect bookkeeping, not the experiment.
 RESUMABLE_CHANGES = ("run_name", "output_dir", "trainer.checkpoint_every_updates", "trainer.keep_checkpoints",
                      "trainer.log_every_updates", "trainer.compile", "trainer.cudagraphs", "trainer.finite_check_every",
                      "replay.device")
+# Optimiser settings a resume may change when the user names them (``fit --resume ... --allow-change
+# KEY``), e.g. to continue a diverging run with a smaller learning rate.
+OPTIMIZER_KEYS = ("sac.critic_lr", "sac.actor_lr", "sac.alpha_lr", "sac.critic_beta", "sac.actor_beta",
+                  "sac.alpha_beta", "mlr.lr", "mlr.grad_clip", "rainbow.lr", "rainbow.adam_eps", "rainbow.grad_clip")
+MAX_SEED = 2**32 - 1  # numpy's (and so Lightning's) seed range
 COMPILE_MODES = (False, True, "default", "max-autotune")
 
 
@@ -311,27 +326,94 @@ def load_config(paths: str | Path | Sequence[str | Path] | None = None, override
         paths = []
     elif isinstance(paths, (str, Path)):
         paths = [paths]
-    sources: list[tuple[str, Any]] = []
-    for path in map(Path, paths):
-        if not path.is_file():
-            raise ConfigError(f"config file {path} does not exist")
-        sources.append((str(path), OmegaConf.load(path)))
-    for item in overrides:
-        if "=" not in item:
-            raise ConfigError(f"override {item!r} is not of the form key=value (e.g. mlr.enabled=false)")
+    sources: list[tuple[str, Any]] = [(str(path), read_yaml(Path(path))) for path in paths]
     if overrides:
-        sources.append(("command line", OmegaConf.from_dotlist(list(overrides))))
+        sources.append(("command line", _parse_overrides(overrides)))
     schema = _schema(sources)
     cfg = OmegaConf.structured(schema)
     for origin, source in sources:
+        _check_sections(cfg, source, origin)
         try:
             cfg = OmegaConf.merge(cfg, source)
         except (ConfigKeyError, ConfigAttributeError) as err:
             raise ConfigError(_unknown_key_message(err, origin, schema)) from None
         except ValidationError as err:
             raise ConfigError(_type_message(err, origin)) from None
-    validate(cfg)
+    try:
+        validate(cfg)
+    except OmegaConfBaseException as err:  # an interpolation such as ${oc.env:NAME} that does not resolve
+        raise ConfigError(f"{getattr(err, 'full_key', None) or 'config'}: {str(err).splitlines()[0]}") from None
     return cfg
+
+
+def read_yaml(path: Path) -> DictConfig:
+    """One config file, which must hold a mapping; a malformed file names the file, line and column."""
+    if not path.is_file():
+        raise ConfigError(f"config file {path} {'is not a file' if path.exists() else 'does not exist'}")
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        raise ConfigError(f"config file {path} cannot be read ({err.strerror})") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = data[: err.start].count(b"\n") + 1
+        raise ConfigError(f"config file {path}, line {line}: byte 0x{data[err.start]:02x} is not UTF-8 text; "
+                          "save the file as UTF-8") from None
+    try:
+        content = OmegaConf.load(io.StringIO(text))
+    except yaml.YAMLError as err:
+        raise ConfigError(f"config file {path}, {_yaml_problem(err, text)}") from None
+    except OSError:  # OmegaConf's answer to a lone value such as '42'
+        content = None
+    if not isinstance(content, DictConfig) or not content:
+        what = "a list" if isinstance(content, ListConfig) else "a single value" if content is None else "no settings"
+        raise ConfigError(f"config file {path} holds {what} at the top level; it must map keys to values, "
+                          "e.g. 'seed: 1' or 'env:' followed by indented keys")
+    return content
+
+
+def _yaml_problem(err: yaml.YAMLError, text: str) -> str:
+    """'line L, column C: what' for PyYAML's multi-line messages."""
+    mark = getattr(err, "problem_mark", None) or getattr(err, "context_mark", None)
+    if mark is None:
+        return f"not valid YAML: {' '.join(str(err).split())}"
+    problem = getattr(err, "problem", None) or "not valid YAML"
+    line = text.splitlines()[mark.line] if mark.line < len(text.splitlines()) else ""
+    if "\t" in line[: mark.column + 1]:
+        problem = "a tab character; YAML indents with spaces only"
+    elif problem.startswith("found duplicate key"):
+        problem = f"duplicate key '{problem.removeprefix('found duplicate key ')}'; each key may appear once per section"
+    context, start = getattr(err, "context", None), getattr(err, "context_mark", None)
+    if context and start is not None and start.line != mark.line:
+        problem += f" ({context} from line {start.line + 1})"
+    return f"line {mark.line + 1}, column {mark.column + 1}: {problem}"
+
+
+def _parse_overrides(overrides: Sequence[str]) -> DictConfig:
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ConfigError(f"override {item!r} is not of the form key=value (e.g. mlr.enabled=false)")
+        if not key or any(not part for part in key.split(".")):
+            raise ConfigError(f"override {item!r} needs a dotted key before '=' (e.g. mlr.enabled=false)")
+        try:
+            OmegaConf.from_dotlist([item])
+        except (yaml.YAMLError, OmegaConfBaseException) as err:
+            what = getattr(err, "problem", None) or str(err).splitlines()[0]
+            raise ConfigError(f"override {item!r}: the value is not valid YAML ({what}); quote it, "
+                              f"e.g. {key}='\"{value}\"'") from None
+    return OmegaConf.from_dotlist(list(overrides))
+
+
+def _check_sections(node: DictConfig, source: DictConfig, origin: str, prefix: str = "") -> None:
+    """A section of the schema (env, trainer, ...) given a plain value, which OmegaConf reports without a key."""
+    for key, value in source.items_ex(resolve=False):
+        if key in node and isinstance(node[key], DictConfig):
+            if not isinstance(value, DictConfig):
+                raise ConfigError(f"{prefix}{key} (from {origin}) is a section of keys, not the value {value!r}; "
+                                  f"set its keys, e.g. {prefix}{key}.{next(iter(node[key]))}=...")
+            _check_sections(node[key], value, origin, f"{prefix}{key}.")
 
 
 def _schema(sources: list[tuple[str, Any]]) -> type:
@@ -348,89 +430,176 @@ def _schema(sources: list[tuple[str, Any]]) -> type:
 
 
 def validate(cfg: DictConfig) -> None:
-    """Cross-field checks that the schema's types cannot express (the domain's own checks)."""
+    """Bounds of single keys, then cross-field checks (the domain's own checks)."""
     from mlr_lightning.domains import domain_of
 
     missing = sorted(_missing_keys(cfg))
     if missing:
         raise ConfigError(f"missing value for {', '.join(missing)}: set it in the config file or as key=value")
+    validate_bounds(cfg)
     domain_of(cfg).validate(cfg)
 
 
+# Bounds of single keys, of both domains' schemas (a key a domain lacks is skipped; a null value of an
+# optional key is allowed). They are checked before the cross-field checks, which divide by these values.
+AT_LEAST_1 = (lambda v: v >= 1, ">= 1")
+AT_LEAST_0 = (lambda v: v >= 0, ">= 0")
+POSITIVE = (lambda v: v > 0, "> 0")
+UNIT = (lambda v: 0 <= v <= 1, "in [0, 1]")
+UNIT_ABOVE_0 = (lambda v: 0 < v <= 1, "in (0, 1]")
+ADAM_BETA = (lambda v: 0 <= v < 1, "in [0, 1)")
+BOUNDS: dict[str, tuple] = {
+    "seed": (lambda v: 0 <= v <= MAX_SEED, f"in [0, {MAX_SEED}]"),
+    **dict.fromkeys(["env.action_repeat", "env.frame_skip", "env.frame_stack", "env.image_size", "env.crop_size",
+                     "env.max_episode_frames"], AT_LEAST_1),
+    "env.camera_id": (lambda v: v >= -1, ">= 0 (or -1, the free camera)"),
+    "env.noop_max": AT_LEAST_0,
+    "env.repeat_action_probability": UNIT,
+    **dict.fromkeys(["encoder.num_layers", "encoder.num_filters", "encoder.feature_dim", "sac.hidden_dim",
+                     "sac.actor_update_freq", "sac.critic_target_update_freq"], AT_LEAST_1),
+    **dict.fromkeys(["sac.alpha_lr", "sac.actor_lr", "sac.critic_lr", "sac.init_temperature"], POSITIVE),
+    **dict.fromkeys(["sac.alpha_beta", "sac.actor_beta", "sac.critic_beta"], ADAM_BETA),
+    **dict.fromkeys(["sac.critic_tau", "sac.encoder_tau"], UNIT_ABOVE_0),
+    "sac.discount": UNIT,
+    "rainbow.num_atoms": (lambda v: v >= 2, ">= 2"),
+    **dict.fromkeys(["rainbow.hidden_dim", "rainbow.conv_channels", "rainbow.conv_kernels", "rainbow.conv_strides",
+                     "rainbow.n_step", "rainbow.target_update_interval"], AT_LEAST_1),
+    **dict.fromkeys(["rainbow.noisy_std", "rainbow.head_grad_scale", "rainbow.renormalize_eps", "rainbow.adam_eps",
+                     "rainbow.shift_pad", "rainbow.intensity_scale"], AT_LEAST_0),
+    **dict.fromkeys(["rainbow.lr", "rainbow.grad_clip"], POSITIVE),
+    **dict.fromkeys(["rainbow.discount", "rainbow.eval_epsilon"], UNIT),
+    "rainbow.target_update_tau": UNIT_ABOVE_0,
+    **dict.fromkeys(["mlr.seq_len", "mlr.patch_size", "mlr.block_size", "mlr.num_heads", "mlr.max_seq_positions",
+                     "mlr.batch_size", "mlr.latent_dim", "mlr.warmup_steps", "mlr.decoder_dim"], AT_LEAST_1),
+    "mlr.mask_ratio": (lambda v: 0 < v < 1, "in the open interval (0, 1)"),
+    **dict.fromkeys(["mlr.num_attn_layers", "mlr.intensity_scale", "mlr.weight"], AT_LEAST_0),
+    **dict.fromkeys(["mlr.mlp_ratio", "mlr.normalize_eps", "mlr.lr", "mlr.grad_clip", "mlr.init_std"], POSITIVE),
+    "mlr.momentum_tau": UNIT_ABOVE_0,
+    "mlr.warmup_init_factor": UNIT,
+    "replay.capacity": AT_LEAST_1,
+    **dict.fromkeys(["replay.alpha", "replay.priority_eps"], AT_LEAST_0),
+    **dict.fromkeys(["replay.beta_start", "replay.beta_end"], UNIT),
+    "replay.kl_clamp": UNIT_ABOVE_0,
+    **dict.fromkeys(["train.num_env_steps", "train.batch_size", "train.updates_per_step"], AT_LEAST_1),
+    **dict.fromkeys(["train.init_steps", "train.max_env_restarts"], AT_LEAST_0),
+    "eval.every_env_steps": (lambda v: v >= 0, ">= 0 (0: only at the end)"),
+    **dict.fromkeys(["eval.num_episodes", "eval.max_steps"], AT_LEAST_1),
+    "eval.seed_offset": AT_LEAST_0,
+    **dict.fromkeys(["trainer.devices", "trainer.num_nodes", "trainer.checkpoint_every_updates",
+                     "trainer.keep_checkpoints", "trainer.log_every_updates", "trainer.finite_check_every"], AT_LEAST_1),
+    "trainer.rank_seed_stride": AT_LEAST_0,
+    "trainer.max_abs_weight": POSITIVE,
+    "tracking.max_checkpoint_artifact_mb": AT_LEAST_0,
+}
+
+
+def validate_bounds(cfg: DictConfig) -> None:
+    for key, (ok, what) in BOUNDS.items():
+        value = OmegaConf.select(cfg, key, default=None)
+        if isinstance(value, ListConfig):
+            _require(all(ok(v) for v in value), key, f"entries must each be {what}, got {list(value)}")
+        elif value is not None:
+            _require(ok(value), key, f"must be {what}, got {value}")
+
+
 def validate_dmc(cfg: DictConfig) -> None:
-    env, train = cfg.env, cfg.train
-    _require(env.action_repeat >= 1, "env.action_repeat", "must be >= 1")
-    _require(env.frame_stack >= 1, "env.frame_stack", "must be >= 1")
-    _require(0 < env.crop_size <= env.image_size, "env.crop_size", f"must be in (0, env.image_size={env.image_size}]")
+    env, train, enc = cfg.env, cfg.train, cfg.encoder
+    _require(env.crop_size <= env.image_size, "env.crop_size", f"({env.crop_size}) must be <= env.image_size ({env.image_size})")
+    # The encoder: a 3x3 conv of stride 2, then num_layers - 1 of stride 1, on the crop.
+    size = _conv_size(env.crop_size, [3] + [3] * (enc.num_layers - 1), [2] + [1] * (enc.num_layers - 1))
+    first = _conv_size(env.crop_size, [3], [2])
+    _require(first >= 1, "env.crop_size", f"({env.crop_size}) must be >= 3 for the encoder's first 3x3 convolution")
+    _require(size >= 1, "encoder.num_layers", f"({enc.num_layers}) leaves no pixels of the {env.crop_size}-px crop "
+             f"(each layer trims 2); use at most {(first - 1) // 2 + 1} layers or a larger env.crop_size")
+    _require(cfg.sac.actor_log_std_min < cfg.sac.actor_log_std_max, "sac.actor_log_std_min",
+             f"({cfg.sac.actor_log_std_min}) must be < sac.actor_log_std_max ({cfg.sac.actor_log_std_max})")
+    _require(not cfg.mlr.enabled or enc.feature_dim % cfg.mlr.num_heads == 0, "mlr.num_heads",
+             f"({cfg.mlr.num_heads}) must divide encoder.feature_dim ({enc.feature_dim}), the decoder's width")
     _require(train.num_env_steps % env.action_repeat == 0, "train.num_env_steps",
              f"({train.num_env_steps}) must be a multiple of env.action_repeat ({env.action_repeat})")
     _require(cfg.eval.every_env_steps % env.action_repeat == 0, "eval.every_env_steps",
              f"({cfg.eval.every_env_steps}) must be a multiple of env.action_repeat ({env.action_repeat})")
-    _require(cfg.mlr.batch_size >= 1, "mlr.batch_size", "must be >= 1")
     validate_common(cfg, agent_steps=train.num_env_steps // env.action_repeat)
 
 
 def validate_atari(cfg: DictConfig) -> None:
     env, rb, mlr = cfg.env, cfg.rainbow, cfg.mlr
-    _require(env.frame_skip >= 1 and env.frame_stack >= 1, "env.frame_skip / env.frame_stack", "must be >= 1")
-    _require(0 <= env.noop_max, "env.noop_max", "must be >= 0")
     _require(env.resize in ("linear", "area"), "env.resize", f"must be 'linear' or 'area', got {env.resize!r}")
-    _require(rb.num_atoms >= 2 and rb.v_min < rb.v_max, "rainbow.num_atoms / v_min / v_max",
-             "need at least 2 atoms and v_min < v_max")
-    _require(len(rb.conv_channels) == len(rb.conv_kernels) == len(rb.conv_strides), "rainbow.conv_channels",
-             "conv_channels, conv_kernels and conv_strides must have the same length")
-    _require(rb.n_step >= 1, "rainbow.n_step", "must be >= 1")
-    _require(0.0 < rb.target_update_tau <= 1.0 and rb.target_update_interval >= 1, "rainbow.target_update_tau",
-             "must be in (0, 1] (with target_update_interval >= 1)")
-    _require(mlr.decoder_dim is None or (mlr.decoder_dim >= 1 and mlr.decoder_dim % mlr.num_heads == 0),
-             "mlr.decoder_dim", f"must be null (the conv map width) or a positive multiple of mlr.num_heads ({mlr.num_heads})")
-    _require(cfg.eval.max_steps is None or cfg.eval.max_steps >= 1, "eval.max_steps", "must be null or >= 1")
-    replay = cfg.replay
-    _require(0.0 <= replay.alpha and 0.0 <= replay.beta_start <= replay.beta_end <= 1.0, "replay.beta_start",
-             "need alpha >= 0 and 0 <= beta_start <= beta_end <= 1")
+    _require(rb.v_min < rb.v_max, "rainbow.v_min", f"({rb.v_min}) must be < rainbow.v_max ({rb.v_max})")
+    _require(len(rb.conv_channels) == len(rb.conv_kernels) == len(rb.conv_strides) >= 1, "rainbow.conv_channels",
+             "conv_channels, conv_kernels and conv_strides must be non-empty lists of the same length")
+    size = _conv_size(env.image_size, rb.conv_kernels, rb.conv_strides)
+    _require(size >= 1, "rainbow.conv_kernels", f"/ conv_strides {list(rb.conv_kernels)} / {list(rb.conv_strides)} "
+             f"leave no pixels of the {env.image_size}-px frame (env.image_size); use smaller kernels or strides")
+    width = mlr.decoder_dim or rb.conv_channels[-1] * size * size  # null: the flattened conv map
+    _require(not mlr.enabled or width % mlr.num_heads == 0, "mlr.num_heads",
+             f"({mlr.num_heads}) must divide the decoder's width ({width}: mlr.decoder_dim, or the conv map if null)")
+    _require(cfg.replay.beta_start <= cfg.replay.beta_end, "replay.beta_start",
+             f"({cfg.replay.beta_start}) must be <= replay.beta_end ({cfg.replay.beta_end})")
     validate_common(cfg, agent_steps=cfg.train.num_env_steps)
 
 
+def _conv_size(size: int, kernels: Sequence[int], strides: Sequence[int]) -> int:
+    """Side of the map left by unpadded convolutions (<= 0: nothing is left)."""
+    for kernel, stride in zip(kernels, strides):
+        if size < kernel:
+            return 0
+        size = (size - kernel) // stride + 1
+    return size
+
+
 def validate_common(cfg: DictConfig, agent_steps: int) -> None:
-    """Checks every domain shares: MLR, training length, replay, evaluation, trainer."""
+    """Checks every domain shares: MLR, training length, replay, trainer, run."""
     validate_mlr(cfg.mlr, cfg.env.image_size)
     train = cfg.train
     _require(agent_steps > train.init_steps, "train.num_env_steps",
              f"must leave updates after the {train.init_steps} random agent steps (train.init_steps)")
-    _require(train.batch_size >= 1 and train.updates_per_step >= 1, "train.batch_size / train.updates_per_step",
-             "must be >= 1")
     _require(cfg.replay.capacity >= train.batch_size, "replay.capacity", "must be >= train.batch_size")
     validate_replay_device(cfg.replay.device)
-    _require(cfg.eval.every_env_steps >= 0, "eval.every_env_steps", "must be >= 0 (0: only at the end)")
-    _require(cfg.eval.num_episodes >= 1, "eval.num_episodes", "must be >= 1")
     validate_trainer(cfg)
+    validate_run(cfg)
 
 
 def validate_mlr(mlr: DictConfig, image_size: int) -> None:
-    _require(0.0 < mlr.mask_ratio < 1.0, "mlr.mask_ratio", f"must be in the open interval (0, 1), got {mlr.mask_ratio}")
     _require(mlr.seq_len % mlr.block_size == 0, "mlr.seq_len",
              f"({mlr.seq_len}) must be divisible by mlr.block_size ({mlr.block_size}): the cube mask is built per "
              "temporal block. Choose e.g. seq_len=16 with block_size 4 or 8")
     _require(image_size % mlr.patch_size == 0, "mlr.patch_size", f"({mlr.patch_size}) must divide env.image_size ({image_size})")
     _require(mlr.seq_len <= mlr.max_seq_positions, "mlr.seq_len", f"must be <= mlr.max_seq_positions ({mlr.max_seq_positions})")
-    _require(0.0 < mlr.momentum_tau <= 1.0, "mlr.momentum_tau", "must be in (0, 1]")
 
 
 def validate_trainer(cfg: DictConfig) -> None:
-    _require(cfg.trainer.precision in PRECISIONS, "trainer.precision", f"must be one of {PRECISIONS}")
-    _require(cfg.trainer.strategy in STRATEGIES, "trainer.strategy", f"must be one of {STRATEGIES}")
-    _require(cfg.trainer.keep_checkpoints >= 1, "trainer.keep_checkpoints", "must be >= 1")
-    _require(cfg.trainer.checkpoint_every_updates >= 1, "trainer.checkpoint_every_updates", "must be >= 1")
-    _require(cfg.trainer.finite_check_every >= 1, "trainer.finite_check_every", "must be >= 1")
-    _require(cfg.trainer.compile in COMPILE_MODES, "trainer.compile",
-             f"must be false, default or max-autotune, got {cfg.trainer.compile!r}")
-    if cfg.trainer.cudagraphs:
+    trainer = cfg.trainer
+    _require(trainer.precision in PRECISIONS, "trainer.precision", f"must be one of {PRECISIONS}")
+    _require(trainer.strategy in STRATEGIES, "trainer.strategy", f"must be one of {STRATEGIES}")
+    _require(trainer.accelerator in ACCELERATORS, "trainer.accelerator",
+             f"must be one of {ACCELERATORS}, got {trainer.accelerator!r}")
+    ranks = trainer.devices * trainer.num_nodes
+    _require(ranks == 1 or trainer.strategy == "ddp", "trainer.strategy",
+             f"must be 'ddp' to train on {ranks} devices (trainer.devices x trainer.num_nodes)")
+    _require(trainer.compile in COMPILE_MODES, "trainer.compile",
+             f"must be false, default or max-autotune, got {trainer.compile!r}")
+    if trainer.cudagraphs:
         import torch
 
-        _require(cfg.trainer.accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available(), "trainer.cudagraphs",
+        _require(trainer.accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available(), "trainer.cudagraphs",
                  "needs a CUDA GPU (none is available here, or trainer.accelerator is not a GPU); set it to false")
-        _require(cfg.trainer.compile not in (False,), "trainer.cudagraphs",
+        _require(trainer.compile not in (False,), "trainer.cudagraphs",
                  "needs trainer.compile=default or max-autotune (CUDA graphs come with torch.compile)")
+
+
+def validate_run(cfg: DictConfig) -> None:
+    """Where the run goes and how it is seeded."""
+    name = cfg.run_name
+    _require(name is None or (name not in ("", ".", "..") and not any(c in name for c in "/\\\0") and len(name) <= 200),
+             "run_name", f"({name!r}) must be a plain directory name (no '/', '\\' or '..'), as the run goes to "
+             "<output_dir>/<run_name>")
+    _require(bool(cfg.output_dir.strip()), "output_dir", "must name a directory, e.g. output_dir=runs")
+    _require(bool(cfg.tracking.experiment.strip()), "tracking.experiment", "must be a non-empty name")
+    last_rank = cfg.trainer.devices * cfg.trainer.num_nodes - 1
+    highest = cfg.seed + max(cfg.eval.seed_offset, last_rank * cfg.trainer.rank_seed_stride + cfg.train.max_env_restarts)
+    _require(highest <= MAX_SEED, "seed", f"({cfg.seed}) plus eval.seed_offset or the rank and restart offsets reaches "
+             f"{highest}; seeds must stay <= {MAX_SEED}")
 
 
 def validate_replay_device(device: str) -> None:
@@ -483,19 +652,20 @@ def _type_message(err: ValidationError, origin: str) -> str:
     )
 
 
-def config_differences(saved: DictConfig, current: DictConfig) -> list[str]:
-    """Dotted keys whose values differ between two configs, except :data:`RESUMABLE_CHANGES`."""
-    flat = [_flatten(OmegaConf.to_container(c, resolve=True)) for c in (saved, current)]
+def config_differences(saved: DictConfig, current: DictConfig, allowed: Sequence[str] = ()) -> list[str]:
+    """Dotted keys whose values differ between two configs, except :data:`RESUMABLE_CHANGES` and ``allowed``."""
+    flat = [flatten(OmegaConf.to_container(c, resolve=True)) for c in (saved, current)]
     keys = sorted(set(flat[0]) | set(flat[1]))
     return [f"{k}: {flat[0].get(k)!r} -> {flat[1].get(k)!r}" for k in keys
-            if flat[0].get(k) != flat[1].get(k) and k not in RESUMABLE_CHANGES]
+            if flat[0].get(k) != flat[1].get(k) and k not in RESUMABLE_CHANGES and k not in allowed]
 
 
-def _flatten(tree: dict, prefix: str = "") -> dict:
+def flatten(tree: dict, prefix: str = "") -> dict:
+    """Nested dict -> ``{"a.b.c": value}``."""
     flat = {}
     for key, value in tree.items():
         if isinstance(value, dict):
-            flat |= _flatten(value, f"{prefix}{key}.")
+            flat |= flatten(value, f"{prefix}{key}.")
         else:
             flat[f"{prefix}{key}"] = value
     return flat

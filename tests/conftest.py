@@ -7,8 +7,12 @@ Tests take what they share from here as fixtures; no test module imports another
 import mlr_lightning  # noqa: F401  (torch/tensordict/torchrl before dm_control: see the package docstring)
 
 import os
+import signal
+import socket
 import subprocess
 import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -157,3 +161,95 @@ def fill_replay():
         return replay
 
     return fill
+
+
+class MlflowServer:
+    """``mlflow server`` on 127.0.0.1 with its own sqlite store, in its own process group (its job
+    workers outlive the parent if only the parent is stopped). ``stop`` and ``start`` again keep
+    the port and the store: a server that goes down and comes back."""
+
+    def __init__(self, directory: Path):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.directory, self.url, self.proc = directory, f"http://127.0.0.1:{self.port}", None
+
+    def start(self) -> None:
+        mlflow = Path(sys.executable).with_name("mlflow")
+        self.proc = subprocess.Popen(
+            [str(mlflow), "server", "--backend-store-uri", f"sqlite:///{self.directory / 'server.db'}",
+             "--default-artifact-root", (self.directory / "artifacts").as_uri(), "--host", "127.0.0.1",
+             "--port", str(self.port), "--workers", "1"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            try:
+                urllib.request.urlopen(f"{self.url}/health", timeout=2)
+                return
+            except OSError:
+                time.sleep(0.5)
+        self.stop()
+        pytest.fail("mlflow server did not start within 120 s")
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        try:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.proc = None
+
+
+@pytest.fixture
+def mlflow_server_factory(tmp_path):
+    """``mlflow_server_factory()`` starts a server (stopped at the end of the test) and returns it."""
+    servers = []
+
+    def start() -> MlflowServer:
+        server = MlflowServer(tmp_path / f"mlflow-server-{len(servers)}")
+        server.directory.mkdir()
+        server.start()
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.stop()
+
+
+@pytest.fixture
+def mlflow_server(mlflow_server_factory) -> str:
+    """The URL of a real MLflow server on localhost."""
+    return mlflow_server_factory().url
+
+
+# A real Atari (Pong) Rainbow+MLR agent, the paper's network, run for 60 agent steps: 40 random, 20 updates.
+TINY_ATARI_OVERRIDES = [
+    "rainbow.hidden_dim=32",
+    "rainbow.num_atoms=11",
+    "mlr.decoder_dim=16",
+    "train.num_env_steps=60",
+    "train.init_steps=40",
+    "train.batch_size=4",
+    "replay.capacity=1000",
+    "eval.num_episodes=1",
+    "eval.max_steps=50",
+    "trainer.log_every_updates=5",
+    "trainer.checkpoint_every_updates=10",
+]
+
+
+@pytest.fixture(scope="session")
+def tiny_atari_experiment(tmp_path_factory):
+    """A real MLflow experiment of the tiny Atari agent made by ``grid``: MLR on/off, seed 1."""
+    from mlr_lightning.cli import main
+
+    out = tmp_path_factory.mktemp("atari_experiment")
+    code = main(["grid", "--config", "conf/atari/quickstart.yaml", "--seeds", "1", "--vary", "mlr.enabled=true,false",
+                 "--experiment", "tiny_atari", *TINY_ATARI_OVERRIDES, f"output_dir={out}", "tracking.video=false"])
+    assert code == 0
+    return {"output_dir": out, "uri": f"sqlite:///{out / 'mlflow.db'}", "experiment": "tiny_atari"}

@@ -98,10 +98,10 @@ def test_priorities_follow_the_loss(tmp_path):
     expected = torch.tensor([(last[i] + cfg.replay.priority_eps) ** cfg.replay.alpha for i in sample["index"].tolist()])
     torch.testing.assert_close(stored, expected)
     assert batch["beta"] == 0.4 + 0.6 * 20 / 40  # beta follows the agent-step counter
-    # The priorities survive the snapshot's dumps/loads round trip with the rows.
-    replay.dumps(tmp_path / "replay")
+    # The priorities survive the snapshot's round trip through a file with the rows.
+    torch.save(replay.state_dict(), tmp_path / "replay.pt")
     fresh = ATARI.make_replay(cfg)
-    fresh.loads(tmp_path / "replay")
+    fresh.load_state_dict(torch.load(tmp_path / "replay.pt", weights_only=False))
     rows = list(range(len(replay)))
     torch.testing.assert_close(torch.as_tensor(fresh.sampler._sum_tree[rows]), torch.as_tensor(replay.sampler._sum_tree[rows]))
 

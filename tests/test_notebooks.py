@@ -26,9 +26,19 @@ def outputs(nb, mime: str) -> list:
 def test_latent_cosine_similarity_notebook(tiny_experiment):
     nb = execute("latent_cosine_similarity.ipynb", TRACKING_URI=tiny_experiment["uri"], EXPERIMENT="tiny")
     assert len(outputs(nb, "image/png")) == 2, "similarity matrices and similarity-vs-distance figures"
-    tables = outputs(nb, "text/html")
-    assert len(tables) == 2 and "masked (first block)" in tables[-1]["data"]["text/html"]
-    assert "cartpole_swingup" in tables[0]["data"]["text/html"]
+    runs, summary, reconstruction = [t["data"]["text/html"] for t in outputs(nb, "text/html")]
+    assert "cartpole_swingup" in runs and "Baseline" in runs
+    for reference in ("shuffled pairs", "untrained"):
+        assert reference in summary and reference in reconstruction
+    assert "masked (first block)" in reconstruction and "uncentred" in reconstruction
+
+
+@pytest.mark.slow
+def test_latent_cosine_similarity_notebook_on_atari_runs(tiny_atari_experiment):
+    nb = execute("latent_cosine_similarity.ipynb", TRACKING_URI=tiny_atari_experiment["uri"], EXPERIMENT="tiny_atari")
+    assert len(outputs(nb, "image/png")) == 2
+    runs, summary, reconstruction = [t["data"]["text/html"] for t in outputs(nb, "text/html")]
+    assert "pong" in runs and "atari" in runs and "untrained" in reconstruction
 
 
 @pytest.mark.slow
@@ -39,3 +49,14 @@ def test_compare_runs_notebook(tiny_experiment, tmp_path):
     assert any("cartpole_swingup" in h for h in html) and any("Optimality gap" in h for h in html)
     assert len(outputs(nb, "image/png")) >= 4, "curves, two performance profiles and the drill-down"
     assert (tmp_path / "per_task.csv").exists()
+
+
+@pytest.mark.slow
+def test_compare_runs_notebook_defaults_take_the_budgets_from_the_data(tiny_experiment, tmp_path):
+    """As right after the quickstart: no budgets given, the runs end at 320 env steps."""
+    nb = execute("compare_runs.ipynb", TRACKING_URI=tiny_experiment["uri"], EXPERIMENT="tiny", OUT_DIR=str(tmp_path),
+                 BOOTSTRAP_REPS=100)
+    printed = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs)
+    assert "final evaluations are at 0 env steps" not in printed and "320 env steps (4 runs)" in printed
+    assert "Budgets (env steps): [320]" in printed
+    assert (tmp_path / "aggregate_320.csv").exists() and (tmp_path / "performance_profile_320.png").exists()

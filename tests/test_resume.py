@@ -105,9 +105,9 @@ def test_sigkill_after_a_snapshot_then_resume_auto_is_identical(uninterrupted, t
     proc.kill()
     proc.communicate()
     proc = start(tmp_path, "--resume", "auto")  # the same command a requeued job runs
-    _, stderr = proc.communicate(timeout=600)
+    stdout, stderr = proc.communicate(timeout=600)
     assert proc.returncode == 0, stderr[-3000:]
-    assert "Restored all states" in stderr
+    assert f"Resumed from {tmp_path / 'run' / 'checkpoints'}" in stdout
     assert_same_run(tmp_path, uninterrupted)
 
 

@@ -62,3 +62,17 @@ def test_log_std_is_squashed_into_its_bounds(agent, tiny_cfg):
         agent.actor.trunk[-1].bias.fill_(1e3)
     mu, pi, log_pi = agent.actor(obs(tiny_cfg))
     assert torch.isfinite(log_pi).all() and pi.abs().le(1).all()
+
+
+@pytest.mark.parametrize("every_window, last_offset", [(True, 16), (False, 15)])
+def test_rl_crop_offsets_cover_every_window_or_the_official_range(every_window, last_offset):
+    """Pixel value = row (or column) index, so a crop's first pixel is its offset."""
+    from mlr_lightning.data.augment import random_crop
+
+    torch.manual_seed(0)
+    rows = torch.arange(100, dtype=torch.uint8)[:, None].expand(100, 100)
+    images = torch.stack([rows, rows.T])[None].expand(4000, 2, 100, 100)
+    crops = random_crop(images, 84, every_window)
+    tops, lefts = crops[:, 0, 0, 0], crops[:, 1, 0, 0]
+    assert tops.min() == 0 and lefts.min() == 0
+    assert tops.max() == last_offset and lefts.max() == last_offset

@@ -32,7 +32,7 @@ def test_ddp_ranks_average_gradients_and_collect_their_own_data(tiny_overrides, 
     replays = []
     for r in (0, 1):
         store = FrameStore(1000, 3)
-        store.loads(snapshot / f"replay-rank{r}")
+        store.load_state_dict(torch.load(snapshot / f"replay-rank{r}.pt", weights_only=False))
         replays.append(store.stacked_pixels(torch.arange(len(store))))
     assert not torch.equal(*replays), "both ranks collected the same frames (same environment seed)"
 

@@ -106,10 +106,10 @@ def test_deduplicated_atari_batches_equal_the_stacked_ones(pong, windows, capaci
 
 def test_replay_device_auto_is_the_training_device_and_snapshots_keep_the_batches(fill_replay, collected, tmp_path):
     replay = fill_replay(collected, capacity=300, seq_len=4, batch_size=32, window_batch_size=8)
-    replay.dumps(tmp_path / "replay")
+    torch.save(replay.state_dict(), tmp_path / "replay.pt")  # as snapshots write it
     restored = UniformReplay(300, 3, 4, batch_size=32, window_batch_size=8)
     assert restored.place("auto", torch.device("cpu"), (9, 24, 24)) == torch.device("cpu")
-    restored.loads(tmp_path / "replay")
+    restored.load_state_dict(torch.load(tmp_path / "replay.pt", weights_only=False))
     torch.manual_seed(0)
     expected = replay.sample()
     torch.manual_seed(0)
@@ -171,12 +171,12 @@ def test_prefetching_draws_each_batch_one_step_earlier_and_resumes_exactly(tiny_
     assert all(int(b["mlr", "index"].max()) <= c - 2 for b, c in zip(prefetched[1:], steps[1:]))
     state = stream.state_dict()  # between two updates, with the next batch being drawn
     assert state["prefetch"]["pending"] is not None
-    stream.replay.dumps(tmp_path / "replay")
+    torch.save(stream.replay.state_dict(), tmp_path / "replay.pt")
     rest = take(running, 4)
     stream.close()
 
     replay = DMC.make_replay(tiny_cfg)
-    replay.loads(tmp_path / "replay")
+    replay.load_state_dict(torch.load(tmp_path / "replay.pt", weights_only=False))
     resumed = tiny_stream(tiny_cfg, prefetch=True, replay=replay)
     resumed.load_state_dict(state)
     again = take(iter(resumed), 4)
@@ -261,5 +261,3 @@ def test_a_sparse_finite_check_still_names_the_first_non_finite_update(tiny_over
     with pytest.raises(NonFiniteLossError, match=r"^non-finite train/critic_loss at update 2 \(then "):
         fit_updates(agent, batches)
     assert agent.updates == 4, "checked after the fourth update, without waiting for the device before"
-    with pytest.raises(NonFiniteLossError):  # nor can a snapshot be taken of these weights
-        agent.on_save_checkpoint({})

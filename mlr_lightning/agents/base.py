@@ -63,6 +63,20 @@ class FiniteGuard:
             raise NonFiniteLossError(min(bad), [name for name, update in first.items() if update == min(bad)])
 
 
+class DivergedError(FloatingPointError):
+    """Parameters became non-finite or implausibly large: the run diverged, though its losses may
+    still be finite (a huge log-temperature, say). Raised before such a state is called a good snapshot."""
+
+
+def check_parameters(module: torch.nn.Module, max_abs: float, update: int) -> None:
+    """Raise :class:`DivergedError` naming the first parameter that is non-finite or exceeds ``max_abs``."""
+    for name, param in module.named_parameters():
+        peak = param.detach().abs().max()
+        if not bool(torch.isfinite(peak)) or float(peak) > max_abs:
+            raise DivergedError(f"parameter {name} reached {float(peak):.3g} at update {update} "
+                                f"(trainer.max_abs_weight={max_abs:g}): the run diverged")
+
+
 class RLAgent(pl.LightningModule):
     """Base of the agents. Subclasses build their networks, name their optimizers (in the order
     ``configure_optimizers`` returns them), list the networks to compile (:meth:`compiled_networks`)
@@ -105,6 +119,14 @@ class RLAgent(pl.LightningModule):
         fused optimizer); elsewhere torch's default implementation, so CPU runs keep their numbers."""
         fused = self.device.type == "cuda" and (self._trainer is None or self.trainer.precision != "16-mixed")
         return torch.optim.Adam(params, fused=True if fused else None, **kwargs)
+
+    def on_train_start(self) -> None:
+        """A resume restores the optimisers' states, learning rates included; a resume that changes an
+        optimiser setting on purpose (``--allow-change``) must see it applied."""
+        self.apply_optimizer_settings()
+
+    def apply_optimizer_settings(self) -> None:
+        """Set the configured learning rates (and betas/eps) on the optimisers, where they differ."""
 
     def step(self, optimizer: LightningOptimizer, loss: Tensor) -> None:
         """zero_grad, backward and step, through Lightning (precision, gradient scaling, DDP)."""
@@ -183,7 +205,3 @@ class RLAgent(pl.LightningModule):
             # Where the time goes (seconds per call since the last report), as TorchRL's SOTA scripts.
             self.log_dict(timeit.todict(prefix="time"), on_step=True, on_epoch=False)
             timeit.erase()
-
-    def on_save_checkpoint(self, checkpoint: dict) -> None:
-        """No snapshot (at the end, on a signal) holds weights that a non-finite loss has reached."""
-        self._finite.check()

@@ -142,6 +142,10 @@ class RainbowMLRAgent(RLAgent):
                          self.prediction]
         return networks
 
+    def apply_optimizer_settings(self) -> None:
+        for group in self.optimizer("adam").optimizer.param_groups:
+            group["lr"], group["eps"] = self.rainbow.lr, self.rainbow.adam_eps
+
     def clip_groups(self) -> list[list[nn.Parameter]]:
         """Parameter groups whose gradient norms are clipped separately: the stem (conv + Q head) and
         the transformer; the predictor and the action embedding are not clipped (official)."""

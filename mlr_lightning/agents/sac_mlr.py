@@ -128,6 +128,20 @@ class SACMLRAgent(RLAgent):
                          self.target_projection]
         return networks
 
+    def apply_optimizer_settings(self) -> None:
+        sac = self.sac
+        for name, lr, beta1 in (("critic", sac.critic_lr, sac.critic_beta), ("actor", sac.actor_lr, sac.actor_beta),
+                                ("alpha", sac.alpha_lr, sac.alpha_beta)):
+            for group in self.optimizer(name).optimizer.param_groups:
+                group["lr"], group["betas"] = lr, (beta1, ADAM_BETA2)
+        if self.mlr.enabled:
+            schedule = self.lr_schedulers()  # LambdaLR: lr = base_lr * factor(updates)
+            if schedule.base_lrs != [self.mlr.lr]:
+                schedule.base_lrs = [self.mlr.lr]
+                for group in schedule.optimizer.param_groups:
+                    group["initial_lr"] = self.mlr.lr
+                    group["lr"] = self.mlr.lr * schedule.lr_lambdas[0](schedule.last_epoch)
+
     @property
     def alpha(self) -> Tensor:
         return self.log_alpha.exp()
@@ -136,8 +150,9 @@ class SACMLRAgent(RLAgent):
     def training_step(self, batch: TensorDictBase, batch_idx: int) -> None:
         t = batch["rl"]  # [B]: pixels, action, reward, terminated, next_pixels (see data/replay.py)
         crop = self.cfg.env.crop_size
-        obs = random_crop(t["pixels"], crop)  # [B, 3S, 84, 84] uint8
-        next_obs = random_crop(t["next_pixels"], crop)  # independent crop, as the official sampler
+        every_window = not self.sac.official_crop_range
+        obs = random_crop(t["pixels"], crop, every_window)  # [B, 3S, 84, 84] uint8
+        next_obs = random_crop(t["next_pixels"], crop, every_window)  # independent crop, as the official sampler
         with timeit("update/critic"):
             metrics = self.update_critic(obs, t["action"], t["reward"], next_obs, t["terminated"])
         if self.mlr.enabled:

@@ -7,11 +7,16 @@ import torch.nn.functional as F
 from torch import Tensor
 
 
-def random_crop(images: Tensor, size: int) -> Tensor:
-    """[N, C, H, W] -> [N, C, size, size], one uniformly random window per image (CURL/RAD crop)."""
+def random_crop(images: Tensor, size: int, every_window: bool = True) -> Tensor:
+    """[N, C, H, W] -> [N, C, size, size], one uniformly random window per image (CURL/RAD crop).
+
+    ``every_window=False`` leaves out the last row and column of offsets (0..H-size-1), as the
+    official SAC sampler's ``np.random.randint(0, H - size)`` does.
+    """
     n, _, h, w = images.shape
-    top = torch.randint(0, h - size + 1, (n,), device=images.device)
-    left = torch.randint(0, w - size + 1, (n,), device=images.device)
+    last = 1 if every_window else 0
+    top = torch.randint(0, h - size + last, (n,), device=images.device)
+    left = torch.randint(0, w - size + last, (n,), device=images.device)
     offsets = torch.arange(size, device=images.device)
     rows = (top[:, None] + offsets)[:, :, None]  # [N, size, 1]
     cols = (left[:, None] + offsets)[:, None, :]  # [N, 1, size]

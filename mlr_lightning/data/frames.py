@@ -28,7 +28,7 @@ from torch import Tensor
 from torchrl.data import LazyTensorStorage, TensorDictReplayBuffer
 from torchrl.data.replay_buffers import Sampler
 
-from mlr_lightning.data.torchrl_internals import SliceWriter, storage_fields, storage_nbytes
+from mlr_lightning.data.torchrl_internals import SliceWriter, settle_loaded_storage, storage_fields, storage_nbytes
 
 FRAMES, STACKS = "frames", "stacks"  # the batch keys of a deduplicated batch (see the module docstring)
 
@@ -138,20 +138,26 @@ class FrameStore:
             self.field("has_action")[newest] = False
 
     # ------------------------------------------------------------------------------ persistence
-    def dumps(self, path: Path) -> None:
-        """Write both buffers (contents, write cursor) with TorchRL's own format (memory-mapped)."""
-        Path(path).mkdir(parents=True, exist_ok=True)
-        self.buffer.dumps(Path(path) / "steps")
-        self.frame_buffer.dumps(Path(path) / "frames")
+    def state_dict(self) -> dict:
+        """Rows, frames, write cursors and the sampler's state (priorities), as tensors in memory.
+
+        Snapshots ``torch.save`` it with ordinary file writes: TorchRL's own ``dumps`` writes through
+        memory maps, where a disk that fills up kills the process with SIGBUS instead of raising.
+        The frames come to the host (no copy when they live there), so a snapshot loads on any
+        device whatever ``replay.device`` was.
+        """
+        return {"steps": self.buffer.state_dict(), "frames": on_host(self.frame_buffer.state_dict())}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.buffer.load_state_dict(state["steps"])
+        self.frame_buffer.load_state_dict(state["frames"])
+        settle_loaded_storage(self.storage, torch.device("cpu"))
+        settle_loaded_storage(self.frames, self.device)
 
     @property
     def nbytes(self) -> int:
-        """Bytes that :meth:`dumps` writes (TorchRL writes the whole capacity)."""
+        """Bytes of the storages, which a snapshot writes whole (capacity, not only the filled part)."""
         return storage_nbytes(self.storage) + storage_nbytes(self.frames)
-
-    def loads(self, path: Path) -> None:
-        self.buffer.loads(Path(path) / "steps")
-        self.frame_buffer.loads(Path(path) / "frames")
 
     # ---------------------------------------------------------------------------------- sampling
     def _age_order(self, index: Tensor) -> Tensor:
@@ -196,6 +202,15 @@ class FrameStore:
     def field(self, key: str) -> Tensor:
         """One per-step field of the whole storage ``[capacity, ...]``, without copying it."""
         return storage_fields(self.storage)[key]
+
+
+def on_host(tree):
+    """A (nested) state dict with its tensors on the host."""
+    if isinstance(tree, Tensor):
+        return tree.cpu()
+    if isinstance(tree, dict):
+        return type(tree)((key, on_host(value)) for key, value in tree.items())
+    return tree
 
 
 class FrameBatch:

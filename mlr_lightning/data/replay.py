@@ -21,7 +21,6 @@ from __future__ import annotations
 import math
 import warnings
 from abc import ABC, abstractmethod
-from pathlib import Path
 from typing import Sequence
 
 import torch
@@ -97,16 +96,16 @@ class Replay(ABC):
     def abandon_episode(self) -> None:
         self.store.abandon_episode()
 
-    def dumps(self, path: Path) -> None:
-        """Contents, write cursor and sampler state (priorities) in TorchRL's own format."""
-        self.store.dumps(path)
+    def state_dict(self) -> dict:
+        """Contents, write cursor and sampler state (priorities): see :meth:`FrameStore.state_dict`."""
+        return self.store.state_dict()
 
-    def loads(self, path: Path) -> None:
-        self.store.loads(path)
+    def load_state_dict(self, state: dict) -> None:
+        self.store.load_state_dict(state)
 
     @property
     def nbytes(self) -> int:
-        """Bytes that :meth:`dumps` writes."""
+        """Bytes that :meth:`state_dict` holds."""
         return self.store.nbytes
 
     def __len__(self) -> int:

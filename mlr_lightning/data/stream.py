@@ -221,7 +221,7 @@ class ExperienceStream(IterableDataset):
 
     # ------------------------------------------------------------------------------ full state
     def state_dict(self) -> dict:
-        """Everything but the replay contents (see :meth:`Replay.dumps`)."""
+        """Everything but the replay contents (see :meth:`Replay.state_dict`)."""
         state = {"counters": asdict(self.counters), "rng": rng_states(), "prefetch": self._prefetch_state()}
         if self.collector is not None:
             state |= {

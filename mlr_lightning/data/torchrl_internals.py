@@ -6,10 +6,10 @@ torchrl 0.14.1 (pinned in pyproject.toml): re-check this file when the pin moves
 
 from __future__ import annotations
 
+import torch
 from tensordict import TensorDictBase
 from tensordict.utils import expand_as_right
 from torchrl.collectors import Collector
-import torch
 from torchrl.data import LazyTensorStorage
 from torchrl.data.replay_buffers import Sampler
 from torchrl.data.replay_buffers.writers import TensorDictRoundRobinWriter
@@ -30,6 +30,19 @@ def storage_fields(storage: LazyTensorStorage) -> TensorDictBase:
 def storage_nbytes(storage: LazyTensorStorage) -> int:
     """Bytes of the allocated storage (TorchRL's ``dumps`` writes the whole capacity)."""
     return storage._storage.bytes() if storage.initialized else 0
+
+
+def settle_loaded_storage(storage: LazyTensorStorage, device: torch.device) -> None:
+    """After ``load_state_dict`` into an empty storage: its TensorDict has lost its batch size (rows
+    are then written only through tensor indices) and keeps the tensors where the state dict had
+    them, whatever the storage's ``device``. Restores both."""
+    if not storage.initialized:
+        return
+    fields = storage._storage
+    if fields.batch_size != torch.Size([storage.max_size]):
+        fields.batch_size = [storage.max_size]
+    if any(value.device != device for value in fields.values(True, True)):
+        storage._storage = fields.to(device)
 
 
 def collector_observation(collector: Collector) -> TensorDictBase:

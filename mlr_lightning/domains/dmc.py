@@ -7,7 +7,7 @@ from omegaconf import DictConfig, OmegaConf
 from mlr_lightning.agents.sac_mlr import SACMLRAgent
 from mlr_lightning.config import ExperimentConfig, validate_dmc
 from mlr_lightning.data.replay import UniformReplay
-from mlr_lightning.envs.dmc import make_dmc_env, split_task
+from mlr_lightning.envs.dmc import UnknownTaskError, make_dmc_env, split_task
 
 
 class DMCDomain:
@@ -20,7 +20,14 @@ class DMCDomain:
         validate_dmc(cfg)
 
     def check_task(self, cfg: DictConfig) -> None:
-        split_task(cfg.env.task)
+        domain, task = split_task(cfg.env.task)
+        from dm_control import suite  # imported by split_task, after the GL backend was chosen
+
+        cameras = suite.load(domain, task).physics.model.ncam  # ~0.15 s: the model, no renderer
+        if not -1 <= cfg.env.camera_id < cameras:
+            use = f"0..{cameras - 1}, or -1 for the free camera" if cameras else "-1, the free camera"
+            raise UnknownTaskError(f"env.camera_id={cfg.env.camera_id} is not a camera of {cfg.env.task}, which has "
+                                   f"{cameras}: use {use}")
 
     def make_env(self, cfg: DictConfig, seed: int, train: bool = True):
         e = cfg.env  # training and evaluation environments are the same on DMC

@@ -34,12 +34,14 @@ def episode_gif(frames: np.ndarray, path: Path, fps: int = 25) -> Path:
 
 
 def performance_profiles(profiles: Mapping[str, np.ndarray], cis: Mapping[str, np.ndarray], taus: Sequence[float],
-                         path: Path, xlabel: str) -> Path:
+                         path: Path, xlabel: str, title: str | None = None) -> Path:
     from rliable import plot_utils
 
     fig, ax = plt.subplots(figsize=(6, 4))
     plot_utils.plot_performance_profiles(profiles, np.asarray(taus), performance_profile_cis=cis, ax=ax, xlabel=xlabel)
     ax.legend(ax.get_lines()[: len(profiles)], list(profiles))  # one line per algorithm, in order
+    if title:
+        ax.set_title(title)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

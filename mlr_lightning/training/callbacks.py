@@ -5,14 +5,16 @@ from __future__ import annotations
 
 import signal
 import sys
+import tempfile
 import threading
 import warnings
 from pathlib import Path
 
 import lightning.pytorch as pl
 import numpy as np
+import torch
 
-from mlr_lightning.agents.base import NonFiniteLossError
+from mlr_lightning.agents.base import DivergedError, NonFiniteLossError, check_parameters
 from mlr_lightning.data.stream import ExperienceStream
 from mlr_lightning.reporting.plots import episode_gif, learning_curves
 from mlr_lightning.training.evaluation import PeriodicEvaluation, as_policy, record_episode
@@ -28,17 +30,23 @@ class UpdateCheckpoint(pl.Callback):
     Lightning's ``ModelCheckpoint(every_n_train_steps=...)`` counts optimizer steps, which under
     manual optimization with 3-4 optimizers per update is not a meaningful unit here; and it saves
     no replay. A failed periodic save (a full disk, say) warns and training goes on, with the
-    previous snapshot intact.
+    previous snapshot intact; so does a failed final save when an earlier snapshot exists (the run's
+    curves and metrics are complete). Parameters are checked before every save (``max_abs_weight``):
+    a diverged state is never called a good snapshot.
     """
 
-    def __init__(self, dirpath: Path, every_updates: int, keep: int, stream: ExperienceStream):
+    def __init__(self, dirpath: Path, every_updates: int, keep: int, stream: ExperienceStream,
+                 max_abs_weight: float = float("inf")):
         self.dirpath, self.every, self.keep, self.stream = Path(dirpath), every_updates, keep, stream
+        self.max_abs_weight = max_abs_weight
 
     @property
     def last_path(self) -> Path:
         return self.dirpath / LAST
 
     def save(self, trainer: pl.Trainer, pl_module) -> Path:
+        check_parameters(pl_module, self.max_abs_weight, int(pl_module.num_updates))
+
         def write(directory: Path) -> None:
             trainer.save_checkpoint(directory / MODEL_FILE)  # collective; rank 0 writes
             save_rank_state(directory, trainer.global_rank, self.stream)
@@ -51,17 +59,27 @@ class UpdateCheckpoint(pl.Callback):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         if int(pl_module.num_updates) % self.every == 0:
+            flush_logs(trainer)
             try:
                 self.save(trainer, pl_module)
             except CheckpointError as err:
                 warnings.warn(str(err))
 
     def on_train_end(self, trainer, pl_module):
-        self.save(trainer, pl_module)
+        try:
+            self.save(trainer, pl_module)
+        except CheckpointError as err:
+            if not self.last_path.exists():
+                raise
+            warnings.warn(f"the final snapshot failed; the run is complete and resumable from the last one: {err}")
 
     def on_exception(self, trainer, pl_module, exception):
-        if isinstance(exception, (NonFiniteLossError, CheckpointError)):
-            return  # non-finite weights, or a disk that just refused a snapshot: keep the last good one
+        if isinstance(exception, (NonFiniteLossError, DivergedError, CheckpointError, HardStop)):
+            # non-finite or diverged weights, a disk that just refused a snapshot, or a second Ctrl-C
+            # that may have landed mid-update: keep the last good snapshot as it is.
+            return
+        if self.stream.counters.agent_steps == 0:
+            return  # failed before collecting anything: there is nothing to save
         # SIGTERM and Ctrl-C arrive between updates; a crash keeps what was learned up to it.
         try:
             self.save(trainer, pl_module)
@@ -69,12 +87,29 @@ class UpdateCheckpoint(pl.Callback):
             warnings.warn(f"could not save a checkpoint after {type(exception).__name__}: {err}")
 
 
+def flush_logs(trainer: pl.Trainer) -> None:
+    """Log this update's metrics and write the logs now, before a snapshot: Lightning logs an update
+    after the callbacks' ``on_train_batch_end``, so a SIGKILL right after the snapshot would lose them
+    for good (the resumed run starts after that update). Lightning's own call that follows is a repeat
+    the loggers drop (:class:`~mlr_lightning.training.tracking.EnvStepAxis`). Lightning offers no
+    public hook after its logging, hence its connector."""
+    trainer._logger_connector.update_train_step_metrics()
+    for logger in trainer.loggers:
+        logger.save()
+
+
+class HardStop(Exception):
+    """A second Ctrl-C: the run stops at once and saves nothing, since it may have landed in the
+    middle of an update or a collection step; a resume continues from the last snapshot."""
+
+
 class GracefulInterrupt(pl.Callback):
-    """Ctrl-C takes Lightning's SIGTERM path: finish the running update, save, stop cleanly.
+    """Ctrl-C takes Lightning's SIGTERM path: finish the running update (or the running evaluation
+    episode), save, stop cleanly.
 
     Lightning raises ``SIGTERMException`` at the next batch boundary after a SIGTERM, so the
     snapshot is taken between two updates and the resumed run continues exactly. A second Ctrl-C
-    interrupts at once (Lightning then saves through ``on_exception``).
+    stops at once with :class:`HardStop` and no snapshot.
     """
 
     def __init__(self):
@@ -95,7 +130,7 @@ class GracefulInterrupt(pl.Callback):
 
     def _on_sigint(self, signum, frame):
         if self.signal_name == "SIGINT":
-            raise KeyboardInterrupt
+            raise HardStop("a second Ctrl-C stopped the run at once, without a snapshot")
         self.signal_name = "SIGINT"
         print("\nCtrl-C: finishing the current update, then saving a checkpoint (Ctrl-C again to stop at once).",
               file=sys.stderr, flush=True)
@@ -109,9 +144,12 @@ class GracefulInterrupt(pl.Callback):
 
 class RunArtifacts(pl.Callback):
     """At the end of training: a learning-curve PNG and an evaluation GIF in the run directory, and
-    the config, those figures and the final checkpoint (or its path, when large) as MLflow artifacts.
+    the config, those figures, ``metrics.csv`` and the final agent as MLflow artifacts.
 
-    Place it after :class:`PeriodicEvaluation` and :class:`UpdateCheckpoint`: it reads their output.
+    The agent is uploaded as a weights-only checkpoint (networks and hyperparameters, loadable with
+    ``load_from_checkpoint``; no optimiser states and no replay), so the artifact store does not hold
+    the snapshot a second time; the snapshot's path is the ``checkpoint_path`` tag. Place this callback
+    after :class:`PeriodicEvaluation` and :class:`UpdateCheckpoint`: it reads their output.
     """
 
     def __init__(self, run_dir: Path, evaluation: PeriodicEvaluation, checkpoint: UpdateCheckpoint,
@@ -134,13 +172,25 @@ class RunArtifacts(pl.Callback):
             return
         for logger_ in trainer.loggers:  # flush metrics.csv before uploading it
             logger_.save()
-        client, run_id = logger.experiment, logger.run_id
+        logger.call("uploading artifacts", self.upload, logger.experiment, logger.run_id, files)
+
+    def upload(self, client, run_id: str, files: list[Path]) -> None:
         for path in files:
             client.log_artifact(run_id, str(path))
         ckpt = self.checkpoint.last_path
         client.set_tag(run_id, "checkpoint_path", str(ckpt))
-        if ckpt.stat().st_size <= self.max_checkpoint_mb * 2**20:
-            client.log_artifact(run_id, str(ckpt), artifact_path="checkpoints")
+        with tempfile.TemporaryDirectory() as tmp:
+            weights = Path(tmp) / LAST
+            save_weights_only(ckpt, weights)
+            if weights.stat().st_size <= self.max_checkpoint_mb * 2**20:
+                client.log_artifact(run_id, str(weights), artifact_path="checkpoints")
+
+
+def save_weights_only(checkpoint: Path, path: Path) -> None:
+    """A Lightning checkpoint reduced to what ``load_from_checkpoint`` needs: weights and hyperparameters."""
+    full = torch.load(checkpoint, map_location="cpu", weights_only=False)  # our own file
+    keep = ("state_dict", "hyper_parameters", "hparams_name", "pytorch-lightning_version", "epoch", "global_step")
+    torch.save({k: v for k, v in full.items() if k in keep}, path)
 
 
 class PriorityUpdate(pl.Callback):

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import statistics
+import sys
 import warnings
 from typing import Callable
 
 import lightning.pytorch as pl
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 import torch
 from tensordict import TensorDictBase
 from tensordict.nn import TensorDictModule
@@ -19,10 +21,21 @@ from mlr_lightning.data.stream import simulator
 MAX_EPISODE_STEPS = 10**7  # episodes end through the environment's own time limit
 
 
+class EvaluationInterrupted(Exception):
+    """A stop (SIGTERM, Ctrl-C) arrived between two evaluation episodes."""
+
+
 @torch.no_grad()
-def evaluate(env: EnvBase, policy: TensorDictModule, num_episodes: int) -> list[float]:
-    """Returns of ``num_episodes`` episodes with the mean action (exploration off)."""
-    return [record_episode(env, policy)[0] for _ in range(num_episodes)]
+def evaluate(env: EnvBase, policy: TensorDictModule, num_episodes: int,
+             should_stop: Callable[[], bool] = lambda: False) -> list[float]:
+    """Returns of ``num_episodes`` episodes with the mean action (exploration off); ``should_stop``
+    is asked before each episode, so a stop waits for one episode, not for the whole evaluation."""
+    returns = []
+    for _ in range(num_episodes):
+        if should_stop():
+            raise EvaluationInterrupted
+        returns.append(record_episode(env, policy)[0])
+    return returns
 
 
 @torch.no_grad()
@@ -49,6 +62,11 @@ class PeriodicEvaluation(pl.Callback):
     fall inside the random seed phase (no update yet) are evaluated with the untrained policy when
     the first update arrives, so none is skipped. Under DDP only global rank 0 has an ``env`` and
     evaluates; the others pass ``None``.
+
+    A SIGTERM or Ctrl-C during an evaluation stops it after the running episode: the evaluation
+    environment is put back as it was before the evaluation, nothing is recorded, and the resumed
+    run evaluates that point again (with the same episodes). During the final evaluation the stop
+    is raised at once; otherwise after the current update, as Lightning does.
     """
 
     def __init__(self, every_env_steps: int | None, num_episodes: int, final_env_steps: int,
@@ -65,28 +83,42 @@ class PeriodicEvaluation(pl.Callback):
         if self.env is None:  # not the evaluating rank
             return
         while self.every and self.next_eval <= batch["env_steps"]:
-            self._evaluate(trainer, pl_module, self.next_eval)
+            if not self._evaluate(trainer, pl_module, self.next_eval):
+                return  # stopped: Lightning ends the run after this update
             self.next_eval += self.every
 
     def on_train_end(self, trainer, pl_module):
         if self.env is None:
             return
         while self.every and self.next_eval <= self.final:
-            self._evaluate(trainer, pl_module, self.next_eval)
+            if not self._evaluate(trainer, pl_module, self.next_eval):
+                raise SIGTERMException
             self.next_eval += self.every
         if not self.history or self.history[-1]["env_steps"] != self.final:
-            self._evaluate(trainer, pl_module, self.final)
+            if not self._evaluate(trainer, pl_module, self.final):
+                raise SIGTERMException
 
-    def _evaluate(self, trainer: pl.Trainer, pl_module, env_steps: int) -> None:
+    def _evaluate(self, trainer: pl.Trainer, pl_module, env_steps: int) -> bool:
+        """Evaluate and log; False if a stop interrupted it (then nothing changed)."""
+        before = simulator(self.env).get_state()
+        stop = lambda: bool(getattr(trainer, "received_sigterm", False))  # noqa: E731
         try:
-            returns = evaluate(self.env, as_policy(pl_module), self.num_episodes)
-        except Exception as err:  # a renderer or simulator failure: rebuild the env, evaluate again once
-            if self.rebuild_env is None:
+            try:
+                returns = evaluate(self.env, as_policy(pl_module), self.num_episodes, stop)
+            except EvaluationInterrupted:
                 raise
-            warnings.warn(f"evaluation environment crashed at env step {env_steps} ({err!r}); rebuilding it")
-            self.env_restarts += 1
-            self.env = self.rebuild_env()
-            returns = evaluate(self.env, as_policy(pl_module), self.num_episodes)
+            except Exception as err:  # a renderer or simulator failure: rebuild the env, evaluate again once
+                if self.rebuild_env is None:
+                    raise
+                warnings.warn(f"evaluation environment crashed at env step {env_steps} ({err!r}); rebuilding it")
+                self.env_restarts += 1
+                self.env = self.rebuild_env()
+                returns = evaluate(self.env, as_policy(pl_module), self.num_episodes, stop)
+        except EvaluationInterrupted:
+            simulator(self.env).set_state(before)
+            print(f"Stopping: the evaluation at env step {env_steps} was interrupted; the resumed run repeats it.",
+                  file=sys.stderr, flush=True)
+            return False
         metrics = {
             "eval/return_mean": statistics.fmean(returns),
             "eval/return_std": statistics.pstdev(returns),
@@ -99,6 +131,7 @@ class PeriodicEvaluation(pl.Callback):
         for logger in trainer.loggers:
             logger.log_metrics(metrics, step=env_steps)
         trainer.progress_bar_metrics["eval_return"] = round(metrics["eval/return_mean"], 1)
+        return True
 
     def state_dict(self) -> dict:
         if self.env is None:

@@ -7,13 +7,13 @@ resumed from a full-state snapshot (see :mod:`mlr_lightning.training.snapshot`).
 
 from __future__ import annotations
 
+import logging
 import os
-import time
 from pathlib import Path
+from typing import Sequence
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.callbacks import TQDMProgressBar
 from lightning.pytorch.plugins import MixedPrecision
 from lightning.pytorch.strategies import DDPStrategy
 from lightning.pytorch.utilities.exceptions import SIGTERMException
@@ -21,22 +21,23 @@ from omegaconf import DictConfig
 from tensordict.nn import TensorDictModule
 from torch.utils.data import DataLoader
 
-from mlr_lightning.agents.base import NonFiniteLossError, RLAgent
-from mlr_lightning.config import ConfigError, to_yaml
+from mlr_lightning.agents.base import DivergedError, NonFiniteLossError, RLAgent
 from mlr_lightning.data.replay import Replay
 from mlr_lightning.data.stream import ExperienceStream, make_collector
 from mlr_lightning.domains import Domain, domain_of
-from mlr_lightning.training.callbacks import GracefulInterrupt, RunArtifacts, UpdateCheckpoint
+from mlr_lightning.training.callbacks import GracefulInterrupt, HardStop, RunArtifacts, UpdateCheckpoint
 from mlr_lightning.training.evaluation import PeriodicEvaluation
+from mlr_lightning.training.progress import EnvStepProgressBar
+from mlr_lightning.training.run_dir import RunLock, new_run_dir
 from mlr_lightning.training.snapshot import (
     MODEL_FILE,
-    check_same_experiment,
+    accept_resumed_config,
     find_resumable,
     load_rank_state,
     run_dir_of,
     snapshot_agent_steps,
 )
-from mlr_lightning.training.tracking import make_loggers, remember_run
+from mlr_lightning.training.tracking import ensure_store_for, make_loggers, mark_run
 
 # Set by rank 0 for the ranks Lightning's DDP launcher starts: they re-run the same command and
 # must join the same run directory and snapshot instead of creating their own.
@@ -44,10 +45,12 @@ RUN_DIR_ENV, SNAPSHOT_ENV = "MLR_LIGHTNING_RUN_DIR", "MLR_LIGHTNING_SNAPSHOT"
 
 
 class RunInterrupted(Exception):
-    """SIGTERM or Ctrl-C: a snapshot was saved and the run stopped cleanly."""
+    """SIGTERM or Ctrl-C: the run stopped cleanly, with a snapshot saved; or a second Ctrl-C: it
+    stopped at once and ``snapshot_saved`` is False (a resume continues from the last snapshot)."""
 
-    def __init__(self, signal_name: str, run_dir: Path, env_steps: int):
+    def __init__(self, signal_name: str, run_dir: Path, env_steps: int, snapshot_saved: bool = True):
         self.signal_name, self.run_dir, self.env_steps = signal_name, run_dir, env_steps
+        self.snapshot_saved = snapshot_saved
         super().__init__(f"{signal_name} at env step {env_steps}")
 
 
@@ -57,24 +60,6 @@ class RunFailed(Exception):
 
 def rank_seed(cfg: DictConfig, rank: int) -> int:
     return cfg.seed + rank * cfg.trainer.rank_seed_stride
-
-
-def make_run_dir(cfg: DictConfig) -> Path:
-    name = cfg.run_name or "-".join(
-        [cfg.env.task, "mlr" if cfg.mlr.enabled else "baseline", f"s{cfg.seed}", time.strftime("%Y%m%d-%H%M%S")]
-    )
-    run_dir = Path(cfg.output_dir).resolve() / name
-    if cfg.run_name and (run_dir / "checkpoints").is_dir():
-        raise ConfigError(f"run_name={cfg.run_name!r}: {run_dir} already holds a run; continue it with "
-                          "--resume auto, or choose another run_name")
-    if not cfg.run_name:  # never mix two runs started in the same second
-        suffix = 1
-        while run_dir.exists():
-            suffix += 1
-            run_dir = run_dir.with_name(f"{name}-{suffix}")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(to_yaml(cfg))
-    return run_dir
 
 
 def _as_is(batch):
@@ -127,12 +112,17 @@ def make_trainer(cfg: DictConfig, run_dir: Path, loggers, callbacks) -> pl.Train
         logger=loggers,
         log_every_n_steps=cfg.trainer.log_every_updates,
         enable_checkpointing=False,  # UpdateCheckpoint counts agent updates and saves the full state
+        enable_model_summary=logging.getLogger("lightning.pytorch").isEnabledFor(logging.INFO),  # fit --verbose
         callbacks=callbacks,
     )
 
 
-def fit(cfg: DictConfig, resume: str | None = None) -> Path:
-    """Train one agent as configured (or continue a snapshot, ``resume``); returns the run directory."""
+def fit(cfg: DictConfig, resume: str | None = None, allow_change: Sequence[str] = ()) -> Path:
+    """Train one agent as configured (or continue a snapshot, ``resume``); returns the run directory.
+
+    ``allow_change``: optimiser keys (:data:`~mlr_lightning.config.OPTIMIZER_KEYS`) that a resume may
+    change, e.g. a smaller learning rate after a divergence.
+    """
     domain_of(cfg).check_task(cfg)
     if RUN_DIR_ENV in os.environ:  # a rank started by Lightning's DDP launcher
         snapshot = Path(os.environ[SNAPSHOT_ENV]) if os.environ.get(SNAPSHOT_ENV) else None
@@ -140,14 +130,27 @@ def fit(cfg: DictConfig, resume: str | None = None) -> Path:
     snapshot = find_resumable(cfg, resume) if resume else None
     if snapshot is not None:
         run_dir = run_dir_of(snapshot)
-        check_same_experiment(cfg, run_dir)
+        lock = RunLock(run_dir)
+        try:
+            accept_resumed_config(cfg, run_dir, allow_change)
+        except BaseException:
+            lock.release()
+            raise
     else:
-        run_dir = make_run_dir(cfg)
+        ensure_store_for(cfg)  # an unusable store stops a new run before its directory exists
+        run_dir, lock = new_run_dir(cfg, restart=resume == "auto")
     os.environ[RUN_DIR_ENV], os.environ[SNAPSHOT_ENV] = str(run_dir), str(snapshot or "")
     try:
         return _train(cfg, run_dir, snapshot)
+    except RunInterrupted as stop:
+        mark_run(run_dir, "KILLED", f"{stop.signal_name} at env step {stop.env_steps}; resume with --resume {run_dir}")
+        raise
+    except BaseException as err:  # the MLflow run says why it failed, also for failures before training
+        mark_run(run_dir, "FAILED", f"{type(err).__name__}: {err}")
+        raise
     finally:  # the next fit in this process (grid) starts its own run
         del os.environ[RUN_DIR_ENV], os.environ[SNAPSHOT_ENV]
+        lock.release()
 
 
 def _train(cfg: DictConfig, run_dir: Path, snapshot: Path | None) -> Path:
@@ -160,19 +163,17 @@ def _train(cfg: DictConfig, run_dir: Path, snapshot: Path | None) -> Path:
     evaluation = PeriodicEvaluation(cfg.eval.every_env_steps or None, cfg.eval.num_episodes, cfg.train.num_env_steps,
                                     extra_metrics=domain.eval_metrics(cfg))
     checkpoint = UpdateCheckpoint(run_dir / "checkpoints", cfg.trainer.checkpoint_every_updates,
-                                  cfg.trainer.keep_checkpoints, stream)
+                                  cfg.trainer.keep_checkpoints, stream, cfg.trainer.max_abs_weight)
     interrupt = GracefulInterrupt()
-    loggers = make_loggers(cfg, run_dir, resume_step)
+    loggers = make_loggers(cfg, run_dir, resume_step)  # creates (or reopens) the MLflow run on rank 0
     trainer = make_trainer(cfg, run_dir, loggers, [
-        TQDMProgressBar(refresh_rate=cfg.trainer.log_every_updates),
+        EnvStepProgressBar(cfg.train.num_env_steps, refresh_updates=cfg.trainer.log_every_updates),
         *domain.callbacks(cfg, replay),  # before the snapshot, which holds what they change (priorities)
         evaluation,
         checkpoint,
         interrupt,
         RunArtifacts(run_dir, evaluation, checkpoint, cfg.tracking.video, cfg.tracking.max_checkpoint_artifact_mb),
     ])
-    if trainer.is_global_zero and snapshot is None:
-        remember_run(cfg, loggers, run_dir)
 
     pl.seed_everything(cfg.seed, workers=True, verbose=False)  # the same initial networks on every rank
     env_seed = rank_seed(cfg, trainer.global_rank)
@@ -195,7 +196,9 @@ def _train(cfg: DictConfig, run_dir: Path, snapshot: Path | None) -> Path:
                     weights_only=False)
     except SIGTERMException:
         raise RunInterrupted(interrupt.signal_name or "SIGTERM", run_dir, stream.env_steps) from None
-    except NonFiniteLossError as err:
+    except HardStop:
+        raise RunInterrupted("SIGINT", run_dir, stream.env_steps, snapshot_saved=False) from None
+    except (NonFiniteLossError, DivergedError) as err:
         last = checkpoint.last_path.resolve().parent if checkpoint.last_path.exists() else None
         raise RunFailed(f"{err}; the last good checkpoint is {last or 'none (no snapshot was written yet)'}"
                         + (f": fix the cause, then --resume {last}" if last else "")) from err

@@ -9,7 +9,7 @@ verified and found, and the resume policy built on it.
                                 callbacks (evaluation schedule and history), loop progress
         stream-rank{r}.pt       rank r's ExperienceStream.state_dict(): counters, collector, the
                                 running episode inside the simulator, RNG states
-        replay-rank{r}/         rank r's Replay.dumps(): rows, frames, write cursor, priorities
+        replay-rank{r}.pt       rank r's Replay.state_dict(): rows, frames, write cursor, priorities
         MANIFEST.json           written last: every file's size, and sha256 of the small files
       last.ckpt -> update-00012000/model.ckpt
 
@@ -33,12 +33,12 @@ import re
 import shutil
 import warnings
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from mlr_lightning.config import ConfigError, config_differences, to_yaml
+from mlr_lightning.config import OPTIMIZER_KEYS, ConfigError, config_differences, to_yaml
 
 MODEL_FILE = "model.ckpt"
 MANIFEST = "MANIFEST.json"
@@ -61,8 +61,8 @@ def write_snapshot(checkpoints: Path, name: str, write: Callable[[Path], None], 
 
     On a write failure (a full disk, say) the temporary directory is removed and
     :class:`CheckpointError` says which good snapshot remains. ``min_free_bytes`` is checked first:
-    the replay is written through memory maps, and a full disk under a memory map kills the process
-    (SIGBUS) instead of raising.
+    a snapshot that cannot fit is refused before anything is written (the write itself would also
+    fail cleanly: every file is written with ordinary writes, never through a memory map).
     """
     checkpoints = Path(checkpoints)
     final, tmp = checkpoints / name, checkpoints / f".{name}.tmp"
@@ -220,14 +220,19 @@ def stream_file(snapshot: Path, rank: int) -> Path:
     return Path(snapshot) / f"stream-rank{rank}.pt"
 
 
-def replay_dir(snapshot: Path, rank: int) -> Path:
-    return Path(snapshot) / f"replay-rank{rank}"
+def replay_file(snapshot: Path, rank: int) -> Path:
+    return Path(snapshot) / f"replay-rank{rank}.pt"
 
 
 def save_rank_state(directory: Path, rank: int, stream) -> None:
-    """This rank's stream state and replay contents (an ``ExperienceStream`` and its ``Replay``)."""
+    """This rank's stream state and replay contents (an ``ExperienceStream`` and its ``Replay``).
+
+    Plain file writes throughout, so that a full disk raises (ENOSPC) rather than killing the
+    process with SIGBUS as a write through a memory map would.
+    """
     save_torch(stream.state_dict(), stream_file(directory, rank))
-    stream.replay.dumps(replay_dir(directory, rank))
+    with open(replay_file(directory, rank), "wb") as handle:  # streamed: a replay is GBs, no copy in memory
+        torch.save(stream.replay.state_dict(), handle)
 
 
 def load_rank_state(snapshot: Path, rank: int, stream) -> None:
@@ -235,8 +240,8 @@ def load_rank_state(snapshot: Path, rank: int, stream) -> None:
     if not path.is_file():
         raise CheckpointError(f"{snapshot} holds no state for rank {rank}: resume with the number of "
                               "ranks (trainer.devices x trainer.num_nodes) that wrote it")
-    stream.load_state_dict(torch.load(path, weights_only=False))  # our own file
-    stream.replay.loads(replay_dir(snapshot, rank))
+    stream.load_state_dict(torch.load(path, weights_only=False))  # our own files
+    stream.replay.load_state_dict(torch.load(replay_file(snapshot, rank), weights_only=False))
 
 
 def snapshot_agent_steps(snapshot: Path) -> int:
@@ -269,10 +274,20 @@ def run_dir_of(snapshot: Path) -> Path:
     return Path(snapshot).parent.parent
 
 
-def check_same_experiment(cfg: DictConfig, run_dir: Path) -> None:
-    """A resumed run must be the same experiment: only bookkeeping keys may change."""
+def accept_resumed_config(cfg: DictConfig, run_dir: Path, allow_change: Sequence[str] = ()) -> None:
+    """A resumed run must be the same experiment: only bookkeeping keys may change, and optimiser keys
+    the user names (``--allow-change``). An allowed change is written into the run's config.yaml."""
+    unknown = [key for key in allow_change if key not in OPTIMIZER_KEYS]
+    if unknown:
+        raise ConfigError(f"--allow-change {unknown[0]}: only optimiser settings may change on resume: "
+                          f"{', '.join(OPTIMIZER_KEYS)}")
     saved = OmegaConf.load(run_dir / "config.yaml")
-    changed = config_differences(saved, cfg)
+    changed = config_differences(saved, cfg, allowed=allow_change)
     if changed:
         raise ConfigError(f"--resume continues {run_dir}, whose config differs in: {'; '.join(changed)}. "
-                          f"Resume with --config {run_dir / 'config.yaml'}, or start a new run")
+                          f"Resume with --config {run_dir / 'config.yaml'}, or start a new run"
+                          + (f" (optimiser settings may change with --allow-change KEY)" if not allow_change else ""))
+    if to_yaml(saved) != to_yaml(cfg):  # allowed changes only: the run's config is now this one
+        tmp = run_dir / ".config.yaml.tmp"
+        tmp.write_text(to_yaml(cfg))
+        os.replace(tmp, run_dir / "config.yaml")

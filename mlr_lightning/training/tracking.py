@@ -1,18 +1,25 @@
-"""Experiment tracking: CSV and MLflow loggers on the environment-step axis, tags and artifacts.
+"""Experiment tracking: ``metrics.csv`` and MLflow on the environment-step axis, and the run record.
 
 Lightning's own step counter counts optimizer steps, and under manual optimization with 3-4
 optimizers per agent update that is neither agent updates nor environment steps, so every logger
 here records against environment steps, the paper's x-axis.
 
+``metrics.csv`` is the run's history of record: it is never deleted or rewritten in place (a resume
+replaces it atomically with the rows it keeps, a header change rewrites it atomically, other saves
+append), and a cut last line (power loss) is dropped on reading. MLflow is a mirror of it: a store
+that is unreachable or disappears costs bounded retries (seconds), then a warning, and training goes
+on; ``python -m mlr_lightning sync <run_dir>`` (and every resume) fills in what MLflow missed.
+
 MLflow needs no server: the default store is an embedded sqlite database at
-``<output_dir>/mlflow.db`` (MLflow's file store is deprecated), browsable with
-``mlflow ui --backend-store-uri sqlite:///<output_dir>/mlflow.db``. ``tracking.uri`` or
-``MLFLOW_TRACKING_URI`` point at a real server instead.
+``<output_dir>/mlflow.db``, created and migrated atomically under a lock before any run uses it.
+``tracking.uri`` or ``MLFLOW_TRACKING_URI`` point at a real server instead.
 """
 
 from __future__ import annotations
 
 import csv
+import fcntl
+import io
 import json
 import os
 import subprocess
@@ -21,63 +28,142 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from lightning.pytorch.loggers import CSVLogger, Logger, MLFlowLogger
+from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.utilities import rank_zero_only
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
+
+from mlr_lightning.config import RESUMABLE_CHANGES, flatten
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 # The user's MLFLOW_TRACKING_URI, read once at import: mlflow.set_tracking_uri() (which Lightning's
 # MLFlowLogger calls) overwrites the environment variable, so reading it later would pick up the
 # URI of whatever run came before in this process.
 USER_TRACKING_URI = os.environ.get("MLFLOW_TRACKING_URI")
+METRICS_FILE = "metrics.csv"
+RUN_ID_FILE = "mlflow_run.json"
+# MLflow's HTTP client retries 7 times with exponential backoff by default (minutes against a dead
+# server); a few seconds is enough to ride out a restart, after which the CSV goes on alone.
+BOUNDED_RETRIES = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+                   "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
+
+
+class TrackingStoreError(RuntimeError):
+    """The MLflow store cannot be used, with what to do about it."""
+
+
+# ----------------------------------------------------------------------------- metrics.csv
+def read_metrics(path: Path, through_step: int | None = None) -> list[dict]:
+    """Rows of a ``metrics.csv`` (empty cells dropped), up to ``through_step``. A last line without
+    its newline was cut by a crash or power loss mid-write: it is dropped."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    text = path.read_text()
+    if text and not text.endswith("\n"):
+        text = text[: text.rfind("\n") + 1]
+    rows = []
+    for row in csv.DictReader(io.StringIO(text)):
+        try:
+            step = int(float(row["step"]))
+        except (KeyError, TypeError, ValueError):
+            continue
+        if through_step is None or step <= through_step:
+            rows.append({k: v for k, v in row.items() if k is not None and v not in ("", None)})
+    return rows
+
+
+def write_metrics(path: Path, rows: list[dict]) -> None:
+    """Replace ``path`` with ``rows`` atomically: a crash leaves the old file or the new one."""
+    keys = sorted(set().union(*rows)) if rows else ["step"]
+    tmp = Path(path).with_name(f".{Path(path).name}.tmp")
+    with open(tmp, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=keys)
+        writer.writeheader()
+        writer.writerows(rows)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+class MetricsWriter(ExperimentWriter):
+    """Lightning's CSV writer, made safe for a run's history: it never deletes an existing file
+    (Lightning's removes it when the directory is not empty), and it keeps every row so that a
+    header change rewrites the file atomically instead of in place."""
+
+    def __init__(self, log_dir: str, history: list[dict]):
+        self.history = history
+        super().__init__(log_dir)
+        self.metrics_keys = sorted(set().union(*history)) if history else []
+
+    def _check_log_dir_exists(self) -> None:
+        pass  # the run directory holds config.yaml and the kept history: nothing to delete
+
+    def save(self) -> None:
+        if not self.metrics:
+            return
+        rows, self.metrics = self.metrics, []
+        self.history.extend(rows)
+        new_keys = self._record_new_keys_of(rows)
+        if new_keys or not os.path.isfile(self.metrics_file_path):
+            write_metrics(Path(self.metrics_file_path), self.history)
+            return
+        with open(self.metrics_file_path, "a", newline="") as handle:
+            csv.DictWriter(handle, fieldnames=self.metrics_keys).writerows(rows)
+
+    def _record_new_keys_of(self, rows: list[dict]) -> set[str]:
+        new_keys = set().union(*rows) - set(self.metrics_keys)
+        self.metrics_keys = sorted(set(self.metrics_keys) | new_keys)
+        return new_keys
 
 
 class EnvStepAxis:
     """Mixin for Lightning loggers: use the logged ``env_steps`` value as the step of each record.
 
     ``skip_through_step``: records up to this step are dropped. A run resumed from a snapshot
-    replays the steps between that snapshot and the interruption; they were logged already.
+    replays the steps between that snapshot and the interruption; they were logged already. A record
+    equal to the previous one (same step, same values) is dropped too.
     """
 
     skip_through_step: int = -1
+    _last_record: tuple | None = None
 
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
         if "env_steps" in metrics:
             step = int(metrics["env_steps"])
         if step is not None and step <= self.skip_through_step:
             return
+        record = (step, sorted((k, float(v)) for k, v in metrics.items()))
+        if record == self._last_record:
+            return  # the same record again (logs flushed before a snapshot, then by Lightning)
+        self._last_record = record
         super().log_metrics(metrics, step)
 
 
 class EnvStepCSVLogger(EnvStepAxis, CSVLogger):
     """``<run_dir>/metrics.csv`` with ``step`` = environment steps.
 
-    ``keep_through_step``: on resume, the rows up to the snapshot's step are kept (Lightning's
-    writer would delete the file) and the rows after it are dropped, as they will be logged again.
+    ``keep_through_step``: on resume, the rows up to the snapshot's step are kept and the rows after
+    it dropped (they will be logged again); the kept rows are written back atomically *before*
+    anything else happens, so a resume that dies during start-up loses nothing.
     """
 
     def __init__(self, run_dir: Path, keep_through_step: int | None = None):
-        resuming = keep_through_step is not None and rank_zero_only.rank == 0
-        kept = _csv_rows(Path(run_dir) / "metrics.csv", keep_through_step) if resuming else []
         super().__init__(run_dir, name="", version="")
-        with warnings.catch_warnings():  # it warns that the run directory (config.yaml) is not empty
-            warnings.filterwarnings("ignore", message="Experiment logs directory")
-            writer = self.experiment
-        if kept:
-            writer.metrics.extend(kept)  # written back on the first save
+        self._history: list[dict] = []
+        if keep_through_step is not None and rank_zero_only.rank == 0:
+            path = Path(run_dir) / METRICS_FILE
+            self._history = read_metrics(path, keep_through_step)
+            write_metrics(path, self._history)
+
+    @property
+    def experiment(self) -> MetricsWriter:
+        if self._experiment is None:
+            os.makedirs(self.root_dir, exist_ok=True)
+            self._experiment = MetricsWriter(self.log_dir, self._history)
+        return self._experiment
 
 
-class EnvStepMLFlowLogger(EnvStepAxis, MLFlowLogger):
-    """MLflow metrics with ``step`` = environment steps."""
-
-
-def _csv_rows(path: Path, through_step: int) -> list[dict]:
-    if not path.is_file():
-        return []
-    with open(path, newline="") as handle:
-        rows = list(csv.DictReader(handle))
-    return [{k: v for k, v in row.items() if v != ""} for row in rows if int(row["step"]) <= through_step]
-
-
+# ----------------------------------------------------------------------------------- MLflow
 def default_store(output_dir: str | Path) -> Path:
     return Path(output_dir).resolve() / "mlflow.db"
 
@@ -85,6 +171,38 @@ def default_store(output_dir: str | Path) -> Path:
 def resolve_tracking_uri(uri: str | None, output_dir: str | Path) -> str:
     """An explicit URI, else $MLFLOW_TRACKING_URI, else the embedded store under ``output_dir``."""
     return uri or USER_TRACKING_URI or f"sqlite:///{default_store(output_dir)}"
+
+
+def ensure_embedded_store(path: Path) -> None:
+    """Create the sqlite store at ``path`` atomically, under a lock, or check that the existing one
+    is complete. MLflow creates its tables by running ~50 schema migrations; interrupted, they leave
+    a store that breaks every later run, and two first runs at once race on them."""
+    from mlflow.store.db.utils import _get_latest_schema_revision, _get_schema_version
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+    from sqlalchemy import create_engine
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(f".{path.name}.lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, or by the OS if we die
+        if path.exists():
+            engine = create_engine(f"sqlite:///{path}")
+            try:
+                current = _get_schema_version(engine)
+            finally:
+                engine.dispose()
+            head = _get_latest_schema_revision()
+            if current != head:
+                raise TrackingStoreError(
+                    f"the MLflow store {path} is incomplete (schema {current or 'none'}, expected {head}): a first "
+                    f"run was interrupted while creating it. If it holds no runs you need, delete it; otherwise "
+                    f"migrate it with `mlflow db upgrade sqlite:///{path}`")
+            return
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.unlink(missing_ok=True)
+        store = SqlAlchemyStore(f"sqlite:///{tmp}", (path.parent / "mlartifacts").as_uri())
+        store.engine.dispose()
+        os.replace(tmp, path)
 
 
 def git_commit() -> str:
@@ -110,40 +228,69 @@ def run_tags(cfg: DictConfig) -> dict[str, str]:
     }
 
 
-RUN_ID_FILE = "mlflow_run.json"
+def yaml_value(value) -> str:
+    """A config value as written in YAML: ``true``, ``null``, ``0.0005``, ``[32, 64, 64]``."""
+    return OmegaConf.to_yaml({"v": value}).strip().removeprefix("v:").strip()
 
 
-def make_loggers(cfg: DictConfig, run_dir: Path, resume_step: int | None = None) -> list[Logger]:
-    """CSV and MLflow loggers. With ``resume_step`` (the snapshot's env step) they continue the
-    run's ``metrics.csv`` and its MLflow run (whose id is kept in ``<run_dir>/mlflow_run.json``)."""
-    loggers: list[Logger] = [EnvStepCSVLogger(run_dir, keep_through_step=resume_step)]
-    if not cfg.tracking.mlflow:
-        return loggers
-    saved = json.loads((run_dir / RUN_ID_FILE).read_text()) if resume_step is not None and (run_dir / RUN_ID_FILE).is_file() else {}
-    uri = saved.get("tracking_uri") or resolve_tracking_uri(cfg.tracking.uri, cfg.output_dir)
-    # With the embedded store, keep artifacts beside the database rather than in ./mlruns of the CWD.
-    artifacts = (default_store(cfg.output_dir).parent / "mlartifacts").as_uri() if uri.startswith("sqlite:") else None
-    logger = EnvStepMLFlowLogger(
-        experiment_name=cfg.tracking.experiment,
-        run_name=run_dir.name,
-        tracking_uri=uri,
-        tags=run_tags(cfg),
-        artifact_location=artifacts,
-        run_id=saved.get("run_id"),
-    )
-    if saved and rank_zero_only.rank == 0:
-        logger.experiment.update_run(saved["run_id"], status="RUNNING")
-        logger.skip_through_step = last_logged_step(logger.experiment, saved["run_id"])
-    loggers.append(logger)
-    return loggers
+def config_params(cfg: DictConfig) -> dict[str, str]:
+    """The experiment's config as MLflow params: dotted keys and YAML values, so that a filter reads
+    like the config (``params."mlr.enabled" = 'true'``). Bookkeeping keys that a resume may change
+    are tags (``cfg.<key>``) instead: MLflow params cannot change."""
+    flat = flatten(OmegaConf.to_container(cfg, resolve=True))
+    return {k: yaml_value(v)[:500] for k, v in flat.items() if k not in RESUMABLE_CHANGES}
 
 
-def remember_run(cfg: DictConfig, loggers: list[Logger], run_dir: Path) -> None:
-    """Create the MLflow run now and record it in the run directory, for ``fit --resume``."""
-    logger = mlflow_logger(loggers)
-    if logger is not None:
-        uri = resolve_tracking_uri(cfg.tracking.uri, cfg.output_dir)
-        (run_dir / RUN_ID_FILE).write_text(json.dumps({"run_id": logger.run_id, "tracking_uri": uri}))
+class EnvStepMLFlowLogger(EnvStepAxis, MLFlowLogger):
+    """MLflow on the env-step axis that never stops training: the first failed call (a server down,
+    a network gone) warns once and turns MLflow off for the rest of the run; ``metrics.csv`` goes on."""
+
+    def __init__(self, cfg: DictConfig, run_dir: Path, **kwargs):
+        super().__init__(**kwargs)
+        self.cfg, self.run_dir, self.failed = cfg, Path(run_dir), False
+
+    def call(self, what: str, fn, *args, **kwargs):
+        """Run one MLflow call; on failure warn (once) and stop using MLflow."""
+        if self.failed:
+            return None
+        try:
+            return fn(*args, **kwargs)
+        except Exception as err:  # MlflowException, requests' ConnectionError, sqlite errors, ...
+            self.failed = True
+            warnings.warn(f"MLflow stopped working ({what}: {type(err).__name__}: {str(err)[:200]}); training goes "
+                          f"on and {self.run_dir / METRICS_FILE} keeps every metric. Fill MLflow in later with "
+                          f"`python -m mlr_lightning sync {self.run_dir}` (a resume does it too).")
+            return None
+
+    @rank_zero_only
+    def log_hyperparams(self, params) -> None:  # the config, not Lightning's hparams dict
+        self.call("logging the config", log_config, self.experiment, self.run_id, self.cfg)
+
+    @rank_zero_only
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        self.call("logging metrics", super().log_metrics, metrics, step)
+
+    @rank_zero_only
+    def finalize(self, status: str = "success") -> None:
+        self.call("closing the run", super().finalize, status)
+
+
+def log_config(client, run_id: str, cfg: DictConfig) -> None:
+    """Params from :func:`config_params`, bookkeeping keys as tags. On a resume with an explicitly
+    allowed change (``--allow-change``) the param keeps its first value and a tag records the change."""
+    from mlflow.entities import Param, RunTag
+
+    logged = client.get_run(run_id).data.params
+    params, tags = [], []
+    for key, value in config_params(cfg).items():
+        if key not in logged:
+            params.append(Param(key, value))
+        elif logged[key] != value:
+            tags.append(RunTag(f"changed_on_resume.{key}", f"{logged[key]} -> {value}"))
+    flat = flatten(OmegaConf.to_container(cfg, resolve=True))
+    tags += [RunTag(f"cfg.{key}", yaml_value(flat[key])) for key in RESUMABLE_CHANGES if key in flat]
+    for start in range(0, max(len(params), len(tags)), 100):  # MLflow takes 100 params per batch
+        client.log_batch(run_id, params=params[start:start + 100], tags=tags[start:start + 100])
 
 
 def last_logged_step(client, run_id: str) -> int:
@@ -152,5 +299,136 @@ def last_logged_step(client, run_id: str) -> int:
     return max((m.step for key in keys for m in client.get_metric_history(run_id, key)), default=-1)
 
 
-def mlflow_logger(loggers: list[Logger]) -> MLFlowLogger | None:
-    return next((lg for lg in loggers if isinstance(lg, MLFlowLogger)), None)
+def mlflow_logger(loggers: list[Logger]) -> EnvStepMLFlowLogger | None:
+    return next((lg for lg in loggers if isinstance(lg, EnvStepMLFlowLogger)), None)
+
+
+# ------------------------------------------------------------------ the run record, resume, sync
+def read_run_record(run_dir: Path) -> dict:
+    """``<run_dir>/mlflow_run.json``: the MLflow run id and where its store is. An embedded store is
+    recorded relative to the run (``<run_dir>/../mlflow.db``), so a moved or copied runs directory
+    resumes into its own store."""
+    path = Path(run_dir) / RUN_ID_FILE
+    if not path.is_file():
+        return {}
+    try:
+        record = json.loads(path.read_text())
+    except ValueError as err:
+        warnings.warn(f"{path} is unreadable ({err}); ignoring it")
+        return {}
+    if record.get("store") == "embedded":
+        record["tracking_uri"] = f"sqlite:///{default_store(Path(run_dir).parent)}"
+    return record
+
+
+def write_run_record(run_dir: Path, run_id: str, uri: str) -> None:
+    embedded = uri == f"sqlite:///{default_store(Path(run_dir).parent)}"
+    record = {"run_id": run_id, "store": "embedded"} if embedded else {"run_id": run_id, "tracking_uri": uri}
+    tmp = Path(run_dir) / f".{RUN_ID_FILE}.tmp"
+    tmp.write_text(json.dumps(record))
+    os.replace(tmp, Path(run_dir) / RUN_ID_FILE)
+
+
+def make_loggers(cfg: DictConfig, run_dir: Path, resume_step: int | None = None) -> list[Logger]:
+    """CSV and MLflow loggers. With ``resume_step`` (the snapshot's env step) they continue the
+    run's ``metrics.csv`` and its MLflow run; MLflow is first filled in from the CSV up to there."""
+    loggers: list[Logger] = [EnvStepCSVLogger(run_dir, keep_through_step=resume_step)]
+    if not cfg.tracking.mlflow:
+        return loggers
+    for key, value in BOUNDED_RETRIES.items():
+        os.environ.setdefault(key, value)
+    saved = read_run_record(run_dir)
+    uri = saved.get("tracking_uri") or resolve_tracking_uri(cfg.tracking.uri, cfg.output_dir)
+    embedded = uri.startswith("sqlite:///")
+    if embedded and rank_zero_only.rank == 0:
+        ensure_embedded_store(Path(uri.removeprefix("sqlite:///")))
+    run_id = saved.get("run_id")
+    if resume_step is not None and run_id is None and rank_zero_only.rank == 0:
+        warnings.warn(f"{run_dir / RUN_ID_FILE} is missing: continuing in the MLflow run named {run_dir.name!r} "
+                      "if there is one, else in a new run")
+        run_id = find_run_by_name(uri, cfg.tracking.experiment, run_dir.name)
+    # With the embedded store, keep artifacts beside the database rather than in ./mlruns of the CWD.
+    artifacts = (Path(uri.removeprefix("sqlite:///")).parent / "mlartifacts").as_uri() if embedded else None
+    logger = EnvStepMLFlowLogger(cfg, run_dir, experiment_name=cfg.tracking.experiment, run_name=run_dir.name,
+                                 tracking_uri=uri, tags=run_tags(cfg), artifact_location=artifacts, run_id=run_id)
+    loggers.append(logger)
+    if rank_zero_only.rank != 0:
+        return loggers
+    if logger.call("starting the run", lambda: logger.run_id) is None:
+        return loggers
+    write_run_record(run_dir, logger.run_id, uri)
+    if resume_step is not None:
+        client = logger.experiment
+        logger.call("reopening the run", client.update_run, logger.run_id, status="RUNNING")
+        synced = logger.call("filling in MLflow", sync_metrics, client, logger.run_id, run_dir / METRICS_FILE)
+        logger.skip_through_step = max(resume_step, synced if synced is not None else -1)
+    return loggers
+
+
+def find_run_by_name(uri: str, experiment_name: str, name: str) -> str | None:
+    """The newest run called ``name`` in the experiment (None if there is none, or MLflow is down)."""
+    from mlflow import MlflowClient
+
+    try:
+        client = MlflowClient(uri)
+        experiment = client.get_experiment_by_name(experiment_name)
+    except Exception:  # noqa: BLE001  (then make_loggers' own calls warn about MLflow)
+        return None
+    if experiment is None:
+        return None
+    runs = client.search_runs([experiment.experiment_id], filter_string=f"attributes.run_name = '{name}'",
+                              order_by=["attributes.start_time DESC"], max_results=1)
+    return runs[0].info.run_id if runs else None
+
+
+def sync_metrics(client, run_id: str, metrics_csv: Path) -> int:
+    """Log the rows of ``metrics_csv`` past the run's last logged step into MLflow; returns the
+    last step MLflow now holds."""
+    from mlflow.entities import Metric
+
+    last = last_logged_step(client, run_id)
+    rows = [r for r in read_metrics(metrics_csv) if int(float(r["step"])) > last]
+    metrics = [Metric(key, float(value), 0, int(float(row["step"])))
+               for row in rows for key, value in row.items() if key not in ("step", "epoch")]
+    for start in range(0, len(metrics), 1000):
+        client.log_batch(run_id, metrics=metrics[start:start + 1000])
+    return max([last] + [int(float(r["step"])) for r in rows])
+
+
+def ensure_store_for(cfg: DictConfig) -> None:
+    """Before a new run exists: the embedded store this config would use, created or checked."""
+    if not cfg.tracking.mlflow:
+        return
+    uri = resolve_tracking_uri(cfg.tracking.uri, cfg.output_dir)
+    if uri.startswith("sqlite:///"):
+        ensure_embedded_store(Path(uri.removeprefix("sqlite:///")))
+
+
+def sync_run(run_dir: Path, uri: str | None = None) -> tuple[str, int]:
+    """``python -m mlr_lightning sync``: fill the run's MLflow run in from its ``metrics.csv``."""
+    from mlflow import MlflowClient
+
+    run_dir = Path(run_dir)
+    record = read_run_record(run_dir)
+    if "run_id" not in record:
+        raise TrackingStoreError(f"{run_dir} has no {RUN_ID_FILE}: it was never recorded in MLflow")
+    uri = uri or record["tracking_uri"]
+    if uri.startswith("sqlite:///"):
+        ensure_embedded_store(Path(uri.removeprefix("sqlite:///")))
+    client = MlflowClient(uri)
+    return record["run_id"], sync_metrics(client, record["run_id"], run_dir / METRICS_FILE)
+
+
+def mark_run(run_dir: Path, status: str, reason: str) -> None:
+    """Set the recorded MLflow run's status with the reason as a tag (best effort: MLflow may be down)."""
+    from mlflow import MlflowClient
+
+    record = read_run_record(run_dir)
+    if "run_id" not in record:
+        return
+    try:
+        client = MlflowClient(record["tracking_uri"])
+        client.set_tag(record["run_id"], "status_reason", reason[:5000])
+        client.set_terminated(record["run_id"], status)
+    except Exception as err:  # noqa: BLE001  (the run's outcome must not depend on MLflow)
+        warnings.warn(f"could not mark the MLflow run {status} ({type(err).__name__}: {err})")

@@ -1,0 +1,72 @@
+"""The sweep's side of MLflow: the store made once, one run per trial, failures recorded.
+
+``fit`` logs each trial's run itself (same params, tags and metrics as any run); the sweep only
+prepares the store before the trials start and tidies up what a process that died cannot.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from urllib.parse import urlparse
+
+from mlr_lightning.sweep.spec import SweepError, SweepPlan
+
+
+
+def is_local_uri(uri: str) -> bool:
+    """A file on this machine (the embedded sqlite store, a file store), not a server."""
+    return urlparse(uri).scheme in ("", "file", "sqlite")
+
+
+def open_store(plan: SweepPlan):
+    """Creates the store and the experiment once, before any trial starts: trials that create the
+    embedded sqlite store (schema migration) or the experiment at the same time collide.
+    Returns an ``MlflowClient``, or None when the trials do not log to MLflow."""
+    if plan.tracking_uri is None:
+        return None
+    from mlflow import MlflowClient
+
+    from mlr_lightning.training.tracking import default_store, ensure_embedded_store
+
+    if plan.tracking_uri.startswith("sqlite:///"):  # created and migrated atomically, under a lock
+        ensure_embedded_store(Path(plan.tracking_uri.removeprefix("sqlite:///")))
+    saved = {k: os.environ.get(k) for k in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT")}
+    os.environ.update(MLFLOW_HTTP_REQUEST_MAX_RETRIES="0", MLFLOW_HTTP_REQUEST_TIMEOUT="20")  # unreachable: say so now
+    try:
+        client = MlflowClient(plan.tracking_uri)
+        if client.get_experiment_by_name(plan.experiment) is None:
+            # Where fit's logger would put the artifacts: beside the embedded store, or the server's choice.
+            embedded = plan.tracking_uri.startswith("sqlite:")
+            artifacts = (default_store(plan.output_dir).parent / "mlartifacts").as_uri() if embedded else None
+            client.create_experiment(plan.experiment, artifact_location=artifacts)
+    except Exception as err:  # noqa: BLE001  (whatever the cause, the store cannot be used)
+        first_line = (str(err).splitlines() or [""])[0]
+        raise SweepError(f"tracking.uri {plan.tracking_uri}: cannot open the MLflow store ({type(err).__name__}: "
+                         f"{first_line})") from None
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+    return client
+
+
+def finished_run_names(client, experiment: str) -> set[str]:
+    """Names of the runs of ``experiment`` that ``fit`` completed (MLflow status FINISHED)."""
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        return set()
+    runs = client.search_runs([exp.experiment_id], filter_string="attributes.status = 'FINISHED'", max_results=50_000)
+    return {run.info.run_name for run in runs}
+
+
+def mark_failed(client, experiment: str, run_name: str, error: str) -> None:
+    """The trial's newest MLflow run becomes FAILED with the error (a killed ``fit`` leaves it RUNNING)."""
+    exp = client.get_experiment_by_name(experiment)
+    runs = client.search_runs([exp.experiment_id], filter_string=f"attributes.run_name = '{run_name}'",
+                              order_by=["attributes.start_time DESC"], max_results=1) if exp else []
+    if runs:
+        client.set_tag(runs[0].info.run_id, "error", error[-4900:])
+        client.set_terminated(runs[0].info.run_id, "FAILED")

@@ -1,0 +1,232 @@
+"""The sweep driver: checks, then Ray Tune runs the unfinished trials, then the comparison.
+
+Ray Tune does the scheduling (each trial placed where its ``cpus``/``gpus`` fit, fractional GPUs
+shared), the retries (``FailureConfig(max_failures)``) and the graceful Ctrl-C; a trial is one
+``fit --resume auto`` process (:mod:`mlr_lightning.sweep.trial`). Everything that can be wrong with
+the input is checked before Ray starts. Finished trials are skipped (see
+:mod:`mlr_lightning.sweep.progress`), so the same command continues a sweep after Ctrl-C, a dead
+driver or failed trials.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+from mlr_lightning.sweep.mlflow_store import is_local_uri, open_store
+from mlr_lightning.sweep.progress import ProgressTable, read_progress, snapshot_exists, split_finished
+from mlr_lightning.sweep.spec import SweepError, SweepPlan, Trial
+
+STOP_TIMEOUT_S = 600.0  # after Ctrl-C, how long the driver waits for the stopped trials to save
+PACKAGE_ROOT = Path(__file__).resolve().parents[2]
+
+
+def sweep_dir(plan: SweepPlan) -> Path:
+    """Where the sweep keeps its own files: Ray Tune's records, the trial table, the trial locks."""
+    return plan.output_dir / f"sweep-{plan.experiment}"
+
+
+def trial_log(plan: SweepPlan, trial: Trial) -> Path:
+    """The output of every attempt of a trial's fit process, each after a header line."""
+    return sweep_dir(plan) / "logs" / f"{trial.name}.log"
+
+
+def compare_dir(plan: SweepPlan) -> Path:
+    return plan.output_dir / f"compare-{plan.experiment}"  # where ``compare --experiment`` writes too
+
+
+# --------------------------------------------------------------------------- checks (no Ray yet)
+
+
+def check_tracking_for_cluster(plan: SweepPlan, address: str | None) -> None:
+    """On a cluster every node logs to the store: an MLflow server, not a file on this machine."""
+    if address and plan.tracking_uri and is_local_uri(plan.tracking_uri):
+        raise SweepError(f"tracking.uri is {plan.tracking_uri}, a file on this machine, but --address runs trials on "
+                         "other nodes: start an MLflow server every node reaches and pass tracking.uri=http://HOST:5000 "
+                         "(or set MLFLOW_TRACKING_URI)")
+
+
+def local_node() -> dict[str, float]:
+    import torch
+
+    return {"CPU": float(os.cpu_count() or 1), "GPU": float(torch.cuda.device_count())}
+
+
+def check_resources(plan: SweepPlan, nodes: list[dict[str, float]], where: str) -> None:
+    """Fails unless at least one node can hold one trial."""
+    cpus, gpus = plan.sweep.cpus, plan.sweep.gpus
+    if any(n.get("CPU", 0) >= cpus and n.get("GPU", 0) >= gpus for n in nodes):
+        return
+    most_cpus, most_gpus = max(n.get("CPU", 0) for n in nodes), max(n.get("GPU", 0) for n in nodes)
+    key = "resources.cpus" if most_cpus < cpus else "resources.gpus"
+    raise SweepError(f"{key} in {plan.sweep.source}: no node can run a trial with cpus={cpus:g}, gpus={gpus:g}; "
+                     f"{where} has at most {most_cpus:g} CPUs and {most_gpus:g} GPUs per node")
+
+
+def trial_spec(trial: Trial, plan: SweepPlan) -> dict:
+    """What a trial's actor (:class:`~mlr_lightning.sweep.trial.FitTrial`) needs: plain data, for any node."""
+    return {
+        "name": trial.name,
+        "args": trial.argv()[1:],  # the actor runs them with its own interpreter
+        "cwd": os.getcwd(),
+        "run_dir": str(trial.run_dir),
+        "lock": str(sweep_dir(plan) / "locks" / f"{trial.name}.lock"),
+        "log": str(trial_log(plan, trial)),
+        "threads": max(1, int(plan.sweep.cpus)),
+        "tracking_uri": plan.tracking_uri,
+    }
+
+
+# ------------------------------------------------------------------------------------ driver
+
+
+def run_on_ray(plan: SweepPlan, address: str | None = None, progress_every_s: float = 30.0) -> int:
+    """Runs the unfinished trials; returns 0 (all finished), 1 (some failed) or 130 (interrupted)."""
+    check_tracking_for_cluster(plan, address)
+    if not address:
+        check_resources(plan, [local_node()], "this machine")
+    client = open_store(plan)
+    table = ProgressTable(plan.trials, every_s=progress_every_s)
+    finished, todo = split_finished(plan, client)
+    for trial in finished:
+        env_steps, eval_return = read_progress(trial.run_dir)
+        table.set(trial.name, "finished", env_steps=env_steps, eval_return=eval_return, note="done earlier")
+    for trial in todo:
+        if snapshot_exists(trial.run_dir):
+            table.set(trial.name, note="resumes from its snapshot")
+    print(f"Sweep {plan.sweep.source}: {len(plan.trials)} trials into MLflow experiment {plan.experiment!r} "
+          f"({plan.tracking_uri or 'MLflow off'}); {len(plan.trials) - len(todo)} finished earlier, {len(todo)} to run, "
+          f"each with cpus={plan.sweep.cpus:g} gpus={plan.sweep.gpus:g}, up to {plan.sweep.max_failures} retries.",
+          flush=True)
+    interrupted = _tune(plan, todo, table, client, address) if todo else False
+    table.maybe_print(force=True)
+    counts = table.counts()
+    if interrupted:
+        print(f"Interrupted: the running trials saved a snapshot. Run the same command again to continue "
+              f"({counts['finished']} of {len(plan.trials)} trials finished).", file=sys.stderr)
+        return 130
+    if client is not None and counts["finished"]:
+        _compare(plan, client)
+    if counts["failed"]:
+        print(f"{counts['failed']} trial(s) failed after {plan.sweep.max_failures} retries; their logs are in "
+              f"{sweep_dir(plan) / 'logs'}. Run the same command again to retry them.", file=sys.stderr)
+        return 1
+    return 0
+
+
+class _NoTunerRestoreHint(logging.Filter):
+    """Tune suggests ``Tuner.restore`` after Ctrl-C; here the same sweep command continues instead."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Tuner.restore" not in record.getMessage()
+
+
+def _connect(address: str | None) -> None:
+    """A Ray instance on this machine for the sweep's lifetime, or the cluster at ``address``."""
+    import ray
+
+    # Workers import this package from where the driver does (a checkout on PYTHONPATH, say).
+    pythonpath = os.pathsep.join(filter(None, [str(PACKAGE_ROOT), os.environ.get("PYTHONPATH")]))
+    try:
+        ray.init(address=address or "local", include_dashboard=False, log_to_driver=False,
+                 logging_level=logging.WARNING, runtime_env={"env_vars": {"PYTHONPATH": pythonpath}})
+    except ConnectionError as err:
+        cause = " ".join(str(err.__cause__ or "").split())[:300]
+        hint = ("; the cluster uses token authentication: export RAY_AUTH_MODE=token (token in ~/.ray/auth_token "
+                "or RAY_AUTH_TOKEN)" if "uthentication" in cause else "")
+        raise SweepError(f"--address {address}: {err}" + (f" ({cause})" if cause else "") + hint) from None
+
+
+def _tune(plan: SweepPlan, todo: list[Trial], table: ProgressTable, client, address: str | None) -> bool:
+    """Runs ``todo`` on Ray Tune; True if interrupted (Ctrl-C)."""
+    os.environ.setdefault("TUNE_PRINT_ALL_TRIAL_ERRORS", "0")  # the table and the trials' logs say it
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # with verbose=0: no Tune tables beside ours
+    import ray
+    from ray import tune
+
+    from mlr_lightning.sweep.trial import FitTrial, SweepProgress, trial_name
+
+    logging.getLogger("ray.tune.tune").addFilter(_NoTunerRestoreHint())
+    _connect(address)
+    try:
+        if address:
+            nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+            check_resources(plan, nodes, f"the Ray cluster at {address}")
+        directory = sweep_dir(plan)
+        directory.mkdir(parents=True, exist_ok=True)
+        table.path = directory / "trials.md"
+        specs = {t.name: trial_spec(t, plan) for t in todo}
+        tuner = tune.Tuner(
+            tune.with_resources(FitTrial, {"cpu": plan.sweep.cpus, "gpu": plan.sweep.gpus}),
+            param_space={"trial": tune.grid_search([specs[t.name] for t in todo])},
+            tune_config=tune.TuneConfig(trial_name_creator=trial_name, trial_dirname_creator=trial_name,
+                                        reuse_actors=False),
+            run_config=tune.RunConfig(name="tune", storage_path=str(directory / "ray"), verbose=0,
+                                      failure_config=tune.FailureConfig(max_failures=plan.sweep.max_failures),
+                                      # A trial's state is fit's own snapshots: Tune saves none.
+                                      checkpoint_config=tune.CheckpointConfig(checkpoint_at_end=False),
+                                      callbacks=[SweepProgress(table, client, plan.experiment)]),
+        )
+        tuner.fit()
+    finally:
+        ray.shutdown()
+    unfinished = [r for r in table.rows.values() if r.status in ("pending", "running")]
+    for row in unfinished:
+        row.status, row.note = "pending", "stopped; resumes from its snapshot on the next run"
+    _wait_for_trial_processes(plan, [r.trial for r in unfinished])
+    return bool(unfinished)
+
+
+def _wait_for_trial_processes(plan: SweepPlan, trials: list[Trial], timeout_s: float = STOP_TIMEOUT_S) -> None:
+    """After Ctrl-C: return once every stopped trial's process has saved and exited (its lock is free)."""
+    deadline = time.monotonic() + timeout_s
+    for trial in trials:
+        path = sweep_dir(plan) / "locks" / f"{trial.name}.lock"
+        if not path.exists():
+            continue
+        with open(path, "a") as handle:
+            while time.monotonic() < deadline:
+                try:
+                    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    time.sleep(0.5)
+
+
+def _compare(plan: SweepPlan, client) -> None:
+    from mlr_lightning.reporting.compare import CompareError, compare
+
+    out = compare_dir(plan)
+    try:
+        compare(client, plan.experiment, out, plan.budgets)
+    except CompareError as err:
+        print(f"compare: {err}", file=sys.stderr)
+        return
+    print((out / "summary.md").read_text())
+    print(f"Tables and plots: {out}")
+
+
+# ---------------------------------------------------------------------------------- dry run
+
+
+def format_plan(plan: SweepPlan) -> str:
+    """The ``--dry-run`` table: every trial with its own overrides, and what all of them share."""
+    sweep, trials = plan.sweep, plan.trials
+    variants = max(1, len(trials) // (len(sweep.configs) * len(sweep.seeds)))
+    shared = [o for o in trials[0].overrides if o not in trials[0].variant and not o.startswith("run_name=")]
+    lines = [
+        f"{len(trials)} trials = {len(sweep.configs)} configs x {len(sweep.seeds)} seeds x {variants} variants "
+        f"({sweep.source})",
+        f"resources per trial: cpus={sweep.cpus:g} gpus={sweep.gpus:g}; retries per trial: {sweep.max_failures}",
+        f"MLflow: experiment {plan.experiment!r} at {plan.tracking_uri or '(off)'}; run directories under {plan.output_dir}",
+        f"shared overrides: {' '.join(shared) or '(none)'}",
+        "",
+        "| # | run_name | config | overrides |",
+        "|---|---|---|---|",
+    ]
+    lines += [f"| {i} | {t.name} | {t.config} | {' '.join(t.variant)} |" for i, t in enumerate(trials, 1)]
+    return "\n".join(lines)

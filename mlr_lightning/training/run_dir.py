@@ -1,0 +1,111 @@
+"""The run directory: one run's files, one process writing them, and what becomes of an attempt
+that stopped before its first complete snapshot.
+
+A run directory is locked by the process that trains in it (``fcntl.flock`` on ``.lock``, which the
+OS releases when that process dies, however it dies), so a second ``fit`` of the same run, or a
+second new run of the same ``run_name``, is refused instead of garbling its history.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import shutil
+import time
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+from mlr_lightning.config import to_yaml
+from mlr_lightning.training.snapshot import latest_snapshot
+from mlr_lightning.training.tracking import mark_run
+
+LOCK_FILE = ".lock"
+PREVIOUS_ATTEMPTS = "previous-attempts"
+
+
+class RunDirError(RuntimeError):
+    """The run directory cannot be used as asked, with what to do about it."""
+
+
+class RunLock:
+    """An exclusive lock on a run directory for this process's lifetime; the holder's PID is in the file."""
+
+    def __init__(self, run_dir: Path):
+        self.path = Path(run_dir) / LOCK_FILE
+        self.handle = open(self.path, "a+")
+        try:
+            fcntl.flock(self.handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self.handle.seek(0)
+            holder = self.handle.read().strip() or "unknown"
+            self.handle.close()
+            raise RunDirError(f"{run_dir} is in use by process {holder} (another fit of this run): wait for it to "
+                              f"finish, or stop it (kill {holder}) and resume") from None
+        self.handle.seek(0)
+        self.handle.truncate()
+        self.handle.write(str(os.getpid()))
+        self.handle.flush()
+
+    def release(self) -> None:
+        if not self.handle.closed:
+            fcntl.flock(self.handle, fcntl.LOCK_UN)
+            self.handle.close()
+
+
+def default_run_name(cfg: DictConfig) -> str:
+    return "-".join([cfg.env.task, "mlr" if cfg.mlr.enabled else "baseline", f"s{cfg.seed}",
+                     time.strftime("%Y%m%d-%H%M%S")])
+
+
+def new_run_dir(cfg: DictConfig, restart: bool) -> tuple[Path, RunLock]:
+    """A locked directory for a new run, holding its ``config.yaml``.
+
+    With ``run_name`` the directory may exist already. Holding a complete snapshot, it is refused (the
+    run goes on with ``--resume``). Holding only an attempt that stopped before its first complete
+    snapshot, it is restarted from scratch when ``restart`` (``--resume auto``): that attempt's files
+    move to ``previous-attempts/<n>/`` and its MLflow run is marked FAILED with the reason.
+    """
+    output = Path(cfg.output_dir).resolve()
+    if cfg.run_name:
+        run_dir = output / cfg.run_name
+        run_dir.mkdir(parents=True, exist_ok=True)
+        lock = RunLock(run_dir)
+        try:
+            _clear_for_new_run(cfg, run_dir, restart)
+        except BaseException:
+            lock.release()
+            raise
+    else:  # never mix two runs started in the same second
+        name, suffix = default_run_name(cfg), 1
+        while True:
+            run_dir = output / (name if suffix == 1 else f"{name}-{suffix}")
+            try:
+                run_dir.mkdir(parents=True)
+                break
+            except FileExistsError:
+                suffix += 1
+        lock = RunLock(run_dir)
+    tmp = run_dir / ".config.yaml.tmp"
+    tmp.write_text(to_yaml(cfg))
+    os.replace(tmp, run_dir / "config.yaml")
+    return run_dir, lock
+
+
+def _clear_for_new_run(cfg: DictConfig, run_dir: Path, restart: bool) -> None:
+    leftovers = [p for p in run_dir.iterdir() if p.name not in (LOCK_FILE, PREVIOUS_ATTEMPTS)]
+    if not leftovers:
+        return
+    if latest_snapshot(run_dir / "checkpoints") is not None:
+        raise RunDirError(f"run_name={cfg.run_name!r}: {run_dir} already holds a run; continue it with "
+                          "--resume auto, or choose another run_name")
+    attempts = run_dir / PREVIOUS_ATTEMPTS
+    if not restart:
+        raise RunDirError(f"{run_dir} holds an attempt that stopped before its first complete snapshot: rerun "
+                          f"with --resume auto to restart it from scratch (its files are kept in {attempts}/), "
+                          "or choose another run_name")
+    mark_run(run_dir, "FAILED", "restarted from scratch: the attempt stopped before its first complete snapshot")
+    target = attempts / str((len(list(attempts.iterdir())) if attempts.is_dir() else 0) + 1)
+    target.mkdir(parents=True)
+    for path in leftovers:
+        shutil.move(str(path), target / path.name)

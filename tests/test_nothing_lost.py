@@ -1,0 +1,350 @@
+"""Nothing a user ran is lost, whatever the user or the machine does: the faults of a hostile run,
+each reproduced on a real tiny run (real rendering, real Lightning, a real MLflow store)."""
+
+import csv
+import json
+import multiprocessing
+import resource
+import shutil
+import signal
+import sqlite3
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from mlflow import MlflowClient
+
+from mlr_lightning.agents.sac_mlr import SACMLRAgent
+from mlr_lightning.cli import main
+from mlr_lightning.config import load_config
+from mlr_lightning.training import callbacks, evaluation
+from mlr_lightning.training.experiment import RunFailed, RunInterrupted, fit
+from mlr_lightning.training.snapshot import snapshot_name, snapshots
+from mlr_lightning.training.tracking import ensure_embedded_store, read_metrics
+
+pytestmark = pytest.mark.slow  # real runs end to end
+
+UPDATES = 320 // 8 - 20  # the tiny config: 40 agent steps, 20 of them random; a snapshot every 10 updates
+
+
+def tiny(tiny_overrides, *extra):
+    return load_config(None, tiny_overrides + ["tracking.video=false", "run_name=run", *extra])
+
+
+def rows(run_dir: Path) -> list[dict]:
+    with open(run_dir / "metrics.csv", newline="") as handle:
+        return [{k: v for k, v in r.items() if not k.startswith("time/") and v} for r in csv.DictReader(handle)]
+
+
+def mlflow_runs(output_dir: Path):
+    client = MlflowClient(f"sqlite:///{output_dir / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("mlr_lightning")
+    return client, client.search_runs([experiment.experiment_id])
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory, tiny_base_overrides):
+    """A finished tiny run with MLflow (snapshots at updates 10 and 20, both kept)."""
+    out = tmp_path_factory.mktemp("finished")
+    fit(load_config(None, tiny_base_overrides + [f"output_dir={out}", "tracking.video=false", "run_name=run",
+                                                 "trainer.keep_checkpoints=5"]))
+    return out
+
+
+def copy_without_newest_snapshot(finished: Path, target: Path) -> Path:
+    """The finished run as if it had been killed right after its first snapshot (update 10)."""
+    shutil.copytree(finished, target)
+    checkpoints = target / "run" / "checkpoints"
+    shutil.rmtree(checkpoints / snapshot_name(20))
+    (checkpoints / "last.ckpt").unlink()
+    (checkpoints / "last.ckpt").symlink_to(Path(snapshot_name(10)) / "model.ckpt")
+    return target / "run"
+
+
+# ----------------------------------------------------------------------------------- 1, 11
+def test_a_resume_that_dies_at_start_up_keeps_the_history(finished, tmp_path, run_cli, start_cli):
+    run_dir = copy_without_newest_snapshot(finished, tmp_path / "out")
+    before = rows(run_dir)
+    snapshot_step = 10 * 8 + 20 * 8  # 20 random agent steps + 10 updates, x action repeat 8
+    kept = [r for r in before if int(r["step"]) <= snapshot_step]
+    assert len(kept) < len(before)
+    # SIGKILL at start-up, as soon as the process lives: whenever it lands, the history is intact.
+    for delay in (3.0, 6.0, 9.0):
+        proc = start_cli("fit", "--config", str(run_dir / "config.yaml"), f"output_dir={run_dir.parent}", "--resume", "auto")
+        time.sleep(delay)
+        proc.kill()
+        proc.communicate()
+        now = rows(run_dir)
+        assert now[: len(kept)] == kept, f"history lost by a kill {delay} s into a resume"
+    # A start-up failure after the logs were opened (an unreadable mlflow_run.json) loses nothing either.
+    (run_dir / "mlflow_run.json").write_text("{not json")
+    result = run_cli("fit", "--config", str(run_dir / "config.yaml"), f"output_dir={run_dir.parent}", "--resume", "auto",
+                     timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "mlflow_run.json is unreadable" in result.stderr
+    assert rows(run_dir) == rows(finished / "run")
+
+
+def test_a_metrics_file_cut_by_a_power_loss_is_repaired_on_resume(finished, tmp_path, run_cli):
+    run_dir = copy_without_newest_snapshot(finished, tmp_path / "out")
+    text = (run_dir / "metrics.csv").read_text()
+    (run_dir / "metrics.csv").write_text(text[: text.rfind("\n", 0, len(text) - 1) + 12])  # last line cut mid-row
+    assert len(read_metrics(run_dir / "metrics.csv")) == len(text.splitlines()) - 2  # header and the cut row
+    result = run_cli("fit", "--config", str(run_dir / "config.yaml"), f"output_dir={run_dir.parent}", "--resume", "auto",
+                     timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert rows(run_dir) == rows(finished / "run"), "the resumed history differs from the uninterrupted one"
+
+
+# --------------------------------------------------------------------------------------- 2
+def test_a_second_process_on_the_same_run_is_refused_naming_the_first(tiny_overrides, tmp_path, start_cli, run_cli):
+    first = start_cli("fit", "--config", "conf/quickstart.yaml", *tiny_overrides, "run_name=run",
+                      "train.num_env_steps=2400", "tracking.video=false")
+    lock = tmp_path / "runs" / "run" / ".lock"
+    deadline = time.monotonic() + 120
+    while not (lock.exists() and lock.read_text().strip()):
+        assert time.monotonic() < deadline and first.poll() is None, first.stderr.read()[-2000:] if first.poll() else ""
+        time.sleep(0.2)
+    try:
+        for extra in ([], ["--resume", "auto"]):
+            result = run_cli("fit", "--config", "conf/quickstart.yaml", *tiny_overrides, "run_name=run",
+                             "train.num_env_steps=2400", "tracking.video=false", *extra, timeout=300)
+            assert result.returncode == 2, result.stderr[-2000:]
+            assert f"in use by process {first.pid}" in result.stderr and "Traceback" not in result.stderr
+    finally:
+        first.kill()
+        first.communicate()
+
+
+# --------------------------------------------------------------------------------------- 3
+def test_a_resume_may_change_bookkeeping_keys_and_a_copied_runs_directory_uses_its_own_store(finished, tmp_path):
+    run_dir = copy_without_newest_snapshot(finished, tmp_path / "copy")
+    cfg = load_config(run_dir / "config.yaml", ["trainer.checkpoint_every_updates=7", "trainer.log_every_updates=3",
+                                                f"output_dir={tmp_path / 'copy'}"])
+    fit(cfg, resume=str(run_dir))
+    client, (run,) = mlflow_runs(tmp_path / "copy")
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["cfg.trainer.checkpoint_every_updates"] == "7"
+    evals = sorted(m.step for m in client.get_metric_history(run.info.run_id, "eval/return_mean"))
+    assert evals == [0, 160, 320], "no evaluation repeated or missing in the copied store"
+    _, (original,) = mlflow_runs(finished)
+    assert original.data.tags["cfg.trainer.checkpoint_every_updates"] == "10", \
+        "the resume of the copy wrote into the original store"
+
+
+# --------------------------------------------------------------------------------------- 4
+def test_a_run_without_a_complete_snapshot_is_restarted_from_scratch(finished, tmp_path, tiny_overrides):
+    shutil.copytree(finished, tmp_path / "runs")
+    run_dir = tmp_path / "runs" / "run"
+    for snapshot in snapshots(run_dir / "checkpoints"):  # all snapshots corrupt: none can be resumed
+        model = snapshot / "model.ckpt"
+        model.write_bytes(model.read_bytes()[:100])
+    old_run_id = json.loads((run_dir / "mlflow_run.json").read_text())["run_id"]
+    assert main(["fit", "--config", "conf/quickstart.yaml", *tiny_overrides, "tracking.video=false", "run_name=run"]) == 2
+    with pytest.warns(UserWarning, match="falling back"):
+        fit(tiny(tiny_overrides), resume="auto")
+    attempt = run_dir / "previous-attempts" / "1"
+    assert (attempt / "metrics.csv").is_file() and (attempt / "checkpoints").is_dir(), "the old attempt was not kept"
+    assert [s.name for s in snapshots(run_dir / "checkpoints")] == [snapshot_name(UPDATES), snapshot_name(10)]
+    assert rows(run_dir) == rows(finished / "run"), "the restarted history is not a fresh one"
+    client, runs = mlflow_runs(tmp_path / "runs")
+    statuses = {r.info.run_id: r.info.status for r in runs}
+    assert statuses.pop(old_run_id) == "FAILED" and list(statuses.values()) == ["FINISHED"]
+    assert "restarted from scratch" in client.get_run(old_run_id).data.tags["status_reason"]
+
+
+# --------------------------------------------------------------------------------------- 5
+def _create_store(path: str) -> None:
+    ensure_embedded_store(Path(path))
+
+
+def test_the_embedded_store_is_created_once_and_a_half_migrated_one_is_named(tmp_path, tiny_overrides):
+    store = tmp_path / "race" / "mlflow.db"
+    context = multiprocessing.get_context("spawn")
+    workers = [context.Process(target=_create_store, args=(str(store),)) for _ in range(2)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join(120)
+    assert [w.exitcode for w in workers] == [0, 0], "two first runs raced on the store's migration"
+    MlflowClient(f"sqlite:///{store}").search_experiments()
+
+    broken = tmp_path / "runs" / "mlflow.db"  # what an interrupted migration leaves behind
+    broken.parent.mkdir()
+    with sqlite3.connect(broken) as db:
+        db.execute("CREATE TABLE alembic_version (version_num VARCHAR(32) NOT NULL)")
+        db.execute("INSERT INTO alembic_version VALUES ('451aebb31d03')")
+    result = main(["fit", "--config", "conf/quickstart.yaml", *tiny_overrides, "run_name=run"])
+    assert result == 2
+    assert not (tmp_path / "runs" / "run").exists(), "a run directory was created for an unusable store"
+
+
+# --------------------------------------------------------------------------------------- 6
+def test_a_disk_filled_by_another_writer_during_a_snapshot_is_an_error_not_a_signal(tiny_overrides, tmp_path, monkeypatch):
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    assert subprocess.run(["mount", "-t", "tmpfs", "-o", "size=24m", "tmpfs", str(disk)]).returncode == 0
+    try:
+        real_save = callbacks.save_rank_state
+        saves = []
+
+        def another_writer_fills_the_disk(directory, rank, stream):
+            saves.append(directory.name)
+            if len(saves) != 2:
+                return real_save(directory, rank, stream)
+            filler = disk / "filler"
+            with open(filler, "wb") as handle:  # take every free byte, as another process would
+                try:
+                    while True:
+                        handle.write(b"\0" * 2**20)
+                except OSError:
+                    pass
+            try:
+                real_save(directory, rank, stream)
+            finally:
+                filler.unlink()
+
+        monkeypatch.setattr(callbacks, "save_rank_state", another_writer_fills_the_disk)
+        cfg = load_config(None, [o for o in tiny_overrides if not o.startswith("output_dir")]
+                          + [f"output_dir={disk}", "run_name=run", "tracking.video=false", "tracking.mlflow=false"])
+        with pytest.warns(UserWarning, match=rf"writing checkpoint .*{snapshot_name(20)} failed .*No space left"):
+            fit(cfg)
+        checkpoints = disk / "run" / "checkpoints"
+        assert [s.name for s in snapshots(checkpoints)] == [snapshot_name(UPDATES), snapshot_name(10)]
+        assert not list(checkpoints.glob(".*.tmp"))
+    finally:
+        subprocess.run(["umount", "-l", str(disk)])
+
+
+def test_a_failed_final_snapshot_does_not_fail_a_finished_run(tiny_overrides, tmp_path, monkeypatch):
+    real_save = callbacks.save_rank_state
+
+    def final_save_fails(directory, rank, stream):
+        if directory.name != f".{snapshot_name(UPDATES)}.tmp":
+            return real_save(directory, rank, stream)
+        limits = resource.getrlimit(resource.RLIMIT_FSIZE)
+        handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (1024, limits[1]))
+        try:
+            real_save(directory, rank, stream)
+        finally:
+            resource.setrlimit(resource.RLIMIT_FSIZE, limits)
+            signal.signal(signal.SIGXFSZ, handler)
+
+    monkeypatch.setattr(callbacks, "save_rank_state", final_save_fails)
+    with pytest.warns(UserWarning, match="the final snapshot failed"):
+        run_dir = fit(tiny(tiny_overrides, "trainer.checkpoint_every_updates=10"))
+    evals = [r["step"] for r in rows(run_dir) if r.get("eval/return_mean")]
+    assert evals == ["0", "160", "320"] and (run_dir / "learning_curve.png").is_file()
+    _, (run,) = mlflow_runs(tmp_path / "runs")
+    assert run.info.status == "FINISHED"
+
+
+# --------------------------------------------------------------------------------------- 7
+def test_a_tracking_server_that_disappears_costs_seconds_and_sync_fills_mlflow_in(mlflow_server_factory, tiny_overrides,
+                                                                                  tmp_path, start_cli, run_cli):
+    server = mlflow_server_factory()
+    proc = start_cli("fit", "--config", "conf/quickstart.yaml", *tiny_overrides, "run_name=run", "tracking.video=false",
+                     f"tracking.uri={server.url}")
+    checkpoints = tmp_path / "runs" / "run" / "checkpoints"
+    deadline = time.monotonic() + 300
+    while not (checkpoints / snapshot_name(10) / "MANIFEST.json").exists():
+        assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()[-3000:]
+        time.sleep(0.1)
+    server.stop()
+    stopped = time.monotonic()
+    _, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 0, stderr[-3000:]
+    assert time.monotonic() - stopped < 120, "training stalled on the dead tracking server"
+    assert "MLflow stopped working" in stderr and "sync" in stderr
+    run_dir = tmp_path / "runs" / "run"
+    assert [r["step"] for r in rows(run_dir) if r.get("eval/return_mean")] == ["0", "160", "320"]
+
+    server.start()  # the server comes back: sync fills in what it missed
+    result = run_cli("sync", str(run_dir), timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    client = MlflowClient(server.url)
+    run_id = json.loads((run_dir / "mlflow_run.json").read_text())["run_id"]
+    assert sorted(m.step for m in client.get_metric_history(run_id, "eval/return_mean")) == [0, 160, 320]
+
+
+# ------------------------------------------------------------------------------------- 8, 13
+def test_sigterm_during_an_evaluation_stops_after_one_episode_and_the_evaluation_is_repeated(tiny_overrides, tmp_path,
+                                                                                              monkeypatch):
+    real_episode = evaluation.record_episode
+    episodes = []
+
+    def sigterm_during_the_second_evaluation(env, policy):
+        episodes.append(1)
+        if len(episodes) == 12:  # 10 episodes at step 0, then the 2nd of the evaluation at 160
+            signal.raise_signal(signal.SIGTERM)
+        return real_episode(env, policy)
+
+    monkeypatch.setattr(evaluation, "record_episode", sigterm_during_the_second_evaluation)
+    with pytest.raises(RunInterrupted):
+        fit(tiny(tiny_overrides, "eval.num_episodes=10"))
+    assert len(episodes) == 12, "the stop waited for the whole evaluation"
+    run_dir = tmp_path / "runs" / "run"
+    assert [r["step"] for r in rows(run_dir) if r.get("eval/return_mean")] == ["0"]
+    _, (run,) = mlflow_runs(tmp_path / "runs")
+    assert run.info.status == "KILLED" and "SIGTERM" in run.data.tags["status_reason"]
+
+    monkeypatch.setattr(evaluation, "record_episode", real_episode)
+    fit(tiny(tiny_overrides, "eval.num_episodes=10"), resume="auto")
+    assert [r["step"] for r in rows(run_dir) if r.get("eval/return_mean")] == ["0", "160", "320"]
+    _, (run,) = mlflow_runs(tmp_path / "runs")
+    assert run.info.status == "FINISHED"
+
+
+def test_a_crash_at_start_up_marks_the_mlflow_run_failed_with_its_reason(tiny_overrides, tmp_path, monkeypatch, recwarn):
+    def broken_agent(*args, **kwargs):
+        raise RuntimeError("the agent could not be built")
+
+    from mlr_lightning.domains.dmc import DMC
+
+    monkeypatch.setattr(DMC, "make_agent", broken_agent)
+    with pytest.raises(RuntimeError):
+        fit(tiny(tiny_overrides))
+    client, (run,) = mlflow_runs(tmp_path / "runs")
+    assert run.info.status == "FAILED"
+    assert "the agent could not be built" in run.data.tags["status_reason"]
+    assert not [w for w in recwarn if "could not save a checkpoint" in str(w.message)]
+
+
+def test_a_deleted_run_record_continues_the_same_mlflow_run(finished, tmp_path):
+    run_dir = copy_without_newest_snapshot(finished, tmp_path / "out")
+    (run_dir / "mlflow_run.json").unlink()
+    with pytest.warns(UserWarning, match="mlflow_run.json is missing"):
+        fit(load_config(run_dir / "config.yaml", [f"output_dir={tmp_path / 'out'}"]), resume="auto")
+    client, runs = mlflow_runs(tmp_path / "out")
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED"
+    assert sorted(m.step for m in client.get_metric_history(runs[0].info.run_id, "eval/return_mean")) == [0, 160, 320]
+
+
+# -------------------------------------------------------------------------------------- 10
+def test_a_diverged_state_is_never_the_last_good_snapshot_and_a_resume_may_change_the_learning_rate(
+        tiny_overrides, tmp_path, monkeypatch):
+    real_step = SACMLRAgent.training_step
+
+    def diverging_step(self, batch, batch_idx):
+        if int(self.num_updates) == 14:  # a weight blows up while the losses stay finite
+            with torch.no_grad():
+                self.critic.q1[0].weight[0, 0] = 1e6
+        return real_step(self, batch, batch_idx)
+
+    monkeypatch.setattr(SACMLRAgent, "training_step", diverging_step)
+    checkpoints = tmp_path / "runs" / "run" / "checkpoints"
+    with pytest.raises(RunFailed, match=rf"critic.q1.0.weight reached 1e\+06 at update 20.*{snapshot_name(10)}"):
+        fit(tiny(tiny_overrides))
+    assert [s.name for s in snapshots(checkpoints)] == [snapshot_name(10)]
+
+    monkeypatch.setattr(SACMLRAgent, "training_step", real_step)
+    changed = tiny(tiny_overrides, "sac.critic_lr=0.0005")
+    assert main(["fit", "--config", str(checkpoints.parent / "config.yaml"), "--resume", str(checkpoints.parent),
+                 "sac.critic_lr=0.0005"]) == 2, "a changed learning rate without --allow-change"
+    fit(changed, resume=str(checkpoints.parent), allow_change=["sac.critic_lr"])
+    final = torch.load(checkpoints / "last.ckpt", weights_only=False, map_location="cpu")
+    assert final["optimizer_states"][0]["param_groups"][0]["lr"] == 0.0005
+    assert load_config(checkpoints.parent / "config.yaml").sac.critic_lr == 0.0005
