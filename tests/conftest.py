@@ -130,22 +130,32 @@ def tiny_experiment(tmp_path_factory):
     return {"output_dir": out, "uri": f"sqlite:///{out / 'mlflow.db'}", "experiment": "tiny"}
 
 
-@pytest.fixture(scope="session")
-def collected(tiny_base_overrides):
-    """Three real cartpole episodes (125 agent steps each at action repeat 8) of the tiny config's
-    24x24 renders, random actions, as the collector delivers them (one agent step per batch)."""
+def _collect(env, steps: int):
+    """``steps`` agent steps of ``env`` with uniformly random actions, as the training collector
+    delivers them (one agent step per batch), concatenated."""
     from tensordict.nn import TensorDictModule
 
     from mlr_lightning.data.stream import make_collector
 
-    cfg = load_config(None, tiny_base_overrides)
-    env = domain_of(cfg).make_env(cfg, 0)
-    policy = TensorDictModule(lambda pixels: torch.zeros(1), in_keys=["pixels"], out_keys=["action"])
-    steps = 3 * 125
+    policy = TensorDictModule(lambda pixels: env.action_spec.rand(), in_keys=["pixels"], out_keys=["action"])
     collector = make_collector(env, policy, total_agent_steps=steps, init_steps=steps, policy_device=torch.device("cpu"))
     data = torch.cat([batch.clone() for batch in collector])
     collector.shutdown()
     return data
+
+
+@pytest.fixture(scope="session")
+def collect():
+    """``collect(env, steps)``: real collector data of ``env`` (random actions)."""
+    return _collect
+
+
+@pytest.fixture(scope="session")
+def collected(tiny_base_overrides):
+    """Three real cartpole episodes (125 agent steps each at action repeat 8) of the tiny config's
+    24x24 renders, random actions, as the collector delivers them (one agent step per batch)."""
+    cfg = load_config(None, tiny_base_overrides)
+    return _collect(domain_of(cfg).make_env(cfg, 0), 3 * 125)
 
 
 @pytest.fixture(scope="session")

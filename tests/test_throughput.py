@@ -70,21 +70,16 @@ def test_draws_are_those_of_the_listing_of_every_valid_row(fill_replay, collecte
     assert torch.equal(replay._valid_transition_rows(4096), expected)
 
 
-def _pong_steps(count):
+def pong_steps(collect, count):
     """Real Pong steps (random actions, 4 stacked 84x84 frames), episodes cut at 37 agent steps (truncations)."""
     from mlr_lightning.envs.atari import make_atari_env
 
-    env = make_atari_env("pong", 4, 84, 4, 30, 0.0, 108_000, train=True, seed=0, max_steps=37)
-    policy = TensorDictModule(lambda pixels: env.action_spec.rand(), in_keys=["pixels"], out_keys=["action"])
-    collector = make_collector(env, policy, total_agent_steps=count, init_steps=count, policy_device=torch.device("cpu"))
-    data = torch.cat([batch.clone() for batch in collector])
-    collector.shutdown()
-    return data
+    return collect(make_atari_env("pong", 4, 84, 4, 30, 0.0, 108_000, train=True, seed=0, max_steps=37), count)
 
 
 @pytest.fixture(scope="module")
-def pong():
-    return _pong_steps(200)
+def pong(collect):
+    return pong_steps(collect, 200)
 
 
 @pytest.mark.parametrize("windows, capacity, n_step, seq_len", [(True, 1000, 10, 16), (True, 150, 3, 4), (False, 150, 10, 1)])
@@ -215,7 +210,7 @@ def batches_of(replay, count, **kwargs):
 
 
 @pytest.mark.slow  # inductor compiles C++ kernels on the CPU: minutes
-def test_compiled_updates_equal_eager_ones(tiny_overrides, fill_replay, collected, one_thread):
+def test_compiled_updates_equal_eager_ones(tiny_overrides, fill_replay, collected, collect, one_thread):
     """Three SAC+MLR and three Rainbow+MLR updates through Lightning, compiled and eager, from the same
     weights, batches and seeds: the same weights within fp32 tolerance (and the same random draws)."""
     from mlr_lightning.agents.rainbow_mlr import RainbowMLRAgent
@@ -236,7 +231,7 @@ def test_compiled_updates_equal_eager_ones(tiny_overrides, fill_replay, collecte
              "rainbow.hidden_dim=32", "rainbow.num_atoms=11", "rainbow.n_step=3", "train.batch_size=4"]
     prioritized = PrioritizedReplay(200, 4, 4, n_step=3, discount=0.99, alpha=0.5, priority_eps=1e-6, batch_size=4,
                                     beta_start=0.4, beta_end=1.0, windows=True)
-    pong = _pong_steps(60)
+    pong = pong_steps(collect, 60)
     for t in range(len(pong)):
         prioritized.extend(pong[t : t + 1])
     batches = batches_of(prioritized, 3, progress=0.5)
