@@ -101,6 +101,10 @@ class MLRConfig(MLRBaseConfig):
     grad_clip: float = 10.0
     intensity_scale: float = 0.05  # image *= 1 + scale * clip(N(0,1), -2, 2)
     init_std: float = 0.02  # truncated-normal std of every Linear layer of the MLR module
+    # Deviation switch. false (ours): B windows of K consecutive steps of one episode, which may end at
+    # its last step. true (official sampler): 2B candidate starts, the first B without an
+    # episode-final transition kept (a batch may be smaller), no wrap-around of a full buffer.
+    official_windows: bool = False
     # Deviation switch. false (ours): target encoder/projection start as copies of the online ones.
     # true (official): MLR's init re-initialises the critic encoder's fc and the MLR target
     # encoder's fc, and initialises the target projection independently.
@@ -246,6 +250,10 @@ class RainbowConfig:
     intensity_scale: float = 0.05
     target_augmentation: bool = True  # augment the target network's input too
     eval_epsilon: float = 0.001  # evaluation: epsilon-greedy over the mean (noise-free) weights
+    # Deviation switch. false (ours): a termination inside the n steps stops the bootstrap. true (the
+    # rlpyt commit the official code pins): only a termination at the first step does; a sample whose
+    # episode terminates later bootstraps from the last state before the terminal with gamma^n.
+    official_nstep_bootstrap: bool = False
 
 
 @dataclass
@@ -276,6 +284,9 @@ class PrioritizedReplayConfig:
     # memory) or a device such as "cuda:0"; as for DMC, results do not depend on it.
     device: str = "auto"
     kl_clamp: float = 1e-6  # priorities are the per-sample KL clamped to [kl_clamp, 1 / kl_clamp] (rlpyt EPS)
+    # Priority of new rows: "max" (ours, PER and TorchRL: the running maximum) or a number (the
+    # official rlpyt value is 1).
+    new_priority: str = "max"
 
 
 @dataclass
@@ -522,9 +533,22 @@ def validate_dmc(cfg: DictConfig) -> None:
     validate_common(cfg, agent_steps=train.num_env_steps // env.action_repeat)
 
 
+def new_priority(value: str) -> float | None:
+    """``replay.new_priority``: None for "max", else the number (NaN if it is neither)."""
+    if value == "max":
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        return float("nan")
+
+
 def validate_atari(cfg: DictConfig) -> None:
     env, rb, mlr = cfg.env, cfg.rainbow, cfg.mlr
     _require(env.resize in ("linear", "area"), "env.resize", f"must be 'linear' or 'area', got {env.resize!r}")
+    _require(new_priority(cfg.replay.new_priority) is None or new_priority(cfg.replay.new_priority) > 0,
+             "replay.new_priority", f"must be 'max' or a positive number (the official value is 1), got "
+                                    f"{cfg.replay.new_priority!r}")
     _require(rb.v_min < rb.v_max, "rainbow.v_min", f"({rb.v_min}) must be < rainbow.v_max ({rb.v_max})")
     _require(len(rb.conv_channels) == len(rb.conv_kernels) == len(rb.conv_strides) >= 1, "rainbow.conv_channels",
              "conv_channels, conv_kernels and conv_strides must be non-empty lists of the same length")

@@ -1,5 +1,6 @@
 """MLflow tracking: the embedded store by default, and a real MLflow server on localhost."""
 
+from pathlib import Path
 
 import pytest
 from mlflow import MlflowClient
