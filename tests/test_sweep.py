@@ -233,7 +233,7 @@ def test_quickstart_sweep_on_the_local_instance_stops_on_ctrl_c_and_the_same_com
     assert set(runs) == names
     assert all(len(r) == 1 and r[0].info.status == "FINISHED" for r in runs.values()), runs
     for run_dir in running:
-        assert "Restoring states from the checkpoint path" in trial_log(run_dir, "sweep-quickstart").read_text()
+        assert "Resumed from" in trial_log(run_dir, "sweep-quickstart").read_text()
         assert_steps_continuous(run_dir, final=640)
     tables = out / "compare-sweep-quickstart"
     assert (tables / "per_task.md").is_file() and (tables / "aggregate_640.md").is_file()
