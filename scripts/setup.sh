@@ -22,4 +22,4 @@ fi
 [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
 "$VENV/bin/python" -m pip install -q --upgrade pip
 "$VENV/bin/python" -m pip install -q -e ".[test]"
-"$VENV/bin/python" -c "import mlr_lightning; from mlr_lightning.rendering import select_gl_backend; print('mlr_lightning ready; MuJoCo GL backend:', select_gl_backend())"
+"$VENV/bin/python" -c "import mlr_lightning; from mlr_lightning.envs.rendering import select_gl_backend; print('mlr_lightning ready; MuJoCo GL backend:', select_gl_backend())"

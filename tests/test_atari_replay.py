@@ -123,3 +123,36 @@ def test_fit_on_a_real_game_writes_a_checkpoint_with_finite_losses(tmp_path, one
         assert values and all(math.isfinite(v) for v in values)
     final = [r for r in rows if r.get("eval/hns")]
     assert len(final) == 1 and float(final[0]["step"]) == 45  # one evaluation, at the end
+
+
+@pytest.mark.parametrize("official", [False, True])
+def test_n_step_targets_near_a_termination_under_both_settings(official):
+    """A life lost at row k = 11: rows k-9..k have their terminal 10..1 steps ahead. Ours stops the
+    bootstrap; the pinned rlpyt's (official) only does so for a terminal at the first step and otherwise
+    bootstraps from the last state before the terminal with gamma^n."""
+    replay = PrioritizedReplay(100, 2, 1, n_step=10, discount=0.5, alpha=0.5, priority_eps=1e-6, batch_size=1024,
+                               beta_start=1.0, beta_end=1.0, windows=False, official_nstep_bootstrap=official)
+    replay.extend(episode([1.0] * 12, True, 0))  # rows 0-11, the terminal at row 11, final observation row 12
+    replay.extend(episode([1.0] * 12, False, 1))  # rows 13-24, running
+    rows = by_row(assemble_stacks(replay.sample(progress=0.0)))
+    k = 11
+    for i in range(k - 9, k + 1):
+        m = k - i + 1  # steps up to and including the terminal
+        row = rows[i]
+        assert row["return"] == pytest.approx(sum(0.5**j for j in range(m)))
+        if official and m > 1:
+            assert row["discount"] == pytest.approx(0.5**10)
+            assert row["next_pixels"][:, 0, 0].tolist() == [k - 1, k], "not the last state before the terminal"
+        else:
+            assert row["discount"] == 0
+
+
+@pytest.mark.parametrize("new_priority, expected", [(None, 5.0), (1.0, 1.0)])
+def test_new_rows_get_the_running_maximum_or_a_fixed_priority(new_priority, expected):
+    replay = PrioritizedReplay(100, 2, 1, n_step=1, discount=0.5, alpha=0.5, priority_eps=0.0, batch_size=4,
+                               beta_start=1.0, beta_end=1.0, windows=False, new_priority=new_priority)
+    replay.extend(episode([1.0] * 3, False, 0))
+    replay.update_priority(torch.tensor([0]), torch.tensor([5.0]))  # the running maximum is now 5
+    replay.extend(episode([1.0] * 3, False, 0)[:2])  # rows 3-4
+    stored = torch.as_tensor(replay.sampler._sum_tree[[3, 4]])
+    torch.testing.assert_close(stored, torch.full((2,), expected**0.5))

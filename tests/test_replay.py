@@ -64,3 +64,18 @@ def test_wrapped_storage_never_stacks_frames_from_a_newer_episode(fill_replay, c
     stacked = replay.store.stacked_pixels(torch.tensor([oldest]))
     frame = replay.store.frames[oldest]["pixels"]
     assert torch.equal(stacked[0], frame.repeat(STACK, 1, 1)), "reached past the oldest stored row"
+
+
+@pytest.mark.parametrize("capacity", [10_000, 300])
+def test_official_windows_keep_the_first_candidates_without_an_episode_end(fill_replay, collected, capacity):
+    replay = fill_replay(collected, capacity=capacity, seq_len=16)
+    replay.official_windows = True
+    torch.manual_seed(0)
+    index = replay.sample_windows(64)["index"]  # [B', K], B' <= 64: candidates with an episode end are dropped
+    assert 0 < index.shape[0] <= 64 and index.shape[1] == 16
+    rows = replay.store.storage[index.reshape(-1)]
+    trajectory, step = rows["trajectory"].reshape(index.shape), rows["step_count"].reshape(index.shape)
+    assert (trajectory == trajectory[:, :1]).all() and (step[:, 1:] - step[:, :-1] == 1).all()
+    following = replay.store.storage[(index.reshape(-1) + 1) % capacity]["has_action"].reshape(index.shape)
+    assert following.all(), "a window holds an episode's final transition"
+    assert (index[:, -1] >= index[:, 0]).all(), "a window wraps around the storage"

@@ -260,7 +260,8 @@ def cluster(tmp_path_factory):
     if not address:
         port, temp_dir = free_port(), tempfile.mkdtemp(prefix="ray-", dir="/tmp")  # short: Ray's socket paths
         head_log = Path(temp_dir) / "head.log"
-        head = subprocess.Popen([str(BIN / "ray"), "start", "--head", "--block", "--num-cpus", "2", "--port", str(port),
+        head = subprocess.Popen([str(BIN / "ray"), "start", "--head", "--block", "--node-ip-address", "127.0.0.1",
+                                 "--num-cpus", "2", "--port", str(port),
                                  "--include-dashboard", "false", "--disable-usage-stats", "--temp-dir", temp_dir],
                                 env=cli_env(), start_new_session=True, stdout=open(head_log, "w"), stderr=subprocess.STDOUT)
         address = f"127.0.0.1:{port}"

@@ -50,7 +50,8 @@ MAX_REDRAWS = 100  # rounds of redrawing invalid start rows before giving up
 class PrioritizedReplay(Replay):
     def __init__(self, capacity: int, frame_stack: int, seq_len: int, n_step: int, discount: float,
                  alpha: float, priority_eps: float, batch_size: int, beta_start: float, beta_end: float,
-                 windows: bool, device: torch.device | str = "cpu"):
+                 windows: bool, device: torch.device | str = "cpu", new_priority: float | None = None,
+                 official_nstep_bootstrap: bool = False):
         # The store's buffer samples through a sampler that tracks priorities (new rows get the
         # current maximum priority, as in PER); snapshots (TorchRL's dumps) hold its sum and min trees.
         self.sampler = PrioritizedSampler(capacity, alpha=alpha, beta=1.0, eps=priority_eps)
@@ -59,17 +60,25 @@ class PrioritizedReplay(Replay):
         self.batch_size, self.beta_start, self.beta_end, self.windows = batch_size, beta_start, beta_end, windows
         self.horizon = max(n_step, seq_len - 1)  # rows looked at after a start row
         self.capacity = capacity
+        # None: new rows at the running maximum priority (PER, TorchRL); a number: that priority (rlpyt: 1).
+        self.new_priority = new_priority
+        # The pinned rlpyt's n-step target: a termination after the first step does not stop the bootstrap.
+        self.official_nstep_bootstrap = official_nstep_bootstrap
 
     def beta(self, progress: float) -> float:
         return self.beta_start + (self.beta_end - self.beta_start) * min(1.0, progress)
 
     def extend(self, steps: TensorDictBase, episode: Tensor | None = None) -> None:
-        """Store the steps, then give the final-observation rows priority 0 (never start rows)."""
+        """Store the steps, then give the final-observation rows priority 0 (never start rows) and, with
+        a fixed ``new_priority``, the new step rows that priority."""
         start = self.store.cursor
         self.store.extend(steps, episode)
         count = steps.numel() + int(steps["next", "done"].sum())  # steps and their final-observation rows
         rows = (start + torch.arange(count)) % self.capacity
-        finals = rows[~self._field("has_action")[rows].reshape(-1)]
+        has_action = self._field("has_action")[rows].reshape(-1).cpu()
+        if self.new_priority is not None:
+            self.sampler.update_priority(rows[has_action], torch.full((int(has_action.sum()),), self.new_priority))
+        finals = rows[~has_action]
         if finals.numel():  # final observations are never start rows
             self.sampler.update_priority(finals, torch.zeros(finals.numel()))
 
@@ -107,6 +116,13 @@ class PrioritizedReplay(Replay):
         last = (index + m - 1) % self.capacity
         terminated = self._field("terminated")[last].reshape(-1) & (steps <= self.n_step)
         discount = torch.where(terminated, 0.0, self.discount ** m.double()).float()
+        boot = m  # rows from the start row to the bootstrap frames
+        if self.official_nstep_bootstrap:
+            # rlpyt (pinned) records a done only at the first step: a later termination bootstraps from
+            # the last state before the terminal, with gamma^n.
+            late = terminated & (m > 1)
+            discount = torch.where(late, self.discount ** self.n_step, discount).float()
+            boot = torch.where(late, m - 1, m)
         rl = TensorDict(
             {
                 "index": index,
@@ -126,10 +142,10 @@ class PrioritizedReplay(Replay):
             batch["mlr"] = TensorDict({"action": self._field("action")[window]}, batch_size=[batch_size, self.seq_len])
             frames.put(batch["mlr"], "pixels", block, position)
             frames.put(rl, "pixels", block, 0)
-            frames.put(rl, "next_pixels", block, m)
+            frames.put(rl, "next_pixels", block, boot)
         else:  # two stacks per row: a block spanning the n steps between them would fetch more
             frames.put(rl, "pixels", frames.block(index, 1), 0)
-            frames.put(rl, "next_pixels", frames.block((index + m) % self.capacity, 1), 0)
+            frames.put(rl, "next_pixels", frames.block((index + boot) % self.capacity, 1), 0)
         return batch
 
     def _draw(self, batch_size: int) -> tuple[Tensor, Tensor, Tensor]:

@@ -123,9 +123,10 @@ class Replay(ABC):
 
 class UniformReplay(Replay):
     def __init__(self, capacity: int, frame_stack: int, seq_len: int, batch_size: int,
-                 window_batch_size: int | None, device: torch.device | str = "cpu"):
+                 window_batch_size: int | None, device: torch.device | str = "cpu", official_windows: bool = False):
         self.store = FrameStore(capacity, frame_stack, device=device)
         self.seq_len, self.batch_size, self.window_batch_size = seq_len, batch_size, window_batch_size
+        self.official_windows = official_windows
         # Windows of seq_len consecutive rows of one episode. Final-observation rows carry their own
         # trajectory id, so a window never contains one (every step of a window needs an action).
         self.window_sampler = SliceSampler(slice_len=seq_len, traj_key="trajectory", strict_length=True)
@@ -164,6 +165,24 @@ class UniformReplay(Replay):
         frames.put(rl, "next_pixels", block, 1)
         return rl
 
+    def _official_window_rows(self, batch_size: int) -> Tensor:
+        """[B', K] rows, B' <= B, by the official sampler's rule: 2B start rows uniform over the stored
+        rows without wrapping around a full buffer, of which the first B whose K steps are steps of
+        one episode and hold no episode-final transition are kept."""
+        store, k = self.store, torch.arange(self.seq_len)
+        starts = torch.randint(max(1, len(store) - self.seq_len), (2 * batch_size,), generator=self.generator)
+        rows = starts[:, None] + k  # [2B, K]
+        has_action = store.field("has_action")
+        final_next = ~has_action[(rows + 1) % store.capacity].reshape(rows.shape)  # the step that ends an episode
+        trajectory = store.field("trajectory")[rows].reshape(rows.shape)
+        newest = (store.cursor - 1) % store.capacity
+        ok = (has_action[rows].reshape(rows.shape).all(1) & (trajectory == trajectory[:, :1]).all(1)
+              & ~final_next.any(1) & ~(rows == newest).any(1))
+        kept = rows[ok][:batch_size]
+        if kept.shape[0] == 0:
+            raise RuntimeError("no MLR window without an episode end among the drawn candidates yet")
+        return kept
+
     def windows(self, index: Tensor, frames: FrameBatch) -> TensorDict:
         """The windows of rows ``index`` [B, K]."""
         batch_size = index.shape[0]
@@ -193,6 +212,8 @@ class UniformReplay(Replay):
 
     def _window_rows(self, batch_size: int) -> Tensor:
         """[B, K] rows of windows from TorchRL's ``SliceSampler`` (uniform over episodes, then over starts)."""
+        if self.official_windows:
+            return self._official_window_rows(batch_size)
         set_sampler_generator(self.window_sampler, self.generator)
         index, _ = self.window_sampler.sample(self.store.storage, batch_size * self.seq_len)
         return (index if isinstance(index, Tensor) else index[0]).reshape(batch_size, self.seq_len)

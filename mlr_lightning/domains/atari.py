@@ -8,7 +8,7 @@ from typing import Callable
 from omegaconf import DictConfig, OmegaConf
 
 from mlr_lightning.agents.rainbow_mlr import RainbowMLRAgent
-from mlr_lightning.config import AtariExperimentConfig, validate_atari
+from mlr_lightning.config import AtariExperimentConfig, new_priority, validate_atari
 from mlr_lightning.data.prioritized import PrioritizedReplay
 from mlr_lightning.envs.atari import check_game, make_atari_env
 from mlr_lightning.reporting.reference_scores import ATARI_REFERENCE, human_normalized_score
@@ -40,7 +40,9 @@ class AtariDomain:
         r, mlr = cfg.replay, cfg.mlr
         return PrioritizedReplay(r.capacity, cfg.env.frame_stack, mlr.seq_len if mlr.enabled else 1,
                                  cfg.rainbow.n_step, cfg.rainbow.discount, r.alpha, r.priority_eps,
-                                 cfg.train.batch_size, r.beta_start, r.beta_end, windows=mlr.enabled)
+                                 cfg.train.batch_size, r.beta_start, r.beta_end, windows=mlr.enabled,
+                                 new_priority=new_priority(r.new_priority),
+                                 official_nstep_bootstrap=cfg.rainbow.official_nstep_bootstrap)
 
     def env_steps_per_agent_step(self, cfg: DictConfig) -> int:
         return 1  # the x-axis counts agent steps, each frame_skip emulator frames

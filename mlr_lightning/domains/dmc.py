@@ -38,7 +38,8 @@ class DMCDomain:
 
     def make_replay(self, cfg: DictConfig) -> UniformReplay:
         return UniformReplay(cfg.replay.capacity, cfg.env.frame_stack, cfg.mlr.seq_len, cfg.train.batch_size,
-                             window_batch_size=cfg.mlr.batch_size if cfg.mlr.enabled else None)
+                             window_batch_size=cfg.mlr.batch_size if cfg.mlr.enabled else None,
+                             official_windows=cfg.mlr.official_windows)
 
     def env_steps_per_agent_step(self, cfg: DictConfig) -> int:
         return cfg.env.action_repeat

@@ -53,15 +53,6 @@ def open_store(plan: SweepPlan):
     return client
 
 
-def finished_run_names(client, experiment: str) -> set[str]:
-    """Names of the runs of ``experiment`` that ``fit`` completed (MLflow status FINISHED)."""
-    exp = client.get_experiment_by_name(experiment)
-    if exp is None:
-        return set()
-    runs = client.search_runs([exp.experiment_id], filter_string="attributes.status = 'FINISHED'", max_results=50_000)
-    return {run.info.run_name for run in runs}
-
-
 def mark_failed(client, experiment: str, run_name: str, error: str) -> None:
     """The trial's newest MLflow run becomes FAILED with the error (a killed ``fit`` leaves it RUNNING)."""
     exp = client.get_experiment_by_name(experiment)

@@ -132,8 +132,10 @@ def _connect(address: str | None) -> None:
     # Workers import this package from where the driver does (a checkout on PYTHONPATH, say).
     pythonpath = os.pathsep.join(filter(None, [str(PACKAGE_ROOT), os.environ.get("PYTHONPATH")]))
     try:
+        # A local instance listens on loopback only: nothing of a sweep on one machine leaves it.
+        local = {"_node_ip_address": "127.0.0.1"} if address is None else {}
         ray.init(address=address or "local", include_dashboard=False, log_to_driver=False,
-                 logging_level=logging.WARNING, runtime_env={"env_vars": {"PYTHONPATH": pythonpath}})
+                 logging_level=logging.WARNING, runtime_env={"env_vars": {"PYTHONPATH": pythonpath}}, **local)
     except ConnectionError as err:
         cause = " ".join(str(err.__cause__ or "").split())[:300]
         hint = ("; the cluster uses token authentication: export RAY_AUTH_MODE=token (token in ~/.ray/auth_token "

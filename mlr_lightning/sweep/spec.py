@@ -21,7 +21,7 @@ from typing import Any, Sequence
 
 from omegaconf import OmegaConf
 
-from mlr_lightning.config import ConfigError, load_config
+from mlr_lightning.config import ConfigError, flatten, load_config
 
 SWEEP_KEYS = ("experiment", "configs", "exclude", "seeds", "axes", "overrides", "resources", "max_failures", "budgets")
 RESOURCE_KEYS = ("cpus", "gpus")
@@ -122,7 +122,7 @@ def load_sweep(path: str | Path, items: Sequence[str] = ()) -> tuple[Sweep, list
 def _merge_item(raw: dict, item: str) -> None:
     (key, value), = _parse_item(item, "command line").items()
     if key in ("axes", "overrides") and isinstance(value, dict):
-        raw[key] = {**_as_mapping(raw.get(key), key), **_flatten(value)}
+        raw[key] = {**_as_mapping(raw.get(key), key), **flatten(value)}
     elif key == "resources" and isinstance(value, dict) and isinstance(raw.get(key), dict):
         raw[key] = {**raw[key], **value}
     else:
@@ -387,17 +387,7 @@ def _as_mapping(value: Any, key: str) -> dict:
         return {k: v for k, _, v in pairs}
     if not isinstance(value, dict):
         raise SweepError(f"{key} must be a mapping of dotted config keys, e.g. {key}: {{mlr.enabled: [true, false]}}")
-    return _flatten(value)
-
-
-def _flatten(tree: dict, prefix: str = "") -> dict:
-    flat = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            flat |= _flatten(value, f"{prefix}{key}.")
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
+    return flatten(value)
 
 
 def _slug(text: str) -> str:

@@ -28,7 +28,7 @@ from mlr_lightning.domains import Domain, domain_of
 from mlr_lightning.training.callbacks import GracefulInterrupt, HardStop, RunArtifacts, UpdateCheckpoint
 from mlr_lightning.training.evaluation import PeriodicEvaluation
 from mlr_lightning.training.progress import EnvStepProgressBar
-from mlr_lightning.training.run_dir import RunLock, new_run_dir
+from mlr_lightning.training.run_dir import lock_and_check, new_run_dir
 from mlr_lightning.training.snapshot import (
     MODEL_FILE,
     accept_resumed_config,
@@ -130,12 +130,7 @@ def fit(cfg: DictConfig, resume: str | None = None, allow_change: Sequence[str] 
     snapshot = find_resumable(cfg, resume) if resume else None
     if snapshot is not None:
         run_dir = run_dir_of(snapshot)
-        lock = RunLock(run_dir)
-        try:
-            accept_resumed_config(cfg, run_dir, allow_change)
-        except BaseException:
-            lock.release()
-            raise
+        lock = lock_and_check(run_dir, lambda: accept_resumed_config(cfg, run_dir, allow_change))
     else:
         ensure_store_for(cfg)  # an unusable store stops a new run before its directory exists
         run_dir, lock = new_run_dir(cfg, restart=resume == "auto")

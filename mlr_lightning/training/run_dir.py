@@ -13,6 +13,7 @@ import os
 import shutil
 import time
 from pathlib import Path
+from typing import Callable
 
 from omegaconf import DictConfig
 
@@ -53,6 +54,17 @@ class RunLock:
             self.handle.close()
 
 
+def lock_and_check(run_dir: Path, check: Callable[[], None]) -> RunLock:
+    """Lock ``run_dir``, then run ``check`` (which may refuse the run); the lock is released if it does."""
+    lock = RunLock(run_dir)
+    try:
+        check()
+    except BaseException:
+        lock.release()
+        raise
+    return lock
+
+
 def default_run_name(cfg: DictConfig) -> str:
     return "-".join([cfg.env.task, "mlr" if cfg.mlr.enabled else "baseline", f"s{cfg.seed}",
                      time.strftime("%Y%m%d-%H%M%S")])
@@ -70,12 +82,7 @@ def new_run_dir(cfg: DictConfig, restart: bool) -> tuple[Path, RunLock]:
     if cfg.run_name:
         run_dir = output / cfg.run_name
         run_dir.mkdir(parents=True, exist_ok=True)
-        lock = RunLock(run_dir)
-        try:
-            _clear_for_new_run(cfg, run_dir, restart)
-        except BaseException:
-            lock.release()
-            raise
+        lock = lock_and_check(run_dir, lambda: _clear_for_new_run(cfg, run_dir, restart))
     else:  # never mix two runs started in the same second
         name, suffix = default_run_name(cfg), 1
         while True:
