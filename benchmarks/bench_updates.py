@@ -36,7 +36,8 @@ from mlr_lightning.agents.sac_mlr import SACMLRAgent
 from mlr_lightning.config import load_config
 from mlr_lightning.data.frames import FRAMES, assemble_stacks
 from mlr_lightning.data.replay import UniformReplay
-from mlr_lightning.data.stream import make_collector, one_intra_op_thread
+from mlr_lightning.data.stream import make_collector
+from mlr_lightning.data.threads import one_intra_op_thread
 from mlr_lightning.domains import domain_of
 from mlr_lightning.training.experiment import _as_is
 

@@ -42,7 +42,7 @@ from torchrl import timeit
 from torchrl.data import PrioritizedSampler
 
 from mlr_lightning.data.frames import FrameBatch, FrameStore
-from mlr_lightning.data.replay import Replay
+from mlr_lightning.data.replay import Replay, index_arithmetic
 
 MAX_REDRAWS = 100  # rounds of redrawing invalid start rows before giving up
 
@@ -98,6 +98,12 @@ class PrioritizedReplay(Replay):
     def sample_rows(self, batch_size: int, beta: float, windows: bool, stacked: bool = False) -> TensorDict:
         """``batch_size`` prioritized start rows with their n-step targets (and MLR windows);
         deduplicated unless ``stacked``."""
+        frames = FrameBatch(self.store, stacked)
+        with index_arithmetic(stacked):
+            batch = self._rows(batch_size, beta, windows, frames)
+        return frames.finish(batch, self._frame_buffer())
+
+    def _rows(self, batch_size: int, beta: float, windows: bool, frames: FrameBatch) -> TensorDict:
         self.sampler.beta = beta
         index, weight, ahead = self._draw(batch_size)
         steps = self._steps_left(index, ahead)  # [B] action rows of the episode from index on (<= horizon + 1)
@@ -127,7 +133,6 @@ class PrioritizedReplay(Replay):
             },
             batch_size=[batch_size],
         )
-        frames = FrameBatch(self.store, stacked)
         batch = TensorDict({"rl": rl})
         if windows:  # one block: the start row's stack, its bootstrap stack (m <= n) and its window
             block = frames.block(index, self.horizon + 1)
@@ -141,7 +146,7 @@ class PrioritizedReplay(Replay):
         else:  # two stacks per row: a block spanning the n steps between them would fetch more
             frames.put(rl, "pixels", frames.block(index, 1), 0)
             frames.put(rl, "next_pixels", frames.block((index + boot) % self.capacity, 1), 0)
-        return frames.finish(batch, self._frame_buffer())
+        return batch
 
     def _draw(self, batch_size: int) -> tuple[Tensor, Tensor, Tensor]:
         """Prioritized start rows whose lookahead is known: index [B], TorchRL weight [B], ahead rows [B, H]."""

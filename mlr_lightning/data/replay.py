@@ -21,6 +21,7 @@ from __future__ import annotations
 import math
 import warnings
 from abc import ABC, abstractmethod
+from contextlib import nullcontext
 from typing import Sequence
 
 import torch
@@ -31,7 +32,15 @@ from torchrl.data import SliceSampler
 
 from mlr_lightning.config import ConfigError
 from mlr_lightning.data.frames import FrameBatch, FrameStore
+from mlr_lightning.data.threads import one_intra_op_thread
 from mlr_lightning.data.torchrl_internals import set_sampler_generator
+
+
+def index_arithmetic(stacked: bool):
+    """Drawing rows and building a batch's index tensors: small ops, on one thread (see
+    :func:`one_intra_op_thread`); the frame gather that follows keeps every thread. The stacked
+    reference path runs as it always did."""
+    return nullcontext() if stacked else one_intra_op_thread()
 
 
 FREE_MEMORY_SHARE = 0.75  # of a GPU's free memory the replay may take; the rest is the update's
@@ -125,11 +134,12 @@ class UniformReplay(Replay):
     def sample(self, progress: float = 0.0, stacked: bool = False) -> TensorDict:
         """One update's batch (see the module docstring); uniform, so ``progress`` is unused."""
         frames = FrameBatch(self.store, stacked)
-        with timeit("data/sample_transitions"):
-            batch = TensorDict({"rl": self.transitions(self._valid_transition_rows(self.batch_size), frames)})
-        if self.window_batch_size:
-            with timeit("data/sample_windows"):
-                batch["mlr"] = self.windows(self._window_rows(self.window_batch_size), frames)
+        with index_arithmetic(stacked):
+            with timeit("data/sample_transitions"):
+                batch = TensorDict({"rl": self.transitions(self._valid_transition_rows(self.batch_size), frames)})
+            if self.window_batch_size:
+                with timeit("data/sample_windows"):
+                    batch["mlr"] = self.windows(self._window_rows(self.window_batch_size), frames)
         with timeit("data/gather_frames"):
             return frames.finish(batch, self._frame_buffer())
 

@@ -26,7 +26,6 @@ import math
 import random
 import warnings
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from typing import Callable
 
@@ -39,6 +38,7 @@ from torchrl.collectors import Collector
 from torchrl.envs import EnvBase
 
 from mlr_lightning.data.replay import Replay
+from mlr_lightning.data.threads import one_intra_op_thread
 from mlr_lightning.data.torchrl_internals import collector_observation, inner_env, set_collector_observation
 
 
@@ -258,23 +258,6 @@ def simulator(env: EnvBase):
     if not hasattr(inner, "get_state"):
         raise NotImplementedError(f"{type(inner).__name__} cannot save its running episode (get_state/set_state)")
     return inner
-
-
-@contextmanager
-def one_intra_op_thread():
-    """Run the block's torch ops on one thread. A step's tensors are small (a few frames), and
-    handing each op to a team of threads cost more than the op itself: with torch's two intra-op
-    threads on a busy two-core machine a 90 kB frame copy took milliseconds instead of microseconds.
-    Switching costs under a microsecond; the update, outside the block, keeps every thread."""
-    threads = torch.get_num_threads()
-    if threads == 1:
-        yield
-        return
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 def rng_states() -> dict:
