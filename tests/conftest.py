@@ -6,7 +6,9 @@ Tests take what they share from here as fixtures; no test module imports another
 
 import mlr_lightning  # noqa: F401  (torch/tensordict/torchrl before dm_control: see the package docstring)
 
+import contextlib
 import os
+import resource
 import signal
 import socket
 import subprocess
@@ -96,6 +98,25 @@ def tiny_base_overrides() -> list[str]:
 def make_env():
     """``make_env(cfg, seed, train=True)``: the configured domain's environment."""
     return lambda cfg, seed, train=True: domain_of(cfg).make_env(cfg, seed, train)
+
+
+@contextlib.contextmanager
+def _files_refused_past(max_bytes: int = 1024):
+    """The kernel refuses file writes past ``max_bytes`` (RLIMIT_FSIZE: EFBIG, as a full disk's ENOSPC)."""
+    limits = resource.getrlimit(resource.RLIMIT_FSIZE)
+    handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # EFBIG instead of being killed
+    resource.setrlimit(resource.RLIMIT_FSIZE, (max_bytes, limits[1]))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, limits)
+        signal.signal(signal.SIGXFSZ, handler)
+
+
+@pytest.fixture(scope="session")
+def files_refused():
+    """``with files_refused(): ...``: writes past 1 kB fail in this process, as on a full disk."""
+    return _files_refused_past
 
 
 @pytest.fixture

@@ -1,8 +1,6 @@
 """Injected faults on a real tiny run: a NaN loss, a crashing renderer, a full disk while saving."""
 
 import re
-import resource
-import signal
 
 import pytest
 import torch
@@ -83,7 +81,7 @@ def test_an_environment_that_keeps_crashing_stops_with_the_setting_to_change(tin
         fit(tiny(tiny_overrides, "train.max_env_restarts=2"))
 
 
-def test_a_full_disk_while_saving_keeps_the_previous_snapshot_and_training_goes_on(tiny_overrides, tmp_path, monkeypatch):
+def test_a_full_disk_while_saving_keeps_the_previous_snapshot_and_training_goes_on(tiny_overrides, tmp_path, monkeypatch, files_refused):
     """The kernel refuses the writes of the second snapshot (RLIMIT_FSIZE: EFBIG, as ENOSPC would)."""
     real_save = callbacks.save_rank_state
     checkpoints = tmp_path / "runs" / "run" / "checkpoints"
@@ -93,14 +91,8 @@ def test_a_full_disk_while_saving_keeps_the_previous_snapshot_and_training_goes_
         seen.append(directory.name)
         if len(seen) != 2:
             return real_save(directory, rank, stream)
-        limits = resource.getrlimit(resource.RLIMIT_FSIZE)
-        handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # EFBIG instead of being killed
-        resource.setrlimit(resource.RLIMIT_FSIZE, (1024, limits[1]))
-        try:
+        with files_refused():
             real_save(directory, rank, stream)
-        finally:
-            resource.setrlimit(resource.RLIMIT_FSIZE, limits)
-            signal.signal(signal.SIGXFSZ, handler)
         # still inside the failed save: the previous snapshot is what last.ckpt names, intact
         assert (checkpoints / LAST).resolve().parent.name == snapshot_name(10)
         verify_snapshot(checkpoints / snapshot_name(10))

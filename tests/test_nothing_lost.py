@@ -4,7 +4,6 @@ each reproduced on a real tiny run (real rendering, real Lightning, a real MLflo
 import csv
 import json
 import multiprocessing
-import resource
 import shutil
 import signal
 import sqlite3
@@ -218,20 +217,14 @@ def test_a_disk_filled_by_another_writer_during_a_snapshot_is_an_error_not_a_sig
         subprocess.run(["umount", "-l", str(disk)])
 
 
-def test_a_failed_final_snapshot_does_not_fail_a_finished_run(tiny_overrides, tmp_path, monkeypatch):
+def test_a_failed_final_snapshot_does_not_fail_a_finished_run(tiny_overrides, tmp_path, monkeypatch, files_refused):
     real_save = callbacks.save_rank_state
 
     def final_save_fails(directory, rank, stream):
         if directory.name != f".{snapshot_name(UPDATES)}.tmp":
             return real_save(directory, rank, stream)
-        limits = resource.getrlimit(resource.RLIMIT_FSIZE)
-        handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-        resource.setrlimit(resource.RLIMIT_FSIZE, (1024, limits[1]))
-        try:
+        with files_refused():
             real_save(directory, rank, stream)
-        finally:
-            resource.setrlimit(resource.RLIMIT_FSIZE, limits)
-            signal.signal(signal.SIGXFSZ, handler)
 
     monkeypatch.setattr(callbacks, "save_rank_state", final_save_fails)
     with pytest.warns(UserWarning, match="the final snapshot failed"):
