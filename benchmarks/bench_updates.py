@@ -34,7 +34,7 @@ from torchrl import timeit
 
 from mlr_lightning.agents.sac_mlr import SACMLRAgent
 from mlr_lightning.config import load_config
-from mlr_lightning.data.frames import FRAMES, assemble_stacks
+from mlr_lightning.data.frames import assemble_stacks
 from mlr_lightning.data.replay import UniformReplay
 from mlr_lightning.data.stream import make_collector
 from mlr_lightning.data.threads import one_intra_op_thread
@@ -363,15 +363,16 @@ def gpu_main() -> None:
     time_atari_updates("Atari paper Rainbow+MLR compiled+cudagraphs",
                        load_config(atari, ["trainer.compile=default", "trainer.cudagraphs=true"]), repeats=10,
                        accelerator="gpu")
-    SUMMARY |= {"update_ms_paper_dmc_fp32": 1000 * fp32, "update_ms_paper_dmc_compiled": 1000 * compiled}
+    SUMMARY.update({"update_ms_paper_dmc_fp32": 1000 * fp32, "update_ms_paper_dmc_compiled": 1000 * compiled})
     section("Replay sampling, paper sizes: replay on the host, then on the GPU (stacks assembled on the GPU)")
     host = filled_replay(100_000, episode_len=126, seq_len=16)
     host_result = replay_sampling(host, label="host")
     del host
     device = filled_replay(100_000, episode_len=126, seq_len=16, device="cuda")
     device_result = replay_sampling(device, label="device")
-    SUMMARY |= {"sampling_ms_host": host_result["new_ms"], "sampling_ms_device": device_result["new_ms"],
-                "sampling_share_of_update_device": (device_result["new_ms"] + device_result["assemble_ms"]) / (1000 * fp32)}
+    SUMMARY.update({"sampling_ms_host": host_result["new_ms"], "sampling_ms_device": device_result["new_ms"],
+                    "sampling_share_of_update_device":
+                        (device_result["new_ms"] + device_result["assemble_ms"]) / (1000 * fp32)})
     del device
     section("dm_control with EGL on the GPU")
     for fast in (False, True):

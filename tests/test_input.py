@@ -2,7 +2,6 @@
 prints progress and a summary, and no library chatter."""
 
 import dataclasses
-import os
 import subprocess
 import socket
 import time

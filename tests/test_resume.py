@@ -4,7 +4,6 @@ uninterrupted run of the same config, on real dm_control (deterministic on CPU, 
 import csv
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 

@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 import torch
 from omegaconf import OmegaConf
-from tensordict import TensorDict
 from tensordict.nn import TensorDictModule
 
 from mlr_lightning.agents.base import FiniteGuard, NonFiniteLossError
@@ -17,7 +16,6 @@ from mlr_lightning.data.frames import FRAMES, assemble_stacks
 from mlr_lightning.data.prioritized import PrioritizedReplay
 from mlr_lightning.data.replay import UniformReplay
 from mlr_lightning.data.stream import ExperienceStream, make_collector
-from mlr_lightning.domains.atari import ATARI
 from mlr_lightning.domains.dmc import DMC
 
 

@@ -20,7 +20,6 @@ batch is used, on the training device. A transition's observation and next obser
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import torch
 from tensordict import TensorDict, TensorDictBase

@@ -7,7 +7,6 @@ not anticipate still reaches the user.
 from __future__ import annotations
 
 import csv
-import json
 import logging
 import math
 import os

@@ -286,7 +286,7 @@ def accept_resumed_config(cfg: DictConfig, run_dir: Path, allow_change: Sequence
     if changed:
         raise ConfigError(f"--resume continues {run_dir}, whose config differs in: {'; '.join(changed)}. "
                           f"Resume with --config {run_dir / 'config.yaml'}, or start a new run"
-                          + (f" (optimiser settings may change with --allow-change KEY)" if not allow_change else ""))
+                          + (" (optimiser settings may change with --allow-change KEY)" if not allow_change else ""))
     if to_yaml(saved) != to_yaml(cfg):  # allowed changes only: the run's config is now this one
         tmp = run_dir / ".config.yaml.tmp"
         tmp.write_text(to_yaml(cfg))
