@@ -153,16 +153,35 @@ def tiny_experiment(tmp_path_factory):
 
 def _collect(env, steps: int):
     """``steps`` agent steps of ``env`` with uniformly random actions, as the training collector
-    delivers them (one agent step per batch), concatenated."""
+    hands them to the replay (one at a time), stacked; ``("collector", "traj_ids")`` numbers their episodes."""
     from tensordict.nn import TensorDictModule
 
     from mlr_lightning.data.stream import make_collector
 
     policy = TensorDictModule(lambda pixels: env.action_spec.rand(), in_keys=["pixels"], out_keys=["action"])
-    collector = make_collector(env, policy, total_agent_steps=steps, init_steps=steps, policy_device=torch.device("cpu"))
-    data = torch.cat([batch.clone() for batch in collector])
+    writer = StepList()
+    collector = make_collector(env, policy, writer, total_agent_steps=steps, init_steps=steps, policy_device=torch.device("cpu"))
+    for _ in collector:
+        pass
     collector.shutdown()
+    data = torch.stack(writer.steps)
+    ends = data["next", "done"].reshape(-1).long()
+    data["collector", "traj_ids"] = torch.cumsum(ends, 0) - ends  # episode numbers, as the stream counts them
     return data
+
+
+class StepList:
+    """A collector's writer that keeps a copy of each step."""
+
+    def __init__(self):
+        self.steps = []
+
+    @property
+    def write_count(self) -> int:
+        return len(self.steps)
+
+    def add(self, step):
+        self.steps.append(step.clone())
 
 
 @pytest.fixture(scope="session")
@@ -188,7 +207,7 @@ def fill_replay():
     def fill(data, capacity, seq_len=4, batch_size=1, window_batch_size=1):
         replay = UniformReplay(capacity, 3, seq_len, batch_size=batch_size, window_batch_size=window_batch_size)
         for t in range(len(data)):
-            replay.extend(data[t : t + 1])
+            replay.extend(data[t : t + 1], data["collector", "traj_ids"][t : t + 1])
         return replay
 
     return fill

@@ -19,7 +19,7 @@ def env_for(game, train, seed=0, **kwargs):
 
 
 def lives(env):
-    return env.base_env._env.unwrapped.ale.lives()
+    return env.game.unwrapped.ale.lives()
 
 
 def test_observation_and_action_specs():

@@ -39,6 +39,10 @@ def episode(rewards, last, traj, terminated=True):
     }, batch_size=[t])
 
 
+def store(replay, steps):
+    replay.extend(steps, steps["collector", "traj_ids"])
+
+
 def by_row(batch):
     """Start row -> its RL fields and, as ``window_pixels``/``window_action``, its MLR window."""
     rows = {}
@@ -52,9 +56,9 @@ def by_row(batch):
 def test_n_step_returns_and_windows_across_episode_ends():
     replay = PrioritizedReplay(100, 2, 4, n_step=3, discount=0.5, alpha=0.5, priority_eps=1e-6, batch_size=256,
                                beta_start=0.4, beta_end=0.4, windows=True)
-    replay.extend(episode([1.0, 2.0, 3.0, 4.0], True, 0))  # rows 0-3, final observation row 4 (terminated)
-    replay.extend(episode([1.0, 1.0], True, 1, terminated=False))  # rows 5-6 (truncated), final row 7
-    replay.extend(episode([1.0, 1.0, 1.0, 1.0, 1.0], False, 2))  # rows 8-12, still running
+    store(replay, episode([1.0, 2.0, 3.0, 4.0], True, 0))  # rows 0-3, final observation row 4 (terminated)
+    store(replay, episode([1.0, 1.0], True, 1, terminated=False))  # rows 5-6 (truncated), final row 7
+    store(replay, episode([1.0, 1.0, 1.0, 1.0, 1.0], False, 2))  # rows 8-12, still running
     rows = by_row(assemble_stacks(replay.sample(progress=0.0)))
     # Start rows whose 3-step future is not written yet (10-12) and final observations are never drawn.
     assert set(rows) == {0, 1, 2, 3, 5, 6, 8, 9}
@@ -81,7 +85,7 @@ def test_priorities_follow_the_loss(tmp_path):
     agent = RainbowMLRAgent(OmegaConf.to_container(cfg), num_actions=env.action_spec.shape[-1])
     replay = ATARI.make_replay(cfg)
     policy = TensorDictModule(agent.policy, in_keys=["pixels"], out_keys=["action"])
-    stream = ExperienceStream(lambda start: make_collector(env, policy, 40 - start, 40, "cpu"), replay,
+    stream = ExperienceStream(lambda start, writer: make_collector(env, policy, writer, 40 - start, 40, "cpu"), replay,
                               total_agent_steps=40, init_steps=20, updates_per_step=1, env_steps_per_agent_step=1,
                               max_env_restarts=0)
     batch = assemble_stacks(next(iter(stream)))
@@ -132,8 +136,8 @@ def test_n_step_targets_near_a_termination_under_both_settings(official):
     bootstraps from the last state before the terminal with gamma^n."""
     replay = PrioritizedReplay(100, 2, 1, n_step=10, discount=0.5, alpha=0.5, priority_eps=1e-6, batch_size=1024,
                                beta_start=1.0, beta_end=1.0, windows=False, official_nstep_bootstrap=official)
-    replay.extend(episode([1.0] * 12, True, 0))  # rows 0-11, the terminal at row 11, final observation row 12
-    replay.extend(episode([1.0] * 12, False, 1))  # rows 13-24, running
+    store(replay, episode([1.0] * 12, True, 0))  # rows 0-11, the terminal at row 11, final observation row 12
+    store(replay, episode([1.0] * 12, False, 1))  # rows 13-24, running
     rows = by_row(assemble_stacks(replay.sample(progress=0.0)))
     k = 11
     for i in range(k - 9, k + 1):
@@ -151,8 +155,8 @@ def test_n_step_targets_near_a_termination_under_both_settings(official):
 def test_new_rows_get_the_running_maximum_or_a_fixed_priority(new_priority, expected):
     replay = PrioritizedReplay(100, 2, 1, n_step=1, discount=0.5, alpha=0.5, priority_eps=0.0, batch_size=4,
                                beta_start=1.0, beta_end=1.0, windows=False, new_priority=new_priority)
-    replay.extend(episode([1.0] * 3, False, 0))
+    store(replay, episode([1.0] * 3, False, 0))
     replay.update_priority(torch.tensor([0]), torch.tensor([5.0]))  # the running maximum is now 5
-    replay.extend(episode([1.0] * 3, False, 0)[:2])  # rows 3-4
+    store(replay, episode([1.0] * 3, False, 0)[:2])  # rows 3-4
     stored = torch.as_tensor(replay.sampler._sum_tree[[3, 4]])
     torch.testing.assert_close(stored, torch.full((2,), expected**0.5))

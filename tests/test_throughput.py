@@ -85,7 +85,7 @@ def test_deduplicated_atari_batches_equal_the_stacked_ones(pong, windows, capaci
     replay = PrioritizedReplay(capacity, 4, seq_len, n_step=n_step, discount=0.99, alpha=0.5, priority_eps=1e-6,
                                batch_size=64, beta_start=0.4, beta_end=1.0, windows=windows)
     for t in range(len(pong)):
-        replay.extend(pong[t : t + 1])
+        replay.extend(pong[t : t + 1], pong["collector", "traj_ids"][t : t + 1])
     assert int(pong["next", "truncated"].sum()) >= 4
     for seed in range(3):
         deduplicated, stacked = sample_both(replay, seed, progress=0.5)
@@ -143,7 +143,7 @@ def tiny_stream(cfg, prefetch, replay=None):
     policy = TensorDictModule(lambda pixels: torch.rand(1) * 2 - 1, in_keys=["pixels"], out_keys=["action"])
     replay = replay or DMC.make_replay(cfg)
     total = cfg.train.num_env_steps // cfg.env.action_repeat
-    return ExperienceStream(lambda start: make_collector(env, policy, total - start, max(0, cfg.train.init_steps - start), "cpu"),
+    return ExperienceStream(lambda start, writer: make_collector(env, policy, writer, total - start, max(0, cfg.train.init_steps - start), "cpu"),
                             replay, total, cfg.train.init_steps, 1, cfg.env.action_repeat, 0, prefetch=prefetch)
 
 
@@ -231,7 +231,7 @@ def test_compiled_updates_equal_eager_ones(tiny_overrides, fill_replay, collecte
                                     beta_start=0.4, beta_end=1.0, windows=True)
     pong = pong_steps(collect, 60)
     for t in range(len(pong)):
-        prioritized.extend(pong[t : t + 1])
+        prioritized.extend(pong[t : t + 1], pong["collector", "traj_ids"][t : t + 1])
     batches = batches_of(prioritized, 3, progress=0.5)
     for mode in (False, "default"):
         torch.manual_seed(0)

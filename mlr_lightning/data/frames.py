@@ -27,14 +27,16 @@ from torch import Tensor
 from torchrl.data import LazyTensorStorage, TensorDictReplayBuffer
 from torchrl.data.replay_buffers import Sampler
 
-from mlr_lightning.data.torchrl_internals import SliceWriter, settle_loaded_storage, storage_fields, storage_nbytes
+from mlr_lightning.data.torchrl_internals import RowAppender, settle_loaded_storage, storage_fields, storage_nbytes
 
 FRAMES, STACKS = "frames", "stacks"  # the batch keys of a deduplicated batch (see the module docstring)
+TRUE, FALSE = torch.ones(1, dtype=torch.bool), torch.zeros(1, dtype=torch.bool)  # has_action
 
 
 class FrameStore:
-    """Two ``LazyTensorStorage`` written in lockstep by TorchRL's round-robin writers: ``frames``
-    holds the uint8 pixels, ``storage`` the per-step fields. Keeping the pixels apart lets samplers,
+    """Two ``LazyTensorStorage`` written in lockstep, a row at a time, as by TorchRL's round-robin
+    writers (:class:`~mlr_lightning.data.torchrl_internals.RowAppender`): ``frames`` holds the uint8
+    pixels, ``storage`` the per-step fields. Keeping the pixels apart lets samplers,
     which scan whole fields of the storage (``SliceSampler`` reads ``storage[:]``), touch a few MB
     instead of copying gigabytes of frames on every call.
 
@@ -52,7 +54,8 @@ class FrameStore:
                  device: torch.device | str = "cpu"):
         self.frame_stack = frame_stack
         self.storage = LazyTensorStorage(capacity, device="cpu")
-        self.buffer = TensorDictReplayBuffer(storage=self.storage, sampler=sampler, writer=SliceWriter())
+        self.buffer = TensorDictReplayBuffer(storage=self.storage, sampler=sampler)
+        self._append_fields = RowAppender(self.buffer)
         self._frame_storage(capacity, device)
 
     def _frame_storage(self, capacity: int, device: torch.device | str) -> None:
@@ -60,7 +63,8 @@ class FrameStore:
         self.frames = LazyTensorStorage(capacity, device=self.device)
         # A TensorDict ({"pixels": ...}) rather than a bare tensor: TorchRL's ``loads`` can refill
         # only TensorDict storages.
-        self.frame_buffer = TensorDictReplayBuffer(storage=self.frames, writer=SliceWriter())
+        self.frame_buffer = TensorDictReplayBuffer(storage=self.frames)
+        self._append_frame = RowAppender(self.frame_buffer)
 
     def place(self, device: torch.device | str) -> None:
         """Keep the frames on ``device`` from now on; only before anything is written or loaded."""
@@ -81,53 +85,25 @@ class FrameStore:
         return self.buffer.write_count % self.capacity
 
     # ----------------------------------------------------------------------------------- writing
-    def extend(self, steps: TensorDictBase, episode: Tensor | None = None) -> None:
-        """Store a collector batch ``[T]`` of steps with stacked ``pixels`` ``[3*S, H, W]``.
+    def add(self, step: TensorDictBase, episode: int) -> None:
+        """Store one agent step as the collector delivers it (``[]``, stacked ``pixels`` ``[C*S, H, W]``)
+        of episode number ``episode``: its newest frame with the transition that leaves it, and after
+        an episode's last step a row with the final observation."""
+        channels = step["pixels"].shape[-3] // self.frame_stack
+        terminated = step["next", "terminated"]
+        self._append(step["pixels"][-channels:], action=step["action"], reward=step["next", "reward"],
+                     terminated=terminated, step_count=step["step_count"], has_action=TRUE,
+                     trajectory=torch.tensor(2 * episode))
+        if step["next", "done"]:
+            self._append(step["next", "pixels"][-channels:], action=torch.zeros_like(step["action"]),
+                         reward=torch.zeros_like(step["next", "reward"]), terminated=terminated,
+                         step_count=step["next", "step_count"], has_action=FALSE,
+                         trajectory=torch.tensor(2 * episode + 1))
 
-        ``episode`` ``[T]`` numbers the episode of each step (default: the collector's trajectory
-        ids). The training stream counts episodes itself, so that ids stay unique across collector
-        rebuilds and resumes.
-        """
-        steps = steps.reshape(-1)
-        channels = steps["pixels"].shape[-3] // self.frame_stack
-        episode = (steps["collector", "traj_ids"] if episode is None else episode).reshape(-1)
-        rows = TensorDict(
-            {
-                "pixels": steps["pixels"][..., -channels:, :, :],  # newest frame only
-                "action": steps["action"],
-                "reward": steps["next", "reward"],
-                "terminated": steps["next", "terminated"],
-                "step_count": steps["step_count"],
-                "has_action": torch.ones_like(steps["next", "terminated"]),
-                "trajectory": 2 * episode,
-            },
-            batch_size=steps.batch_size,
-            device="cpu",
-        )
-        ends = steps["next", "done"].reshape(-1)
-        if ends.any():
-            final = TensorDict(
-                {
-                    "pixels": steps["next", "pixels"][ends][..., -channels:, :, :],
-                    "action": torch.zeros_like(rows["action"][ends]),
-                    "reward": torch.zeros_like(rows["reward"][ends]),
-                    "terminated": rows["terminated"][ends],
-                    "step_count": steps["next", "step_count"][ends],
-                    "has_action": torch.zeros_like(rows["has_action"][ends]),
-                    "trajectory": 2 * episode[ends] + 1,
-                },
-                batch_size=[int(ends.sum())],
-                device="cpu",
-            )
-            # Interleave: each final-observation row goes right after the step that ended its episode.
-            order = torch.arange(len(rows)) + torch.cumsum(ends.long(), 0) - ends.long()
-            merged = torch.cat([rows, final])
-            position = torch.cat([order, order[ends] + 1])
-            rows = merged[position.argsort()]
-        # TensorDicts with the storages' devices: TorchRL's writes then skip a device cast (whose
-        # synchronisation check costs ~0.5 ms per write where torch sees no initialised GPU).
-        self.frame_buffer.extend(TensorDict({"pixels": rows.pop("pixels")}, batch_size=rows.batch_size, device=self.device))
-        self.buffer.extend(rows)
+    def _append(self, frame: Tensor, **fields: Tensor) -> None:
+        """One row into both storages, in lockstep."""
+        self._append_frame({"pixels": frame})
+        self._append_fields(fields)
 
     def abandon_episode(self) -> None:
         """The running episode ended without a final observation (its environment crashed): its

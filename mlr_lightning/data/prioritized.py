@@ -68,19 +68,15 @@ class PrioritizedReplay(Replay):
     def beta(self, progress: float) -> float:
         return self.beta_start + (self.beta_end - self.beta_start) * min(1.0, progress)
 
-    def extend(self, steps: TensorDictBase, episode: Tensor | None = None) -> None:
-        """Store the steps, then give the final-observation rows priority 0 (never start rows) and, with
-        a fixed ``new_priority``, the new step rows that priority."""
-        start = self.store.cursor
-        self.store.extend(steps, episode)
-        count = steps.numel() + int(steps["next", "done"].sum())  # steps and their final-observation rows
-        rows = (start + torch.arange(count)) % self.capacity
-        has_action = self._field("has_action")[rows].reshape(-1).cpu()
+    def add(self, step: TensorDictBase, episode: int) -> None:
+        """Store the step, then give its final-observation row (after an episode's last step) priority
+        0 (never a start row) and, with a fixed ``new_priority``, the step's row that priority."""
+        row = self.store.cursor
+        self.store.add(step, episode)
         if self.new_priority is not None:
-            self.sampler.update_priority(rows[has_action], torch.full((int(has_action.sum()),), self.new_priority))
-        finals = rows[~has_action]
-        if finals.numel():  # final observations are never start rows
-            self.sampler.update_priority(finals, torch.zeros(finals.numel()))
+            self.sampler.update_priority(row, self.new_priority)
+        if step["next", "done"]:  # final observations are never start rows
+            self.sampler.update_priority((row + 1) % self.capacity, 0.0)
 
     def update_priority(self, index: Tensor, priority: Tensor) -> None:
         """New raw priorities (the sampler stores ``(p + eps) ** alpha``) for the start rows ``index``."""

@@ -99,8 +99,15 @@ class Replay(ABC):
         self.store.place(device)
         return device
 
-    def extend(self, steps: TensorDictBase, episode: Tensor | None = None) -> None:
-        self.store.extend(steps, episode)
+    def add(self, step: TensorDictBase, episode: int) -> None:
+        """Store one agent step of episode number ``episode`` (see :meth:`FrameStore.add`)."""
+        self.store.add(step, episode)
+
+    def extend(self, steps: TensorDictBase, episode: Tensor) -> None:
+        """Store consecutive agent steps ``[T]`` of the episodes numbered ``episode`` ``[T]``, one
+        :meth:`add` each (tests and benchmarks fill replays with it)."""
+        for step, number in zip(steps.reshape(-1).unbind(0), episode.reshape(-1).tolist()):
+            self.add(step, number)
 
     def abandon_episode(self) -> None:
         self.store.abandon_episode()

@@ -1,14 +1,16 @@
 """The training data stream: collector -> replay -> sampled batches, as Lightning's dataloader.
 
 Each agent step of the TorchRL collector (``env_steps_per_agent_step`` environment steps: DMC's
-action repeat, 1 on Atari, whose x-axis counts agent steps) is written into the replay and, once the
-random seed steps are done, followed by ``updates_per_step`` items, each one update's batch
+action repeat, 1 on Atari, whose x-axis counts agent steps) is handed to the stream's
+:class:`StepWriter` as it is made and stored in the replay; once the random seed steps are done it
+is followed by ``updates_per_step`` items, each one update's batch
 (``replay.sample``, a TensorDict in the contract of :mod:`mlr_lightning.data.replay`). Lightning's
 fit loop therefore drives interaction and learning at the paper's ratio (1 update per agent step on
 DMC, 2 on Atari) with no loop around it.
 
 The stream is also the unit of full-state resume: :meth:`ExperienceStream.state_dict` holds the
-counters, the collector, the running episode inside the simulator and every random-number state,
+counters, the collector, the observation it acts on next, the running episode inside the simulator
+and every random-number state,
 so a resumed stream produces exactly the items the uninterrupted one would have.
 
 ``prefetch`` (DMC's ``replay.prefetch``) overlaps sampling with the update: a background thread
@@ -35,15 +37,22 @@ from tensordict import TensorDict, TensorDictBase
 from torch.utils.data import IterableDataset
 from torchrl import timeit
 from torchrl.collectors import Collector
-from torchrl.envs import EnvBase
 
 from mlr_lightning.data.replay import Replay
 from mlr_lightning.data.threads import one_intra_op_thread
-from mlr_lightning.data.torchrl_internals import collector_observation, inner_env, set_collector_observation
+from mlr_lightning.data.torchrl_internals import collector_observation, set_collector_observation
+from mlr_lightning.envs.stacked import FrameStackEnv
 
 
 class EnvironmentFailure(RuntimeError):
     """The environment kept crashing after ``max_env_restarts`` rebuilds."""
+
+
+class ReplayWriteError(RuntimeError):
+    """Storing a step failed: a fault of the replay, not of the environment, so never retried."""
+
+
+_DONE = object()
 
 
 @dataclass
@@ -59,8 +68,31 @@ class StreamCounters:
     last_episode_return: float = math.nan
 
 
-# Builds a fresh environment and collector for the agent steps from ``start`` on.
-CollectorFactory = Callable[[int], Collector]
+class StepWriter:
+    """What the collector writes each agent step into (its ``replay_buffer``): the stream's replay.
+
+    TorchRL's collector hands a replay buffer each step as it is made (``extend_buffer=False``)
+    instead of stacking it into a batch, copying it and yielding it (~0.2 ms of bookkeeping per
+    step). It reads ``write_count`` to know when the random seed steps are over.
+    """
+
+    def __init__(self, stream: "ExperienceStream"):
+        self.stream = stream
+
+    @property
+    def write_count(self) -> int:
+        """Agent steps collected by the current collector (compared to its ``init_random_frames``)."""
+        return self.stream.counters.agent_steps - self.stream.counters.collector_start
+
+    def add(self, step: TensorDictBase) -> None:
+        try:
+            self.stream._store(step)
+        except Exception as err:
+            raise ReplayWriteError(f"storing agent step {self.stream.counters.agent_steps} failed: {err!r}") from err
+
+
+# Builds a fresh environment and a collector writing into the given writer, for the agent steps from ``start`` on.
+CollectorFactory = Callable[[int, StepWriter], Collector]
 
 
 class ExperienceStream(IterableDataset):
@@ -101,8 +133,7 @@ class ExperienceStream(IterableDataset):
         for _ in range(self.counters.owed_updates):
             self.counters.owed_updates -= 1
             yield self.sample()
-        while (steps := self._collect()) is not None:
-            self._record(steps)
+        while self._collect():
             if self.init_steps <= self.counters.agent_steps < self.total_agent_steps:
                 for update in range(self.updates_per_step):
                     self.counters.owed_updates = self.updates_per_step - 1 - update
@@ -110,7 +141,7 @@ class ExperienceStream(IterableDataset):
                     if self.counters.agent_steps == self.total_agent_steps - 1 and self.counters.owed_updates == 0:
                         # Lightning stops after len(self) batches, so the final agent step, which no
                         # update follows (as in the official loops), is collected here.
-                        self._record(self._collect())
+                        self._collect()
                     yield batch
 
     def _start(self) -> None:
@@ -126,24 +157,29 @@ class ExperienceStream(IterableDataset):
         self.counters = StreamCounters(**state["counters"])
         self._new_collector(self.counters.collector_start)
         # Building the collector reset its environment; now overwrite that with the saved episode.
-        self.collector.load_state_dict(state["collector"])
-        set_collector_observation(self.collector, state["carrier"])
-        simulator(self.collector.env).set_state(state["simulator"])
+        # The environment keeps its episode in the observation and the simulator (FrameStackEnv):
+        # what snapshots of earlier versions saved of TorchRL transforms and trajectory ids is not used.
+        self.collector.load_state_dict({**state["collector"], "env_state_dict": {}})
+        set_collector_observation(self.collector, state["carrier"].exclude("collector"))
+        self.collector.env.set_state(state["simulator"])
         set_rng_states(state["rng"])
         self._restore_prefetch(state.get("prefetch"))
 
     def _new_collector(self, start: int) -> None:
         """Replace the collector (and its environment) by one for the agent steps from ``start`` on."""
         self.close()
-        self.collector = self.make_collector(start)
+        self.collector = self.make_collector(start, StepWriter(self))
         self._collecting = iter(self.collector)
 
-    def _collect(self) -> TensorDictBase | None:
-        """Next collector batch; a crashing environment is rebuilt (its episode abandoned), not fatal."""
+    def _collect(self) -> bool:
+        """One agent step into the replay (False when the collector is done); a crashing environment
+        is rebuilt (its episode abandoned), not fatal."""
         with timeit("data/collect"), one_intra_op_thread():
             while True:
                 try:
-                    return next(self._collecting, None)
+                    return next(self._collecting, _DONE) is not _DONE
+                except ReplayWriteError:
+                    raise
                 except Exception as err:  # a renderer or simulator failure inside env.step / reset
                     self._restart_environment(err)
 
@@ -202,22 +238,15 @@ class ExperienceStream(IterableDataset):
         return {"generator": self._generator_state if pending else self.replay.generator.get_state(),
                 "pending": self._pending_progress if pending else None}
 
-    def _record(self, steps: TensorDictBase) -> None:
-        with one_intra_op_thread():
-            self._store(steps)
-
-    def _store(self, steps: TensorDictBase) -> None:
+    def _store(self, step: TensorDictBase) -> None:
+        """One agent step from the collector (``[]``) into the replay, and the episode counters."""
         self._wait_for_draw()
-        steps = steps.reshape(-1)
-        done = steps["next", "done"].reshape(-1)
-        # frames_per_batch=1: every step of a batch belongs to the running episode
-        self.replay.extend(steps, episode=torch.full(done.shape, self.counters.episode_id))
-        self.counters.agent_steps += steps.numel()
-        if done.any():
-            returns = steps["next", "episode_reward"].reshape(-1)[done].tolist()
-            self.counters.episodes += len(returns)
-            self.counters.episode_id += len(returns)
-            self.counters.last_episode_return = returns[-1]
+        self.replay.add(step, self.counters.episode_id)
+        self.counters.agent_steps += 1
+        if step["next", "done"]:
+            self.counters.episodes += 1
+            self.counters.episode_id += 1
+            self.counters.last_episode_return = step["next", "episode_reward"].item()
 
     # ------------------------------------------------------------------------------ full state
     def state_dict(self) -> dict:
@@ -227,7 +256,7 @@ class ExperienceStream(IterableDataset):
             state |= {
                 "collector": self.collector.state_dict(),
                 "carrier": collector_observation(self.collector).clone(),
-                "simulator": simulator(self.collector.env).get_state(),
+                "simulator": self.collector.env.get_state(),
             }
         return state
 
@@ -252,14 +281,6 @@ class ExperienceStream(IterableDataset):
             self.collector = None
 
 
-def simulator(env: EnvBase):
-    """The innermost environment (below TorchRL's wrapper), which saves and restores its episode."""
-    inner = inner_env(env)
-    if not hasattr(inner, "get_state"):
-        raise NotImplementedError(f"{type(inner).__name__} cannot save its running episode (get_state/set_state)")
-    return inner
-
-
 def rng_states() -> dict:
     states = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
     if torch.cuda.is_available() and torch.cuda.is_initialized():
@@ -275,12 +296,11 @@ def set_rng_states(states: dict) -> None:
         torch.cuda.set_rng_state_all(states["cuda"])
 
 
-def make_collector(env, policy, total_agent_steps: int, init_steps: int, policy_device: torch.device) -> Collector:
-    """One environment stepped one agent step per iteration; uniform random actions for ``init_steps``.
-
-    Each batch it yields is overwritten by the next one (``return_same_td``: no copy of the step's
-    frames per step); the stream writes it into the replay at once, others must clone it.
-    """
+def make_collector(env: FrameStackEnv, policy, writer, total_agent_steps: int, init_steps: int,
+                   policy_device: torch.device) -> Collector:
+    """One environment stepped one agent step per iteration, each step handed to ``writer.add`` as it
+    is made; uniform random actions for the first ``init_steps`` (counted by ``writer.write_count``).
+    The iterator yields None per step."""
     return Collector(
         env,
         policy,
@@ -291,5 +311,8 @@ def make_collector(env, policy, total_agent_steps: int, init_steps: int, policy_
         env_device="cpu",
         storing_device="cpu",
         auto_register_policy_transforms=False,  # the policy needs no extra env transform
-        return_same_td=True,
+        replay_buffer=writer,
+        extend_buffer=False,  # each step straight to the writer, no batch
+        track_traj_ids=False,  # the stream numbers episodes itself, across collector rebuilds
+        trust_policy=True,  # the policy is placed by Lightning, not by the collector
     )

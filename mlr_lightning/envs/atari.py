@@ -2,7 +2,7 @@
 
 ``make_atari_env`` returns a TorchRL env whose ``"pixels"`` entry is the stack of the last
 ``frame_stack`` uint8 grayscale frames ``[frame_stack, 84, 84]`` and whose ``"action"`` is one-hot
-``[num_actions]`` (minimal action set). Protocol (the official code's, on rlpyt):
+``[num_actions]`` int64 (minimal action set). Protocol (the official code's, on rlpyt):
 
 - ``frame_skip`` 4, max-pooling of the last two raw frames, grayscale, bilinear resize to 84x84
   (gymnasium's ``AtariPreprocessing``, which reads the ALE screen directly, with the official
@@ -14,8 +14,8 @@
   the game goes on (the next reset continues from the same screen, as rlpyt's ``episodic_lives``);
 - evaluation: raw rewards, and only game over (or the cap) ends an episode.
 
-``RewardSum`` runs before the clipping, so ``episode_reward`` is always the raw game score (of one
-life in training).
+``episode_reward`` is summed before the clipping, so it is always the raw game score (of one life
+in training).
 """
 
 from __future__ import annotations
@@ -27,16 +27,10 @@ from functools import cache
 
 import gymnasium as gym
 import numpy as np
-from torchrl.envs import (
-    CatFrames,
-    GymWrapper,
-    RenameTransform,
-    RewardSum,
-    SignTransform,
-    StepCounter,
-    TransformedEnv,
-    UnsqueezeTransform,
-)
+import torch
+from torchrl.data import OneHot
+
+from mlr_lightning.envs.stacked import FrameStackEnv
 
 
 class UnknownGameError(ValueError):
@@ -177,6 +171,24 @@ def make_gym_atari(game: str, frame_skip: int, image_size: int, noop_max: int, r
     return RunningGame(EpisodicLife(env) if terminal_on_life_loss else env)
 
 
+class AtariPixelEnv(FrameStackEnv):
+    """One game (:func:`make_gym_atari`'s gymnasium env) with one-hot actions."""
+
+    def __init__(self, game: gym.Env, image_size: int, frame_stack: int, max_steps: int | None, clip_rewards: bool):
+        super().__init__(game, (1, image_size, image_size), frame_stack, max_steps, clip_rewards)
+        self.action_spec = OneHot(int(game.action_space.n), dtype=torch.int64)
+
+    def _game_reset(self) -> np.ndarray:
+        return self.game.reset()[0][None]  # [84, 84] -> [1, 84, 84]
+
+    def _game_step(self, action: torch.Tensor) -> tuple[np.ndarray, float, bool, bool]:
+        obs, reward, terminated, truncated, _ = self.game.step(int(action.argmax()))
+        return obs[None], float(reward), bool(terminated), bool(truncated)
+
+    def _set_seed(self, seed: int | None) -> None:
+        self.game.reset(seed=seed)  # gymnasium seeds at a reset, as TorchRL's GymWrapper does
+
+
 def make_atari_env(
     game: str,
     frame_skip: int,
@@ -191,20 +203,11 @@ def make_atari_env(
     clip_rewards: bool = True,
     max_steps: int | None = None,
     resize: str = "linear",
-) -> TransformedEnv:
-    """TorchRL env; ``train=True`` adds the training-only parts (life loss terminal, reward sign).
+) -> AtariPixelEnv:
+    """``train=True`` adds the training-only parts (life loss terminal, reward sign).
     ``max_steps`` optionally truncates episodes after that many agent steps (short evaluations)."""
-    gym_env = make_gym_atari(game, frame_skip, image_size, noop_max, repeat_action_probability, max_episode_frames,
-                             terminal_on_life_loss and train, resize)
-    env = TransformedEnv(
-        GymWrapper(gym_env, categorical_action_encoding=False),
-        RenameTransform(in_keys=["observation"], out_keys=["pixels"]),
-    )
-    env.append_transform(UnsqueezeTransform(dim=-3, in_keys=["pixels"]))  # [84, 84] -> [1, 84, 84] uint8
-    env.append_transform(CatFrames(N=frame_stack, dim=-3, in_keys=["pixels"]))  # -> [S, 84, 84]
-    env.append_transform(StepCounter(max_steps=max_steps))
-    env.append_transform(RewardSum())  # before the clipping: the raw score
-    if train and clip_rewards:
-        env.append_transform(SignTransform(in_keys=["reward"]))
+    game_env = make_gym_atari(game, frame_skip, image_size, noop_max, repeat_action_probability, max_episode_frames,
+                              terminal_on_life_loss and train, resize)
+    env = AtariPixelEnv(game_env, image_size, frame_stack, max_steps, clip_rewards and train)
     env.set_seed(seed)
     return env

@@ -16,7 +16,6 @@ from torch import Tensor
 from torchrl.envs import EnvBase
 from torchrl.envs.utils import ExplorationType, set_exploration_type
 
-from mlr_lightning.data.stream import simulator
 
 MAX_EPISODE_STEPS = 10**7  # episodes end through the environment's own time limit
 
@@ -100,7 +99,7 @@ class PeriodicEvaluation(pl.Callback):
 
     def _evaluate(self, trainer: pl.Trainer, pl_module, env_steps: int) -> bool:
         """Evaluate and log; False if a stop interrupted it (then nothing changed)."""
-        before = simulator(self.env).get_state()
+        before = self.env.get_state()
         stop = lambda: bool(getattr(trainer, "received_sigterm", False))  # noqa: E731
         try:
             try:
@@ -115,7 +114,7 @@ class PeriodicEvaluation(pl.Callback):
                 self.env = self.rebuild_env()
                 returns = evaluate(self.env, as_policy(pl_module), self.num_episodes, stop)
         except EvaluationInterrupted:
-            simulator(self.env).set_state(before)
+            self.env.set_state(before)
             print(f"Stopping: the evaluation at env step {env_steps} was interrupted; the resumed run repeats it.",
                   file=sys.stderr, flush=True)
             return False
@@ -138,14 +137,14 @@ class PeriodicEvaluation(pl.Callback):
             return {}
         # The evaluation environment's RNG decides the next evaluation episodes' initial states.
         return {"next_eval": self.next_eval, "history": self.history, "env_restarts": self.env_restarts,
-                "env": simulator(self.env).get_state()}
+                "env": self.env.get_state()}
 
     def load_state_dict(self, state_dict: dict) -> None:
         if self.env is None:
             return
         self.next_eval, self.history = state_dict["next_eval"], state_dict["history"]
         self.env_restarts = state_dict["env_restarts"]
-        simulator(self.env).set_state(state_dict["env"])
+        self.env.set_state(state_dict["env"])
 
 
 def as_policy(pl_module) -> TensorDictModule:

@@ -82,11 +82,11 @@ def collector_factory(cfg: DictConfig, domain: Domain, stream: ExperienceStream,
     policy = TensorDictModule(agent.policy, in_keys=["pixels"], out_keys=["action"])
     first_env = [env]
 
-    def collector_from(start: int):
+    def collector_from(start: int, writer):
         env = first_env.pop() if first_env else domain.make_env(cfg, env_seed + stream.counters.env_restarts)
         total = stream.total_agent_steps
         # agent.device is read here, at iteration time, after Lightning has placed the agent.
-        return make_collector(env, policy, total - start, max(0, cfg.train.init_steps - start), agent.device)
+        return make_collector(env, policy, writer, total - start, max(0, cfg.train.init_steps - start), agent.device)
 
     return collector_from
 
