@@ -3,7 +3,8 @@
     .venv/bin/python benchmarks/bench_updates.py                    # everything (~10 min on 2 CPU cores)
     .venv/bin/python benchmarks/bench_updates.py --skip-paper-mlr   # without the ~20 s/update cases
     .venv/bin/python benchmarks/bench_updates.py --atari only       # only the Atari-100k figures
-    .venv/bin/python benchmarks/bench_updates.py --only data        # sampling and collector figures (a few minutes)
+    .venv/bin/python benchmarks/bench_updates.py --only data        # sampling and collector figures (~2 min)
+    .venv/bin/python benchmarks/bench_updates.py --only updates --skip-paper-mlr   # update times, eager vs compiled
     .venv/bin/python benchmarks/bench_updates.py --only gpu         # the GPU figures (benchmarks/gpu.sh)
     ... --json                                                      # one JSON object per line
 
@@ -401,7 +402,9 @@ def main() -> None:
     parser.add_argument("--skip-paper-mlr", action="store_true", help="skip the paper-size SAC+MLR update (~20 s each)")
     parser.add_argument("--atari", choices=["also", "only", "skip"], default="also", help="the Atari-100k figures")
     parser.add_argument("--atari-mlr-repeats", type=int, default=2, help="timed paper-size Atari MLR updates")
-    parser.add_argument("--only", choices=["data", "gpu"], help="data: sampling and collector figures only; gpu: the GPU figures")
+    parser.add_argument("--only", choices=["data", "updates", "gpu"],
+                        help="data: sampling and collector figures only; updates: the DMC update times (eager and "
+                             "compiled); gpu: the GPU figures")
     parser.add_argument("--json", action="store_true", help="one JSON object per line")
     args = parser.parse_args()
     JSON = args.json
@@ -412,6 +415,8 @@ def main() -> None:
         data_main(snapshot=False)
         section("Atari environment throughput")
         atari_throughput("pong", agent_steps=2000)
+    elif args.only == "updates":
+        updates_main(args)
     elif args.only == "gpu":
         gpu_main()
     elif args.atari == "only":

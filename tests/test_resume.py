@@ -120,6 +120,21 @@ def test_ctrl_c_saves_at_an_update_boundary_and_names_the_resume_command(tmp_pat
     verify_snapshot(snapshots(tmp_path / "run" / "checkpoints")[0])
 
 
+def test_a_second_ctrl_c_stops_at_once_without_a_snapshot(tmp_path, start):
+    """Wherever the second Ctrl-C lands (an update, the environment, the replay write), nothing
+    treats it as an error to survive (a crashing environment is rebuilt, for instance)."""
+    proc = start(tmp_path)
+    wait_for_snapshot(tmp_path / "run", 10, proc)
+    proc.send_signal(signal.SIGINT)
+    for line in proc.stderr:  # the first one is handled (two pending SIGINTs would be delivered as one)
+        if line.startswith("Ctrl-C: finishing the current update"):
+            break
+    proc.send_signal(signal.SIGINT)  # before the graceful stop has saved its snapshot
+    _, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 128 + signal.SIGINT, stderr[-3000:]
+    assert "stopped at once, without a snapshot" in stderr and "environment crashed" not in stderr
+
+
 def test_a_corrupted_snapshot_is_refused_by_name_and_auto_falls_back_to_the_previous_good_one(uninterrupted, tmp_path, run_cli):
     import shutil
 

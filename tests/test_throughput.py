@@ -15,8 +15,9 @@ from mlr_lightning.config import ConfigError, load_config
 from mlr_lightning.data.frames import FRAMES, assemble_stacks
 from mlr_lightning.data.prioritized import PrioritizedReplay
 from mlr_lightning.data.replay import UniformReplay
-from mlr_lightning.data.stream import ExperienceStream, make_collector
+from mlr_lightning.data.stream import ExperienceStream, ReplayWriteError, make_collector
 from mlr_lightning.domains.dmc import DMC
+from mlr_lightning.training.callbacks import HardStop
 
 
 def sample_both(replay, seed, **kwargs):
@@ -149,6 +150,31 @@ def tiny_stream(cfg, prefetch, replay=None):
 
 def take(iterator, count):
     return [assemble_stacks(next(iterator)) for _ in range(count)]
+
+
+@pytest.mark.parametrize("fault", ["replay write", "second Ctrl-C"])
+def test_only_environment_errors_inside_a_collection_step_rebuild_the_environment(tiny_cfg, fault):
+    """The collector steps the environment and writes the replay in one call: a replay fault is
+    raised as one (a bug to see, not a crash to survive), and a second Ctrl-C landing in the
+    environment stops the stream."""
+    stream = tiny_stream(tiny_cfg, prefetch=False)
+    build = stream.make_collector
+
+    def faulty_collector(start, writer):
+        collector = build(start, writer)
+        if fault == "replay write":
+            stream.replay.add = lambda step, episode: (_ for _ in ()).throw(ValueError("row too wide"))
+        else:
+            collector.env._game_step = lambda action: (_ for _ in ()).throw(HardStop("a second Ctrl-C"))
+        return collector
+
+    stream.make_collector = faulty_collector
+    expected, match = ((ReplayWriteError, r"^storing agent step 0 failed: ValueError\('row too wide'\)$")
+                       if fault == "replay write" else (HardStop, "^a second Ctrl-C$"))
+    with pytest.raises(expected, match=match):
+        next(iter(stream))
+    assert stream.counters.env_restarts == 0
+    stream.close()
 
 
 def test_prefetching_draws_each_batch_one_step_earlier_and_resumes_exactly(tiny_cfg, tmp_path, one_thread):

@@ -98,9 +98,12 @@ def flush_logs(trainer: pl.Trainer) -> None:
         logger.save()
 
 
-class HardStop(Exception):
+class HardStop(BaseException):
     """A second Ctrl-C: the run stops at once and saves nothing, since it may have landed in the
-    middle of an update or a collection step; a resume continues from the last snapshot."""
+    middle of an update or a collection step; a resume continues from the last snapshot.
+
+    A ``BaseException``, like ``KeyboardInterrupt``: it is raised wherever the signal lands, and code
+    that survives errors there (a crashing environment is rebuilt) must not survive it."""
 
 
 class GracefulInterrupt(pl.Callback):
