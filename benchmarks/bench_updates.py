@@ -39,6 +39,7 @@ from mlr_lightning.data.frames import assemble_stacks
 from mlr_lightning.data.replay import UniformReplay
 from mlr_lightning.data.stream import ExperienceStream, make_collector
 from mlr_lightning.domains import domain_of
+from mlr_lightning.training.console import quiet_libraries
 from mlr_lightning.training.experiment import _as_is
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
@@ -408,6 +409,7 @@ def main() -> None:
     parser.add_argument("--json", action="store_true", help="one JSON object per line")
     args = parser.parse_args()
     JSON = args.json
+    quiet_libraries()  # TorchRL logs to stdout, which --json keeps for the figures
     report("machine", f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
            f"{torch.cuda.get_device_name() if torch.cuda.is_available() else 'CPU'}",
            torch=torch.__version__, threads=torch.get_num_threads())
