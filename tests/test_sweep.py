@@ -199,12 +199,14 @@ def stop(proc: subprocess.Popen) -> None:
 
 @pytest.mark.slow
 def test_quickstart_sweep_on_the_local_instance_stops_on_ctrl_c_and_the_same_command_finishes_it(tmp_path):
-    """The shipped quickstart sweep with one seed (MLR and Baseline, side by side): Ctrl-C (SIGINT to
+    """The shipped quickstart sweep with one seed (MLR and Baseline, side by side), 3,200 environment
+    steps long so that both still run when Ctrl-C comes (its 640 take seconds): Ctrl-C (SIGINT to
     the terminal's process group) once both have a snapshot; each saves and exits; the same command
     finishes the sweep with one FINISHED MLflow run per trial and the comparison tables; a third run
     has nothing to do."""
+    steps = 3200
     out = tmp_path / "runs"
-    command = sweep_command(f"output_dir={out}", "seeds=[1]")
+    command = sweep_command(f"output_dir={out}", "seeds=[1]", f"train.num_env_steps={steps}")
     env = cli_env()
     env.pop("RAY_ADDRESS", None)
     driver = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
@@ -234,10 +236,10 @@ def test_quickstart_sweep_on_the_local_instance_stops_on_ctrl_c_and_the_same_com
     assert all(len(r) == 1 and r[0].info.status == "FINISHED" for r in runs.values()), runs
     for run_dir in running:
         assert "Resumed from" in trial_log(run_dir, "sweep-quickstart").read_text()
-        assert_steps_continuous(run_dir, final=640)
+        assert_steps_continuous(run_dir, final=steps)
     tables = out / "compare-sweep-quickstart"
-    assert (tables / "per_task.md").is_file() and (tables / "aggregate_640.md").is_file()
-    assert "| cartpole_swingup | MLR | 640 | 1 |" in again.stdout
+    assert (tables / "per_task.md").is_file() and (tables / f"aggregate_{steps}.md").is_file()
+    assert f"| cartpole_swingup | MLR | {steps} | 1 |" in again.stdout
 
     third = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert third.returncode == 0 and "2 finished earlier, 0 to run" in third.stdout, third.stdout[-2000:]
