@@ -178,8 +178,7 @@ def run_fit(args) -> int:
         run_dir = fit(cfg, resume=getattr(args, "resume", None), allow_change=getattr(args, "allow_change", ()))
     except (UnknownTaskError, UnknownGameError, RenderBackendError, CheckpointError, RunDirError,
             TrackingStoreError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        return usage_error(str(err))
     except (RunFailed, EnvironmentFailure) as err:
         print(f"error: training stopped: {err}", file=sys.stderr)
         return 1
@@ -202,13 +201,11 @@ def run_sync(args) -> int:
 
     for run_dir in args.run_dirs:
         if not Path(run_dir, "metrics.csv").is_file():
-            print(f"error: {run_dir} is not a run directory (no metrics.csv)", file=sys.stderr)
-            return 2
+            return usage_error(f"{run_dir} is not a run directory (no metrics.csv)")
         try:
             run_id, last = sync_run(Path(run_dir), args.tracking_uri)
         except TrackingStoreError as err:
-            print(f"error: {err}", file=sys.stderr)
-            return 2
+            return usage_error(str(err))
         print(f"{run_dir}: MLflow run {run_id} holds metrics through env step {last}")
     return 0
 
@@ -284,8 +281,7 @@ def run_compare(args) -> int:
     try:
         compare(client, args.experiment, out, args.budgets, args.filter, reps=args.reps, common_seeds=args.common_seeds)
     except CompareError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        return usage_error(str(err))
     print((out / "summary.md").read_text())
     print(f"Tables and plots: {out}")
     return 0

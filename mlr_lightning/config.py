@@ -11,6 +11,7 @@ Loading is strict: an unknown key, a value of the wrong type or an inconsistent 
 from __future__ import annotations
 
 import io
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -697,3 +698,11 @@ def flatten(tree: dict, prefix: str = "") -> dict:
 
 def to_yaml(cfg: DictConfig) -> str:
     return OmegaConf.to_yaml(cfg, resolve=True)
+
+
+def write_config(cfg: DictConfig, path: Path) -> None:
+    """Replace ``path`` with ``cfg`` as YAML atomically: a crash leaves the old file or the new one."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(to_yaml(cfg))
+    os.replace(tmp, path)

@@ -7,7 +7,6 @@ prepares the store before the trials start and tidies up what a process that die
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from urllib.parse import urlparse
 
 from mlr_lightning.sweep.spec import SweepError, SweepPlan
@@ -27,10 +26,9 @@ def open_store(plan: SweepPlan):
         return None
     from mlflow import MlflowClient
 
-    from mlr_lightning.training.tracking import default_store, ensure_embedded_store
+    from mlr_lightning.training.tracking import default_store, ensure_store
 
-    if plan.tracking_uri.startswith("sqlite:///"):  # created and migrated atomically, under a lock
-        ensure_embedded_store(Path(plan.tracking_uri.removeprefix("sqlite:///")))
+    ensure_store(plan.tracking_uri)  # an embedded store is created and migrated atomically, under a lock
     saved = {k: os.environ.get(k) for k in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT")}
     os.environ.update(MLFLOW_HTTP_REQUEST_MAX_RETRIES="0", MLFLOW_HTTP_REQUEST_TIMEOUT="20")  # unreachable: say so now
     try:

@@ -17,7 +17,7 @@ from typing import Callable
 
 from omegaconf import DictConfig
 
-from mlr_lightning.config import to_yaml
+from mlr_lightning.config import write_config
 from mlr_lightning.training.snapshot import latest_snapshot
 from mlr_lightning.training.tracking import mark_run
 
@@ -93,9 +93,7 @@ def new_run_dir(cfg: DictConfig, restart: bool) -> tuple[Path, RunLock]:
             except FileExistsError:
                 suffix += 1
         lock = RunLock(run_dir)
-    tmp = run_dir / ".config.yaml.tmp"
-    tmp.write_text(to_yaml(cfg))
-    os.replace(tmp, run_dir / "config.yaml")
+    write_config(cfg, run_dir / "config.yaml")
     return run_dir, lock
 
 

@@ -38,7 +38,7 @@ from typing import Callable, Sequence
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from mlr_lightning.config import OPTIMIZER_KEYS, ConfigError, config_differences, to_yaml
+from mlr_lightning.config import OPTIMIZER_KEYS, ConfigError, config_differences, to_yaml, write_config
 
 MODEL_FILE = "model.ckpt"
 MANIFEST = "MANIFEST.json"
@@ -288,6 +288,4 @@ def accept_resumed_config(cfg: DictConfig, run_dir: Path, allow_change: Sequence
                           f"Resume with --config {run_dir / 'config.yaml'}, or start a new run"
                           + (" (optimiser settings may change with --allow-change KEY)" if not allow_change else ""))
     if to_yaml(saved) != to_yaml(cfg):  # allowed changes only: the run's config is now this one
-        tmp = run_dir / ".config.yaml.tmp"
-        tmp.write_text(to_yaml(cfg))
-        os.replace(tmp, run_dir / "config.yaml")
+        write_config(cfg, run_dir / "config.yaml")

@@ -340,8 +340,8 @@ def make_loggers(cfg: DictConfig, run_dir: Path, resume_step: int | None = None)
     saved = read_run_record(run_dir)
     uri = saved.get("tracking_uri") or resolve_tracking_uri(cfg.tracking.uri, cfg.output_dir)
     embedded = uri.startswith("sqlite:///")
-    if embedded and rank_zero_only.rank == 0:
-        ensure_embedded_store(Path(uri.removeprefix("sqlite:///")))
+    if rank_zero_only.rank == 0:
+        ensure_store(uri)
     run_id = saved.get("run_id")
     if resume_step is not None and run_id is None and rank_zero_only.rank == 0:
         warnings.warn(f"{run_dir / RUN_ID_FILE} is missing: continuing in the MLflow run named {run_dir.name!r} "
@@ -395,13 +395,17 @@ def sync_metrics(client, run_id: str, metrics_csv: Path) -> int:
     return max([last] + [int(float(r["step"])) for r in rows])
 
 
-def ensure_store_for(cfg: DictConfig) -> None:
-    """Before a new run exists: the embedded store this config would use, created or checked."""
-    if not cfg.tracking.mlflow:
-        return
-    uri = resolve_tracking_uri(cfg.tracking.uri, cfg.output_dir)
+def ensure_store(uri: str) -> None:
+    """An embedded (sqlite) store at ``uri`` created or checked (:func:`ensure_embedded_store`); a
+    server's store is the server's."""
     if uri.startswith("sqlite:///"):
         ensure_embedded_store(Path(uri.removeprefix("sqlite:///")))
+
+
+def ensure_store_for(cfg: DictConfig) -> None:
+    """Before a new run exists: the store this config would use, created or checked."""
+    if cfg.tracking.mlflow:
+        ensure_store(resolve_tracking_uri(cfg.tracking.uri, cfg.output_dir))
 
 
 def sync_run(run_dir: Path, uri: str | None = None) -> tuple[str, int]:
@@ -413,8 +417,7 @@ def sync_run(run_dir: Path, uri: str | None = None) -> tuple[str, int]:
     if "run_id" not in record:
         raise TrackingStoreError(f"{run_dir} has no {RUN_ID_FILE}: it was never recorded in MLflow")
     uri = uri or record["tracking_uri"]
-    if uri.startswith("sqlite:///"):
-        ensure_embedded_store(Path(uri.removeprefix("sqlite:///")))
+    ensure_store(uri)
     client = MlflowClient(uri)
     return record["run_id"], sync_metrics(client, record["run_id"], run_dir / METRICS_FILE)
 
