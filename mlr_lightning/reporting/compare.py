@@ -16,7 +16,6 @@ Nothing is dropped silently: every run left out of a table is named in the notes
 
 from __future__ import annotations
 
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,8 +23,12 @@ import numpy as np
 import pandas as pd
 from mlflow import MlflowClient
 
+from mlr_lightning.reporting.analysis_run import ANALYSIS_TAG, log_report
 from mlr_lightning.reporting.plots import learning_curves, performance_profiles
 from mlr_lightning.reporting.reference_scores import normalized_score, paper_reference
+from mlr_lightning.reporting.statistics import markdown as _markdown
+from mlr_lightning.reporting.statistics import seeded_numpy as _seeded_numpy
+from mlr_lightning.reporting.statistics import write_statistics
 
 EVAL_METRIC = "eval/return_mean"
 AGGREGATES = ("IQM", "Median", "Mean", "Optimality gap")
@@ -101,6 +104,8 @@ def fetch_runs(client: MlflowClient, experiment: str, filter_string: str = "") -
     curves = []
     for run in runs:
         tags, info = run.data.tags, run.info
+        if ANALYSIS_TAG in tags:  # a report of an earlier compare, not a training run
+            continue
         history = sorted(client.get_metric_history(info.run_id, EVAL_METRIC), key=lambda m: m.step)
         curves.append(RunCurve(
             run_id=info.run_id,
@@ -253,18 +258,6 @@ def _common_seeds(runs: dict[str, dict[str, RunCurve]], algorithm: str, budget: 
     return {t: {s: c for s, c in seeds.items() if s in common} for t, seeds in runs.items()}
 
 
-@contextmanager
-def _seeded_numpy(seed: int):
-    """rliable draws its bootstrap indices from NumPy's global generator (``np.random.choice``), not
-    from the ``random_state`` it accepts: seed that, and restore it afterwards."""
-    state = np.random.get_state()
-    np.random.seed(seed)
-    try:
-        yield
-    finally:
-        np.random.set_state(state)
-
-
 def aggregate_table(matrices: dict[str, np.ndarray], reps: int = 2000, seed: int = 0) -> pd.DataFrame:
     from rliable import library as rly
     from rliable import metrics
@@ -350,7 +343,7 @@ def compare(client: MlflowClient, experiment: str, out_dir: Path, budgets: list[
     per_task.to_csv(out_dir / "per_task.csv", index=False)
     (out_dir / "per_task.md").write_text(_markdown(per_task))
     result = {"runs": runs, "excluded": runs[~runs["counted"]].reset_index(drop=True), "per_task": per_task,
-              "aggregate": {}, "notes": notes, "budgets": budgets, "plots": curve_plots(curves, out_dir)}
+              "aggregate": {}, "matrices": {}, "notes": notes, "budgets": budgets, "plots": curve_plots(curves, out_dir)}
     for budget in budgets:
         if not any(c.reaches(budget) for c in curves):
             continue
@@ -364,10 +357,29 @@ def compare(client: MlflowClient, experiment: str, out_dir: Path, budgets: list[
         table.to_csv(out_dir / f"aggregate_{budget}.csv", index=False)
         (out_dir / f"aggregate_{budget}.md").write_text(_markdown(table))
         result["aggregate"][budget] = table
+        result["matrices"][budget] = matrices
         result["plots"].append(profile_plot(matrices, out_dir / f"performance_profile_{budget}.png", budget,
                                             reps=min(reps, 1000)))
+    result["statistics"] = arm_statistics(curves, result, out_dir, reps, common_seeds)
     (out_dir / "summary.md").write_text(summary_text(result))
+    result["analysis_run"] = log_report(client, experiment, out_dir)
     return result
+
+
+def arm_statistics(curves: list[RunCurve], result: dict, out_dir: Path, reps: int, common_seeds: bool) -> dict:
+    """Probability of improvement, IQM curves over the evaluation steps every counted run shares, aggregate
+    intervals and the score matrices (:mod:`mlr_lightning.reporting.statistics`)."""
+    shared = sorted(set.intersection(*(set(c.steps.tolist()) for c in curves)))
+    by_step = {}
+    for step in shared:
+        try:
+            by_step[step] = score_matrices(curves, step, common_seeds)[0]
+        except CompareError:  # no task has every arm at this step: no point on the curve
+            continue
+    reached = {b: {(c.task, c.algorithm) for c in curves if c.reaches(b)} for b in result["matrices"]}
+    tasks = {b: sorted(t for t in {c.task for c in curves} if all((t, a) in reached[b] for a in arms))
+             for b, arms in result["matrices"].items()}  # the matrices' columns, as score_matrices picks them
+    return write_statistics(result["matrices"], tasks, result["aggregate"], by_step, out_dir, reps)
 
 
 def summary_text(result: dict) -> str:
@@ -384,6 +396,8 @@ def summary_text(result: dict) -> str:
     for budget, table in result["aggregate"].items():
         parts.append(f"Aggregate over tasks at {budget} env steps (normalised scores, 95% stratified bootstrap CIs):\n\n"
                      + _markdown(table))
+    if result.get("statistics", {}).get("text"):
+        parts.append(result["statistics"]["text"])
     return "\n".join(parts)
 
 
@@ -400,13 +414,3 @@ def _seed_key(seed: str) -> tuple:
 
 def _seed_list(seeds) -> str:
     return ",".join(sorted(seeds, key=_seed_key))
-
-
-def _markdown(table: pd.DataFrame) -> str:
-    header = "| " + " | ".join(table.columns) + " |\n|" + "---|" * len(table.columns) + "\n"
-    body = "".join("| " + " | ".join(_fmt(v) for v in row) + " |\n" for row in table.itertuples(index=False))
-    return header + body
-
-
-def _fmt(value) -> str:
-    return f"{value:.3f}" if isinstance(value, float) else str(value)
