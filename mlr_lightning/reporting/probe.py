@@ -23,6 +23,7 @@ learn and scores R² <= 0. Atari has no simulator state to regress, so :func:`ch
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -31,7 +32,7 @@ from torch import Tensor
 
 from mlr_lightning.agents.base import RLAgent
 from mlr_lightning.domains import domain_of
-from mlr_lightning.reporting.analysis import encode, untrained_like
+from mlr_lightning.reporting.analysis import encode, load_agent, untrained_like
 
 BEHAVIOUR = "uniformly random actions"
 FREE, BALL, SLIDE, HINGE = 0, 1, 2, 3  # MuJoCo's mjtJoint
@@ -167,3 +168,33 @@ def probe_agents(agents: dict[str, RLAgent], samples: StateSamples, untrained: i
     return pd.DataFrame({label: {"mean R²": r["mean"], "ci_low": r["ci"][0], "ci_high": r["ci"][1], "train": r["train"],
                                  "test": r["test"], **{f"R² {k}": v for k, v in r["r2"].items()}}
                          for label, r in rows.items()}).T
+
+
+def checkpoint_in(run: str | Path) -> Path:
+    """A run directory (its ``checkpoints/last.ckpt``) or a checkpoint file -> the checkpoint file."""
+    path = Path(run)
+    checkpoint = path / "checkpoints" / "last.ckpt" if path.is_dir() else path
+    if not checkpoint.is_file():
+        raise ProbeError(f"--runs {run}: {'no checkpoints/last.ckpt in this directory' if path.is_dir() else 'no such file'}; "
+                         "give a run directory that fit wrote, or a checkpoint")
+    return checkpoint
+
+
+def label_of(agent: RLAgent, run: str | Path) -> str:
+    return f"{Path(run).name} ({'MLR' if agent.cfg.mlr.enabled else 'Baseline'})"
+
+
+def probe_runs(runs: list[str | Path], seed: int = 0, episodes: int = 8, untrained: int = 3, alpha: float = 1.0,
+               reps: int = 1000) -> pd.DataFrame:
+    """:func:`probe_agents` over the encoders of ``runs`` (run directories or checkpoints) of one DMC task."""
+    agents = {}
+    for run in runs:
+        agent = load_agent(checkpoint_in(run))
+        check_probeable(agent)
+        agents[label_of(agent, run)] = agent
+    tasks = {a.cfg.env.task for a in agents.values()}
+    if len(tasks) > 1:
+        raise ProbeError(f"--runs are of different tasks ({', '.join(sorted(tasks))}); the probe compares encoders on "
+                         "one task's frames: probe each task separately")
+    samples = collect_states(next(iter(agents.values())), seed, episodes)
+    return probe_agents(agents, samples, untrained, alpha, reps, seed)
