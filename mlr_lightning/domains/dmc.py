@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from omegaconf import DictConfig, OmegaConf
 
-from mlr_lightning.agents.sac_mlr import SACMLRAgent
+from mlr_lightning.agents.pretrained import check_encoder_source, load_encoder
+from mlr_lightning.agents.sac_mlr import SACMLRAgent, make_pixel_encoder
 from mlr_lightning.config import ExperimentConfig, validate_dmc
 from mlr_lightning.data.replay import UniformReplay
 from mlr_lightning.envs.dmc import UnknownTaskError, make_dmc_env, split_task
@@ -18,6 +19,8 @@ class DMCDomain:
 
     def validate(self, cfg: DictConfig) -> None:
         validate_dmc(cfg)
+        if cfg.encoder.init_from:  # the source's domain and shapes, before anything is built
+            check_encoder_source(cfg, make_pixel_encoder(cfg))
 
     def check_task(self, cfg: DictConfig) -> None:
         domain, task = split_task(cfg.env.task)
@@ -34,7 +37,10 @@ class DMCDomain:
         return make_dmc_env(e.task, e.action_repeat, e.image_size, e.camera_id, e.frame_stack, e.fast_render, seed)
 
     def make_agent(self, cfg: DictConfig, env) -> SACMLRAgent:
-        return SACMLRAgent(OmegaConf.to_container(cfg, resolve=True), action_dim=env.action_spec.shape[-1])
+        agent = SACMLRAgent(OmegaConf.to_container(cfg, resolve=True), action_dim=env.action_spec.shape[-1])
+        if cfg.encoder.init_from:  # a resume then restores its own snapshot over it
+            load_encoder(agent, cfg.encoder.init_from)
+        return agent
 
     def make_replay(self, cfg: DictConfig) -> UniformReplay:
         return UniformReplay(cfg.replay.capacity, cfg.env.frame_stack, cfg.mlr.seq_len, cfg.train.batch_size,
