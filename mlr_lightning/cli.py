@@ -117,7 +117,9 @@ def build_parser() -> argparse.ArgumentParser:
     cmp = command("compare", COMPARE_EXAMPLES, help="tables and plots from an MLflow experiment",
                   description="Counts one FINISHED run per task, algorithm and seed (lists the rest). "
                               "Per-task mean ± sample std at step budgets beside the paper's numbers, "
-                              "aggregate IQM/median/mean/optimality gap with bootstrap CIs, plots.")
+                              "aggregate IQM/median/mean/optimality gap with bootstrap CIs, the probability of "
+                              "improvement between arms, IQM curves, score matrices (CSV, .npz), plots; the report "
+                              "is logged to MLflow as an analysis run.")
     cmp.add_argument("--experiment", default="mlr_lightning")
     cmp.add_argument("--filter", default="", help="MLflow filter, e.g. \"tags.task = 'walker_walk'\"")
     cmp.add_argument("--budgets", type=int, nargs="+", default=None,
@@ -297,11 +299,12 @@ def run_compare(args) -> int:
 
     client = MlflowClient(uri)
     try:
-        compare(client, args.experiment, out, args.budgets, args.filter, reps=args.reps, common_seeds=args.common_seeds)
+        result = compare(client, args.experiment, out, args.budgets, args.filter, reps=args.reps,
+                         common_seeds=args.common_seeds)
     except CompareError as err:
         return usage_error(str(err))
     print((out / "summary.md").read_text())
-    print(f"Tables and plots: {out}")
+    print(f"Tables and plots: {out} (also the artifacts of MLflow analysis run {result['analysis_run']})")
     return 0
 
 
