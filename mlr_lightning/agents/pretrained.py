@@ -19,13 +19,22 @@ from mlr_lightning.config import ConfigError
 ENCODER_PREFIX = "critic.encoder."
 
 
-def encoder_checkpoint(source: str) -> Path:
-    """``encoder.init_from``: a run directory (its ``checkpoints/last.ckpt``) or a checkpoint file."""
-    path = Path(source)
+def run_checkpoint(run: str | Path) -> tuple[Path, str | None]:
+    """A run directory (its ``checkpoints/last.ckpt``) or a checkpoint file -> (the checkpoint, None), or
+    (the path, what is wrong with it)."""
+    path = Path(run)
     checkpoint = path / "checkpoints" / "last.ckpt" if path.is_dir() else path
-    if not checkpoint.is_file():
-        raise ConfigError(f"encoder.init_from ({source}) is {'a directory without checkpoints/last.ckpt' if path.is_dir() else 'not a file'}: "
-                          "give a DMC run directory that fit wrote, or its checkpoints/last.ckpt")
+    if checkpoint.is_file():
+        return checkpoint, None
+    return path, "a directory without checkpoints/last.ckpt" if path.is_dir() else "not a file"
+
+
+def encoder_checkpoint(source: str) -> Path:
+    """``encoder.init_from``: a run directory or a checkpoint file."""
+    checkpoint, problem = run_checkpoint(source)
+    if problem:
+        raise ConfigError(f"encoder.init_from ({source}) is {problem}: give a DMC run directory that fit wrote, "
+                          "or its checkpoints/last.ckpt")
     return checkpoint
 
 

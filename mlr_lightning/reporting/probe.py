@@ -31,6 +31,7 @@ import torch
 from torch import Tensor
 
 from mlr_lightning.agents.base import RLAgent
+from mlr_lightning.agents.pretrained import run_checkpoint
 from mlr_lightning.domains import domain_of
 from mlr_lightning.reporting.analysis import encode, load_agent, untrained_like
 
@@ -172,11 +173,9 @@ def probe_agents(agents: dict[str, RLAgent], samples: StateSamples, untrained: i
 
 def checkpoint_in(run: str | Path) -> Path:
     """A run directory (its ``checkpoints/last.ckpt``) or a checkpoint file -> the checkpoint file."""
-    path = Path(run)
-    checkpoint = path / "checkpoints" / "last.ckpt" if path.is_dir() else path
-    if not checkpoint.is_file():
-        raise ProbeError(f"--runs {run}: {'no checkpoints/last.ckpt in this directory' if path.is_dir() else 'no such file'}; "
-                         "give a run directory that fit wrote, or a checkpoint")
+    checkpoint, problem = run_checkpoint(run)
+    if problem:
+        raise ProbeError(f"--runs {run} is {problem}; give a run directory that fit wrote, or a checkpoint")
     return checkpoint
 
 
