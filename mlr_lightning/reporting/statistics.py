@@ -116,7 +116,7 @@ def write_statistics(matrices_by_budget: dict[int, Matrices], tasks_by_budget: d
     for budget, table in aggregates.items():
         files.append(aggregate_intervals(table, out_dir / f"aggregate_intervals_{budget}.png",
                                          title=f"Aggregates at {budget} {step_label} (95% stratified bootstrap CIs)"))
-    curves = iqm_curves(matrices_by_step, reps=min(reps, 1000)) if len(matrices_by_step) >= 1 else pd.DataFrame()
+    curves = iqm_curves(matrices_by_step, reps=min(reps, 1000)) if matrices_by_step else pd.DataFrame()
     if len(curves):
         curves.to_csv(out_dir / "iqm_curves.csv", index=False)
         bands = {arm: (g["step"].to_numpy(), g["IQM"].to_numpy(), g["ci_low"].to_numpy(), g["ci_high"].to_numpy())
