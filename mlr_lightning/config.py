@@ -604,11 +604,11 @@ def validate_mlr(mlr: DictConfig, image_size: int, compile_mode: bool | str = Fa
              f"({mlr.mask_ratio}) x mlr.seq_len ({mlr.seq_len}) masks no frame under mlr.mask_strategy=temporal "
              "(int(ratio * K) frames are masked); raise either")
     _require(mlr.target == "latent" or mlr.loss == "cosine", "mlr.loss",
-             f"={mlr.loss} applies to the latent target; mlr.target=pixel always uses MSE on pixels: leave mlr.loss=cosine")
+             f"({mlr.loss}) applies to the latent target; mlr.target=pixel always uses MSE on pixels: leave mlr.loss=cosine")
     _require(mlr.target == "latent" or mlr.target_encoder == "momentum", "mlr.target_encoder",
-             f"={mlr.target_encoder} chooses the latent target's encoder; mlr.target=pixel has none: leave it momentum")
+             f"({mlr.target_encoder}) chooses the latent target's encoder; mlr.target=pixel has none: leave it momentum")
     _require(mlr.mask_space == "pixel" or compile_mode is False, "mlr.mask_space",
-             "=feature masks the conv map through a forward hook, which trainer.compile does not trace; "
+             "(feature) masks the conv map through a forward hook, which trainer.compile does not trace; "
              "set trainer.compile=false")
     _require(mlr.seq_len % mlr.block_size == 0, "mlr.seq_len",
              f"({mlr.seq_len}) must be divisible by mlr.block_size ({mlr.block_size}): the cube mask is built per "
