@@ -195,3 +195,31 @@ def test_a_bad_switch_is_one_line_exit_2_and_creates_nothing(override, message, 
     lines = captured.err.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], captured.err
     assert not any(tmp_path.iterdir()), "a bad switch created files"
+
+
+# Every switch's non-default value in a real fit of each domain, several per fit to keep them few.
+FIT_VARIANTS = [
+    ["mlr.mask_strategy=temporal", "mlr.mask_space=feature", "mlr.action_tokens=false", "mlr.loss=mse",
+     "mlr.target_encoder=online"],
+    ["mlr.mask_strategy=tube", "mlr.target=pixel"],
+    ["mlr.mask_strategy=spatial"],
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("domain", ["dmc", "atari"])
+@pytest.mark.parametrize("variant", FIT_VARIANTS, ids=lambda v: ",".join(o.split("=")[1] for o in v))
+def test_every_variant_runs_a_real_fit(domain, variant, tiny_base_overrides, tiny_atari_base_overrides, tmp_path,
+                                       one_thread):
+    if domain == "dmc":
+        config, tiny = "conf/quickstart.yaml", tiny_base_overrides
+    else:
+        config, tiny = "conf/atari/quickstart.yaml", tiny_atari_base_overrides
+    code = main(["fit", "--config", config, *tiny, *variant, f"output_dir={tmp_path}", "run_name=variant",
+                 "tracking.mlflow=false", "tracking.video=false", "eval.every_env_steps=0"])
+    assert code == 0
+    metrics = (tmp_path / "variant" / "metrics.csv").read_text().splitlines()
+    header = metrics[0].split(",")
+    column = header.index("train/mlr_loss")
+    losses = [float(row.split(",")[column]) for row in metrics[1:] if row.split(",")[column]]
+    assert losses and all(torch.isfinite(torch.tensor(losses)))
