@@ -223,3 +223,42 @@ def test_every_variant_runs_a_real_fit(domain, variant, tiny_base_overrides, tin
     column = header.index("train/mlr_loss")
     losses = [float(row.split(",")[column]) for row in metrics[1:] if row.split(",")[column]]
     assert losses and all(torch.isfinite(torch.tensor(losses)))
+
+
+ABLATION_SWEEPS = {  # file -> (axis keys, variants)
+    "mask_ratio": (["mlr.mask_ratio"], 3), "seq_len": (["mlr.seq_len"], 3),
+    "cube_size": (["mlr.patch_size", "mlr.block_size"], 6), "mask_strategy": (["mlr.mask_strategy"], 4),
+    "mask_space": (["mlr.mask_space"], 2), "target": (["mlr.target"], 2), "action_tokens": (["mlr.action_tokens"], 2),
+    "decoder_depth": (["mlr.num_attn_layers"], 3),
+}
+DMC_TASKS = {"finger_spin", "cartpole_swingup", "reacher_easy", "cheetah_run", "walker_walk", "ball_in_cup_catch"}
+
+
+@pytest.mark.parametrize("name", ABLATION_SWEEPS)
+def test_each_ablation_sweep_covers_the_six_tasks_at_100k_and_states_its_gpu_hours(name, tmp_path, monkeypatch):
+    from mlr_lightning.sweep.runner import format_plan
+    from mlr_lightning.sweep.spec import expand, load_sweep
+
+    monkeypatch.chdir(ROOT)
+    path = f"conf/sweeps/ablations/{name}.yaml"
+    keys, variants = ABLATION_SWEEPS[name]
+    plan = expand(*load_sweep(path, [f"output_dir={tmp_path}"]))
+    assert {Path(t.config).stem for t in plan.trials} == DMC_TASKS
+    assert {t.final_env_steps for t in plan.trials} == {100_000}
+    assert list(plan.sweep.axes) == keys and len(plan.trials) == 6 * len(plan.sweep.seeds) * variants
+    out = format_plan(plan)  # what --dry-run prints
+    hours = plan.sweep.gpu_hours_per_trial
+    assert f"GPU-hours: {len(plan.trials)} trials x {hours:g} per trial" in out
+    assert f"= {len(plan.trials) * hours:,.0f}" in out
+    assert not any(tmp_path.iterdir()), "a dry run created files"
+
+
+def test_the_quickstart_ablation_sweep_is_nine_tiny_cpu_runs(tmp_path, monkeypatch):
+    from mlr_lightning.sweep.spec import expand, load_sweep
+
+    monkeypatch.chdir(ROOT)
+    plan = expand(*load_sweep("conf/sweeps/ablations/quickstart.yaml", [f"output_dir={tmp_path}"]))
+    assert len(plan.trials) == 9 and plan.sweep.gpus == 0
+    ratios = sorted({o for t in plan.trials for o in t.variant if o.startswith("mlr.mask_ratio=")})
+    assert ratios == ["mlr.mask_ratio=0.25", "mlr.mask_ratio=0.5", "mlr.mask_ratio=0.75"]
+    assert all("trainer.accelerator=cpu" in t.overrides and "train.num_env_steps=640" in t.overrides for t in plan.trials)
