@@ -704,6 +704,10 @@ def _type_message(err: ValidationError, origin: str) -> str:
 def config_differences(saved: DictConfig, current: DictConfig, allowed: Sequence[str] = ()) -> list[str]:
     """Dotted keys whose values differ between two configs, except :data:`RESUMABLE_CHANGES` and ``allowed``."""
     flat = [flatten(OmegaConf.to_container(c, resolve=True)) for c in (saved, current)]
+    # A key added to the schema after the run was saved (the mlr ablation switches, say) had its
+    # default then: every new key defaults to the behaviour before it existed.
+    defaults = flatten(OmegaConf.to_container(OmegaConf.structured(_schema([("saved config", saved)]))))
+    flat[0] = {**{k: v for k, v in defaults.items() if k in flat[1]}, **flat[0]}
     keys = sorted(set(flat[0]) | set(flat[1]))
     return [f"{k}: {flat[0].get(k)!r} -> {flat[1].get(k)!r}" for k in keys
             if flat[0].get(k) != flat[1].get(k) and k not in RESUMABLE_CHANGES and k not in allowed]

@@ -262,3 +262,17 @@ def test_the_quickstart_ablation_sweep_is_nine_tiny_cpu_runs(tmp_path, monkeypat
     ratios = sorted({o for t in plan.trials for o in t.variant if o.startswith("mlr.mask_ratio=")})
     assert ratios == ["mlr.mask_ratio=0.25", "mlr.mask_ratio=0.5", "mlr.mask_ratio=0.75"]
     assert all("trainer.accelerator=cpu" in t.overrides and "train.num_env_steps=640" in t.overrides for t in plan.trials)
+
+
+def test_a_run_saved_before_the_switches_existed_resumes_without_a_difference(tiny_overrides):
+    from omegaconf import OmegaConf
+
+    from mlr_lightning.config import config_differences
+
+    current = load_config("conf/quickstart.yaml", tiny_overrides)
+    saved = OmegaConf.create(OmegaConf.to_container(current))
+    for key in ("mask_strategy", "mask_space", "target", "action_tokens", "target_encoder", "loss"):
+        del saved.mlr[key]  # as config.yaml was written before these keys existed
+    assert config_differences(saved, current) == []
+    changed = load_config("conf/quickstart.yaml", [*tiny_overrides, "mlr.mask_strategy=tube"])
+    assert config_differences(saved, changed) == ["mlr.mask_strategy: 'cube' -> 'tube'"]
