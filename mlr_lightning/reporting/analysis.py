@@ -13,8 +13,9 @@ agent of the same architecture (:func:`untrained_like`), and for shuffled pairs.
 2. :func:`similarity_by_distance`: its mean over pairs d steps apart; the shuffled-pairs level is the
    mean over all pairs i != j (:func:`shuffled_pairs`). :func:`effective_dimensions` counts how many
    directions the centred latents spread over (participation ratio of their covariance spectrum).
-3. :func:`masked_prediction_similarity` (MLR runs only; a Baseline has no decoder): windows of K steps
-   of the trajectory with their first temporal block masked (the run's cube geometry and ratio); the
+3. :func:`masked_prediction_similarity` (MLR runs with a latent target only; a Baseline has no
+   decoder): windows of K steps of the trajectory with their first temporal block masked by the run's
+   own objective (``mlr/objective.py``: its masking strategy, space, geometry and ratio); the
    cosine between the decoder's prediction at each position and the momentum target of the unmasked
    window, both centred per position over the windows. It measures how well the prediction follows
    the target from window to window. Shuffled pairs: the target of another window that does not
