@@ -5,6 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from tests.conftest import with_repo_on_path
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -12,7 +14,7 @@ def select_in_subprocess(**env):
     code = "from mlr_lightning.envs.rendering import select_gl_backend; print(select_gl_backend())"
     full_env = {k: v for k, v in os.environ.items() if k not in ("MUJOCO_GL", "PYOPENGL_PLATFORM", "_MLR_GL_CHECKED")}
     return subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300,
-                          env=dict(full_env, PYTHONPATH=str(ROOT), **env))
+                          env=with_repo_on_path(full_env | env))
 
 
 def test_a_headless_backend_is_selected_automatically():
