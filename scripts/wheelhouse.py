@@ -1,0 +1,157 @@
+"""Wheels for an offline install into an environment that already has part of the stack.
+
+GPU images and cluster nodes bring their own Python and torch (built for their CUDA driver) and often
+no network. This writes, per profile, the wheels such a target lacks, with the versions of
+requirements.lock where the target does not fix them, into ``<out>/<profile>/``, plus a
+``requirements.txt`` naming what to install:
+
+    pip install --no-index --find-links <out>/<profile> -r <out>/<profile>/requirements.txt
+
+Profiles: ``bare`` (``fit`` with tracking.mlflow=false), ``mlflow`` (plus the embedded sqlite MLflow
+store: mlflow-skinny, SQLAlchemy, Alembic; no ``mlflow ui`` server), ``all`` (every extra: the full
+MLflow, Ray Tune, rliable). Package data the suite never loads is left out of the wheels (STRIPPED):
+dm_control's locomotion, dog and test assets and mujoco's ``experimental/`` (studio, GUI). The
+Python modules stay, so every import still works; only those tasks' models cannot load.
+
+Usage: bash scripts/wheelhouse.sh --python 3.12 --platform manylinux_2_28_x86_64 --have have.txt
+       [--profiles bare mlflow all] [--out wheelhouse]
+``have.txt``: what the target has, one ``name==version`` a line (its ``pip freeze``). Run it with a
+Python of the target's version (PYTHON=...): pip evaluates dependency markers with the running one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+MIB = 1024 * 1024
+LIMIT_MIB = 64  # what the GPU image accepts per run; the bare and mlflow profiles must fit
+PROFILES = {
+    "bare": [],
+    "mlflow": ["mlflow-skinny", "sqlalchemy", "alembic"],
+    "all": ["mlflow", "ray[tune]", "rliable", "arch", "pandas"],
+}
+MUST_FIT = ("bare", "mlflow")
+TARGETS_OWN = re.compile(r"^(torch|triton|nvidia-.*|cuda-.*)$")
+# Wheel paths never read by the suite: (package, path prefix, whether .py files under it stay).
+STRIPPED = [
+    ("dm_control", "dm_control/locomotion/", False),  # keep the modules: dm_control.suite.dog imports them
+    ("dm_control", "dm_control/suite/dog_assets/", False),
+    ("dm_control", "dm_control/mujoco/testing/assets/", False),
+    ("mujoco", "mujoco/experimental/", True),
+]
+
+
+def canonical(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def read_pins(path: Path) -> dict[str, str]:
+    """``name==version`` lines -> {canonical name: version} (other lines are ignored)."""
+    pins = {}
+    for line in path.read_text().splitlines():
+        match = re.match(r"^\s*([A-Za-z0-9_.\-]+)(\[.*\])?\s*==\s*([^\s;#]+)", line)
+        if match:
+            pins[canonical(match.group(1))] = match.group(3).split("+")[0]
+    return pins
+
+
+def pip(*args: str, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "pip", *args], check=True, **kwargs)
+
+
+def resolve(requirements: list[str], constraints: Path, target: list[str], work: Path) -> list[dict]:
+    """What pip would install for ``requirements`` on the target (name, version, url), from scratch."""
+    report = work / "report.json"
+    pip("install", "--dry-run", "--ignore-installed", "--quiet", "--report", str(report), "--target",
+        str(work / "unused"), "-c", str(constraints), *target, *requirements)
+    return [{"name": canonical(item["metadata"]["name"]), "version": item["metadata"]["version"],
+             "url": item["download_info"]["url"]} for item in json.loads(report.read_text())["install"]]
+
+
+def strip_wheel(wheel: Path) -> int:
+    """Rewrite ``wheel`` without its STRIPPED paths (and their RECORD lines); bytes saved."""
+    rules = [(prefix, keep_py) for package, prefix, keep_py in STRIPPED
+             if canonical(wheel.name.split("-")[0]) == canonical(package)]
+    if not rules:
+        return 0
+
+    def dropped(name: str) -> bool:
+        return any(name.startswith(prefix) and not (keep_py and name.endswith(".py")) for prefix, keep_py in rules)
+
+    before = wheel.stat().st_size
+    stripped = wheel.with_suffix(".tmp")
+    with zipfile.ZipFile(wheel) as source, zipfile.ZipFile(stripped, "w", zipfile.ZIP_DEFLATED) as out:
+        for info in source.infolist():
+            if dropped(info.filename):
+                continue
+            data = source.read(info)
+            if info.filename.endswith(".dist-info/RECORD"):
+                lines = data.decode().splitlines(keepends=True)
+                data = "".join(line for line in lines if not dropped(line.split(",", 1)[0])).encode()
+            out.writestr(info, data)
+    stripped.replace(wheel)
+    return before - wheel.stat().st_size
+
+
+def build_profile(name: str, extra: list[str], project_wheel: Path, constraints: Path, have: dict[str, str],
+                  target: list[str], out: Path, work: Path) -> float:
+    """Write profile ``name`` into ``out/name``; its size in MiB."""
+    folder = out / name
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    requirements = [str(project_wheel), *extra]
+    needed = [item for item in resolve(requirements, constraints, target, work) if item["name"] not in have]
+    others = [f"{item['name']}=={item['version']}" for item in needed if item["name"] != "mlr-lightning"]
+    if others:
+        pip("download", "--quiet", "--no-deps", "-d", str(folder), *target, *others)
+    shutil.copy(project_wheel, folder)
+    saved = sum(strip_wheel(wheel) for wheel in folder.glob("*.whl"))
+    (folder / "requirements.txt").write_text("\n".join(["mlr_lightning", *extra]) + "\n")
+    size = sum(wheel.stat().st_size for wheel in folder.glob("*.whl")) / MIB
+    print(f"{name}: {len(needed)} wheels, {size:.1f} MiB (package data left out: {saved / MIB:.1f} MiB) in {folder}")
+    return size
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--python", required=True, help="the target's Python version, e.g. 3.12")
+    parser.add_argument("--platform", required=True, help="the target's wheel platform, e.g. manylinux_2_28_x86_64")
+    parser.add_argument("--have", required=True, type=Path, help="the target's `pip freeze` (name==version lines)")
+    parser.add_argument("--profiles", nargs="+", default=list(PROFILES), choices=list(PROFILES))
+    parser.add_argument("--out", type=Path, default=ROOT / "wheelhouse")
+    args = parser.parse_args()
+
+    have = read_pins(args.have)
+    target = ["--only-binary=:all:", "--python-version", args.python, "--platform", args.platform]
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        # The target's versions, then the lock's for everything it lacks; the lock's torch and its CUDA
+        # libraries are the target's business.
+        lock = {name: version for name, version in read_pins(ROOT / "requirements.lock").items()
+                if not TARGETS_OWN.match(name)}
+        pins = lock | have
+        constraints = work / "constraints.txt"
+        constraints.write_text("".join(f"{name}=={version}\n" for name, version in pins.items()
+                                       if name != "mlr-lightning"))
+        pip("wheel", "--quiet", "--no-deps", "-w", str(work / "project"), str(ROOT))
+        project_wheel = next((work / "project").glob("mlr_lightning-*.whl"))
+        sizes = {name: build_profile(name, PROFILES[name], project_wheel, constraints, have, target, args.out, work)
+                 for name in args.profiles}
+    too_big = [name for name in MUST_FIT if sizes.get(name, 0) > LIMIT_MIB]
+    if too_big:
+        print(f"over the {LIMIT_MIB} MiB a GPU image run accepts: {', '.join(too_big)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
