@@ -15,7 +15,8 @@ Python modules stay, so every import still works; only those tasks' models canno
 
 Usage: bash scripts/wheelhouse.sh --python 3.12 --platform manylinux_2_28_x86_64 --have have.txt
        [--profiles bare mlflow all] [--out wheelhouse]
-``have.txt``: what the target has, one ``name==version`` a line (its ``pip freeze``). Run it with a
+``have.txt``: what the target has, one ``name==version`` a line (its ``pip freeze``), or a bare name
+where the version is not known (scripts/gpu_image_packages.txt: the H200 image). Run it with a
 Python of the target's version (PYTHON=...): pip evaluates dependency markers with the running one.
 """
 
@@ -40,6 +41,8 @@ PROFILES = {
     "all": ["mlflow", "ray[tune]", "rliable", "arch", "pandas"],
 }
 MUST_FIT = ("bare", "mlflow")
+# Published as source only; pure Python, so a wheel built here installs anywhere.
+SOURCE_ONLY = ("rliable",)
 TARGETS_OWN = re.compile(r"^(torch|triton|nvidia-.*|cuda-.*)$")
 # Wheel paths never read by the suite: (package, path prefix, whether .py files under it stay).
 STRIPPED = [
@@ -54,14 +57,26 @@ def canonical(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
-def read_pins(path: Path) -> dict[str, str]:
-    """``name==version`` lines -> {canonical name: version} (other lines are ignored)."""
+def read_pins(path: Path) -> dict[str, str | None]:
+    """Requirement lines -> {canonical name: version}; a bare name (version unknown) maps to None.
+    Comments and blank lines are skipped."""
     pins = {}
     for line in path.read_text().splitlines():
-        match = re.match(r"^\s*([A-Za-z0-9_.\-]+)(\[.*\])?\s*==\s*([^\s;#]+)", line)
-        if match:
-            pins[canonical(match.group(1))] = match.group(3).split("+")[0]
+        match = re.match(r"^\s*([A-Za-z0-9_.\-]+)(\[.*\])?\s*(==\s*([^\s;#]+))?\s*(#.*)?$", line)
+        if match and not line.lstrip().startswith("#"):
+            version = match.group(4)
+            pins[canonical(match.group(1))] = version.split("+")[0] if version else None
     return pins
+
+
+def compatible_platforms(platform: str) -> list[str]:
+    """``platform`` and the older manylinux tags a target of that tag also installs (pip does not
+    widen an explicit ``--platform``): manylinux_2_28_x86_64 -> ..._2_27_..., ..., manylinux2014_x86_64."""
+    match = re.fullmatch(r"manylinux_2_(\d+)_(\w+)", platform)
+    if not match:
+        return [platform]
+    glibc, arch = int(match.group(1)), match.group(2)
+    return [f"manylinux_2_{minor}_{arch}" for minor in range(glibc, 16, -1)] + [f"manylinux2014_{arch}"]
 
 
 def pip(*args: str, **kwargs) -> subprocess.CompletedProcess:
@@ -131,18 +146,22 @@ def main() -> int:
     args = parser.parse_args()
 
     have = read_pins(args.have)
-    target = ["--only-binary=:all:", "--python-version", args.python, "--platform", args.platform]
+    target = ["--only-binary=:all:", "--python-version", args.python]
+    for platform in compatible_platforms(args.platform):
+        target += ["--platform", platform]
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         # The target's versions, then the lock's for everything it lacks; the lock's torch and its CUDA
         # libraries are the target's business.
         lock = {name: version for name, version in read_pins(ROOT / "requirements.lock").items()
-                if not TARGETS_OWN.match(name)}
-        pins = lock | have
+                if not TARGETS_OWN.match(name) and name not in have}
+        pins = lock | {name: version for name, version in have.items() if version}
         constraints = work / "constraints.txt"
-        constraints.write_text("".join(f"{name}=={version}\n" for name, version in pins.items()
-                                       if name != "mlr-lightning"))
+        constraints.write_text("".join(f"{name}=={version}\n" for name, version in pins.items()))
         pip("wheel", "--quiet", "--no-deps", "-w", str(work / "project"), str(ROOT))
+        if "all" in args.profiles:
+            pip("wheel", "--quiet", "--no-deps", "-w", str(work / "built"), *(f"{name}=={lock[name]}" for name in SOURCE_ONLY))
+            target += ["--find-links", str(work / "built")]
         project_wheel = next((work / "project").glob("mlr_lightning-*.whl"))
         sizes = {name: build_profile(name, PROFILES[name], project_wheel, constraints, have, target, args.out, work)
                  for name in args.profiles}
