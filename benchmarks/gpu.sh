@@ -11,6 +11,7 @@
 #     evaluations.
 # Usage: bash benchmarks/gpu.sh [--cpu] [--wheelhouse DIR] [--out DIR]
 #   --cpu            the same steps at test sizes on the CPU, in under 5 minutes: a test of this script
+#                    (a second eager update run stands in for the compiled one: inductor takes minutes on a CPU)
 #   --wheelhouse DIR install the suite offline from DIR (a profile of scripts/wheelhouse.sh, e.g.
 #                    wheelhouse/bare) into a venv over the machine's own Python and torch, and use it
 #   --out DIR        where the results go (default: a new directory under /tmp)
@@ -43,7 +44,7 @@ if $CPU; then
   bench=(--only gpu --cpu --json)
   fit=(--config conf/quickstart.yaml env.image_size=24 env.crop_size=20 env.fast_render=true encoder.num_layers=2
        encoder.num_filters=8 sac.hidden_dim=32 mlr.patch_size=6 mlr.seq_len=4 mlr.block_size=2 mlr.batch_size=3
-       train.batch_size=8 train.init_steps=20 train.num_env_steps=320 replay.capacity=1000 eval.every_env_steps=160
+       train.batch_size=8 train.init_steps=20 train.num_env_steps=320 replay.capacity=1000 eval.every_env_steps=320
        eval.num_episodes=1 trainer.accelerator=cpu)
   fit_name=fit/tiny_cartpole_swingup_320_env_steps
 else

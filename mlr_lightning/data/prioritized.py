@@ -56,7 +56,7 @@ class PrioritizedReplay(Replay):
                  windows: bool, device: torch.device | str = "cpu", new_priority: float | None = None,
                  official_nstep_bootstrap: bool = False):
         # The store's buffer samples through a sampler that tracks priorities (new rows get the
-        # current maximum priority, as in PER); snapshots (TorchRL's dumps) hold its sum and min trees.
+        # current maximum priority, as in PER); snapshots hold its sum and min trees.
         self.sampler = TreePrioritizedSampler(capacity, alpha=alpha, beta=1.0, eps=priority_eps, device=device)
         self.store = FrameStore(capacity, frame_stack, sampler=self.sampler, device=device)
         self.seq_len, self.n_step, self.discount = seq_len, n_step, discount
@@ -67,6 +67,12 @@ class PrioritizedReplay(Replay):
         self.new_priority = new_priority
         # The pinned rlpyt's n-step target: a termination after the first step does not stop the bootstrap.
         self.official_nstep_bootstrap = official_nstep_bootstrap
+
+    def place(self, setting: str, training_device: torch.device | str, pixels_shape) -> torch.device:
+        """As :meth:`Replay.place`; the priorities go where the frames go."""
+        device = super().place(setting, training_device, pixels_shape)
+        self.sampler.to(device)
+        return device
 
     def beta(self, progress: float) -> float:
         return self.beta_start + (self.beta_end - self.beta_start) * min(1.0, progress)

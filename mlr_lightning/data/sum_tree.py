@@ -149,6 +149,11 @@ class TreePrioritizedSampler(PrioritizedSampler):
     def _maybe_init_from_storage(self, storage: Storage | None) -> None:
         """The trees stay where the replay put them, whatever the storage's device."""
 
+    def to(self, device: torch.device | str) -> None:
+        """Keep the trees (the priorities) on ``device`` from now on."""
+        self._device = torch.device(device)
+        self._sum_tree, self._min_tree = self._sum_tree.to(self._device), self._min_tree.to(self._device)
+
     def sample(self, storage: Storage, batch_size: int) -> tuple[Tensor, dict]:
         rows = len(storage)
         if rows == 0:
