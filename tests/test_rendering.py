@@ -81,6 +81,18 @@ def test_each_ddp_rank_and_ray_trial_chooses_again_but_a_users_choice_wins(monke
     assert os.environ["MUJOCO_EGL_DEVICE_ID"] == "7"
 
 
+def test_a_ray_trial_chooses_again_for_the_gpu_it_was_given(monkeypatch):
+    devices = [EglDevice(1, A100_41), EglDevice(0, A100_17)]
+    physical = [A100_17, A100_41]  # CUDA_VISIBLE_DEVICES=k: this process's cuda:0 is physical GPU k
+    fake_gpu_machine(monkeypatch, devices,
+                     lambda cuda_device: physical[int(os.environ.get("CUDA_VISIBLE_DEVICES", cuda_device))])
+    select_egl_device()  # the driver, every GPU visible
+    assert os.environ["MUJOCO_EGL_DEVICE_ID"] == "1"
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "1")  # a trial on GPU 1, with the driver's environment
+    select_egl_device()
+    assert os.environ["MUJOCO_EGL_DEVICE_ID"] == "0"
+
+
 def test_on_a_cpu_machine_nothing_is_set(monkeypatch):
     monkeypatch.delenv("MUJOCO_EGL_DEVICE_ID", raising=False)
     monkeypatch.setattr(rendering.torch.cuda, "is_available", lambda: False)

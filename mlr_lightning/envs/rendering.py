@@ -115,14 +115,16 @@ def select_egl_device() -> None:
     cuda_device = training_cuda_device()
     made_for = f"{os.environ.get('CUDA_VISIBLE_DEVICES', '')}|{cuda_device}"
     marker = os.environ.get(EGL_CHOICE_MARKER)
-    if ("MUJOCO_EGL_DEVICE_ID" in os.environ and marker in (None, made_for)) or not torch.cuda.is_available():
+    if not torch.cuda.is_available() or marker == made_for:  # no GPU, or chosen for this one already
+        return
+    if "MUJOCO_EGL_DEVICE_ID" in os.environ and marker is None:  # the user's
         return
     os.environ.pop("MUJOCO_EGL_DEVICE_ID", None)
     listed = _list_egl_devices(cuda_device)
     index = None if listed is None else egl_device_for(listed[0], cuda_device, listed[1])
     if index is not None:
         os.environ["MUJOCO_EGL_DEVICE_ID"] = str(index)
-        os.environ[EGL_CHOICE_MARKER] = made_for
+    os.environ[EGL_CHOICE_MARKER] = made_for  # also when none matched: EGL's default, not asked again
 
 
 class RenderBackendError(RuntimeError):
