@@ -17,6 +17,7 @@ import sys
 import time
 from pathlib import Path
 
+from mlr_lightning.mlr.warmup import warmup_note
 from mlr_lightning.sweep.mlflow_store import is_local_uri, open_store, tag_replaced
 from mlr_lightning.sweep.progress import (
     INPUT_ERROR_PREFIX,
@@ -28,15 +29,17 @@ from mlr_lightning.sweep.progress import (
     split_finished,
 )
 from mlr_lightning.sweep.spec import SweepError, SweepPlan, Trial
-from mlr_lightning.training.run_dir import RunLock, move_to_previous_attempts
+from mlr_lightning.training.run_dir import RunDirError, RunLock, move_to_previous_attempts
 
 STOP_TIMEOUT_S = 600.0  # after Ctrl-C, how long the driver waits for the stopped trials to save
 PACKAGE_ROOT = Path(__file__).resolve().parents[2]
 
 
 def sweep_dir(plan: SweepPlan) -> Path:
-    """Where the sweep keeps its own files: Ray Tune's records, the trial table, the trial locks."""
-    return plan.output_dir / f"sweep-{plan.experiment}"
+    """Where the sweep keeps its own files: Ray Tune's records, the trial table, the trial locks;
+    ``sweep-<experiment>``, or the experiment's own name where it already says so (sweep-quickstart)."""
+    name = plan.experiment if plan.experiment.startswith("sweep") else f"sweep-{plan.experiment}"
+    return plan.output_dir / name
 
 
 def trial_log(plan: SweepPlan, trial: Trial) -> Path:
@@ -113,6 +116,12 @@ def run_on_ray(plan: SweepPlan, address: str | None = None, progress_every_s: fl
           f"({plan.tracking_uri or 'MLflow off'}); {len(finished)} finished earlier, {len(todo)} to run, "
           f"each with cpus={plan.sweep.cpus:g} gpus={plan.sweep.gpus:g}, up to {plan.sweep.max_failures} retries.",
           flush=True)
+    notes: dict[str, int] = {}
+    for trial in todo:  # each trial's fit prints it into its log; the sweep says it once here
+        if note := warmup_note(trial.cfg):
+            notes[note] = notes.get(note, 0) + 1
+    for note, count in notes.items():
+        print(f"{count} trial(s): {note}", flush=True)
     interrupted = _tune(plan, todo, table, client, address, verbose) if todo else False
     table.maybe_print(force=True)
     counts = table.counts()
@@ -148,11 +157,14 @@ def settle_existing_runs(plan: SweepPlan, client, restart_changed: bool) -> tupl
     if changed and not restart_changed:
         raise SweepError(changed_message(changed, plan.experiment))
     for item in changed:
-        with_lock = RunLock(item.trial.run_dir)  # a fit still running in it refuses the move
+        try:
+            lock = RunLock(item.trial.run_dir)  # a fit still running in it refuses the move
+        except RunDirError as err:
+            raise SweepError(f"--restart-changed: {err}") from None
         try:
             move_to_previous_attempts(item.trial.run_dir)
         finally:
-            with_lock.release()
+            lock.release()
         if client is not None:
             tag_replaced(client, plan.experiment, item.trial.name, item.trial.config_hash)
         print(f"restarting {item.trial.name} with the changed config ({'; '.join(item.differences)})", flush=True)
