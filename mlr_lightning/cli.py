@@ -247,8 +247,10 @@ def run_grid(args) -> int:
 
 
 def run_sweep(args) -> int:
-    from mlr_lightning.sweep.runner import format_plan, run_on_ray
     from mlr_lightning.training.console import quiet_libraries
+
+    quiet_libraries(verbose=args.verbose)  # before MLflow is imported: it reads its log level then
+    from mlr_lightning.sweep.runner import format_plan, run_on_ray
     from mlr_lightning.sweep.spec import expand, load_sweep
     from mlr_lightning.training.preflight import preflight
 
@@ -262,7 +264,6 @@ def run_sweep(args) -> int:
         return 0
     if args.address is None:  # on a cluster the driver's machine may lack the trials' GPUs
         preflight(load_config(plan.trials[0].config, list(plan.trials[0].overrides)))
-    quiet_libraries(verbose=args.verbose)
     return run_on_ray(plan, address=args.address, progress_every_s=args.progress_every,
                       restart_changed=args.restart_changed, verbose=args.verbose)
 
