@@ -125,6 +125,22 @@ def test_two_configs_of_one_task_get_their_file_name_in_the_run_name(tmp_path, i
     assert names == ["e-walker_walk-walker_walk-mlr-s1", "e-walker_fast_tau-walker_walk-mlr-s1"]
 
 
+def test_the_final_table_is_printed_once(tmp_path, in_repo):
+    from mlr_lightning.sweep.progress import ProgressTable
+    from mlr_lightning.sweep.spec import expand, load_sweep
+
+    plan = expand(*load_sweep(QUICKSTART, [f"output_dir={tmp_path}", "seeds=[1]"]))
+    printed = []
+    table = ProgressTable(plan.trials, every_s=3600, printer=lambda text, flush: printed.append(text))
+    table.set(plan.trials[0].name, "finished")
+    table.maybe_print()  # the last status change, printed as it happens
+    table.maybe_print(force=True)  # the end of the sweep: nothing new, so not again
+    assert len(printed) == 1
+    table.set(plan.trials[1].name, "failed", note="refused its input: error: x")
+    table.maybe_print(force=True)
+    assert len(printed) == 2 and "| failed | - / 640 | - | 0 | refused its input: error: x |" in printed[1]
+
+
 # ------------------------------------------------------------------------------- real runs: helpers
 
 

@@ -429,7 +429,9 @@ def compare(client: MlflowClient, experiment: str, out_dir: Path, budgets: list[
     runs.to_csv(out_dir / "runs.csv", index=False)
     curves = selection.counted
     if not curves:
-        raise CompareError(f"no run of experiment {experiment!r} can be counted:\n{_markdown(runs)}")
+        reasons = "; ".join(f"{row.run}: {row.reason}" for row in runs.itertuples(index=False))
+        raise CompareError(f"no run of experiment {experiment!r} can be counted ({reasons}); every run with its "
+                           f"reason is in {out_dir / 'runs.csv'}")
     budgets = sorted(budgets) if budgets else default_budgets(curves)
     if not budgets:
         raise CompareError(f"no budget to score: {reach_summary(curves)}")

@@ -17,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from mlr_lightning.config import config_differences
 from mlr_lightning.run_identity import HASH_TAG, NON_RESULT_KEYS, REPLACED_TAG, config_hash, result_differences
 from mlr_lightning.sweep.spec import SweepPlan, Trial
+from mlr_lightning.training.tracking import config_params
 
 EVAL_COLUMN = "eval/return_mean"
 STATUSES = ("pending", "running", "finished", "failed")
@@ -86,8 +87,9 @@ def split_finished(plan: SweepPlan, client) -> tuple[list[Trial], list[Trial], l
             differences = (result_differences(saved, trial.cfg) if saved is not None
                            else param_differences(named[0], trial))
             changed.append(Changed(trial, differences or [f"config hash {sorted(hashes)} -> {trial.config_hash}"]))
-        elif saved is not None and snapshot_exists(trial.run_dir) and config_differences(saved, trial.cfg):
-            changed.append(Changed(trial, config_differences(saved, trial.cfg)))
+        elif refused := (config_differences(saved, trial.cfg)
+                         if saved is not None and snapshot_exists(trial.run_dir) else []):
+            changed.append(Changed(trial, refused))  # fit --resume would refuse it
         else:
             todo.append(trial)
     return finished, todo, changed
@@ -112,8 +114,6 @@ def saved_config(run_dir: Path) -> DictConfig | None:
 def param_differences(run, trial: Trial) -> list[str]:
     """The result-affecting keys whose MLflow params differ from the trial's config (where the run
     directory is on another node)."""
-    from mlr_lightning.training.tracking import config_params
-
     logged = run.data.params
     return [f"{key}: {logged.get(key)!r} -> {value!r}" for key, value in sorted(config_params(trial.cfg).items())
             if key not in NON_RESULT_KEYS and logged.get(key) != value]
