@@ -291,8 +291,9 @@ def run_sweep(args) -> int:
         return 0
     if args.address is None:  # on a cluster the driver's machine may lack the trials' GPUs
         preflight(load_config(plan.trials[0].config, list(plan.trials[0].overrides)))
+    notes = [note for trial in plan.trials if (note := warmup_note(trial.cfg))]
     return run_on_ray(plan, address=args.address, progress_every_s=args.progress_every,
-                      restart_changed=args.restart_changed, verbose=args.verbose)
+                      restart_changed=args.restart_changed, verbose=args.verbose, notes=notes)
 
 
 def run_compare(args) -> int:

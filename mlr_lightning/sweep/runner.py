@@ -17,7 +17,6 @@ import sys
 import time
 from pathlib import Path
 
-from mlr_lightning.mlr.warmup import warmup_note
 from mlr_lightning.sweep.mlflow_store import is_local_uri, open_store, tag_replaced
 from mlr_lightning.sweep.progress import (
     INPUT_ERROR_PREFIX,
@@ -97,8 +96,9 @@ def trial_spec(trial: Trial, plan: SweepPlan) -> dict:
 
 
 def run_on_ray(plan: SweepPlan, address: str | None = None, progress_every_s: float = 30.0,
-               restart_changed: bool = False, verbose: bool = False) -> int:
-    """Runs the unfinished trials; returns 0 (all finished), 1 (some failed) or 130 (interrupted)."""
+               restart_changed: bool = False, verbose: bool = False, notes: list[str] = ()) -> int:
+    """Runs the unfinished trials; returns 0 (all finished), 1 (some failed) or 130 (interrupted).
+    ``notes``: one line per trial that has one (the same text for many trials is printed once)."""
     started = time.monotonic()
     check_tracking_for_cluster(plan, address)
     if not address:
@@ -116,12 +116,8 @@ def run_on_ray(plan: SweepPlan, address: str | None = None, progress_every_s: fl
           f"({plan.tracking_uri or 'MLflow off'}); {len(finished)} finished earlier, {len(todo)} to run, "
           f"each with cpus={plan.sweep.cpus:g} gpus={plan.sweep.gpus:g}, up to {plan.sweep.max_failures} retries.",
           flush=True)
-    notes: dict[str, int] = {}
-    for trial in todo:  # each trial's fit prints it into its log; the sweep says it once here
-        if note := warmup_note(trial.cfg):
-            notes[note] = notes.get(note, 0) + 1
-    for note, count in notes.items():
-        print(f"{count} trial(s): {note}", flush=True)
+    for note in dict.fromkeys(notes):  # each trial's fit prints its notes into its log; here each is said once
+        print(f"{notes.count(note)} trial(s): {note}", flush=True)
     interrupted = _tune(plan, todo, table, client, address, verbose) if todo else False
     table.maybe_print(force=True)
     counts = table.counts()
