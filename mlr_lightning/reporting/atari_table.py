@@ -17,7 +17,7 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from mlr_lightning.reporting.compare import _markdown
+from mlr_lightning.reporting.statistics import markdown as _markdown
 from mlr_lightning.reporting.reference_scores import ATARI_REFERENCE, ATARI_RESULTS, ATARI_STD, human_normalized_score
 
 
