@@ -11,7 +11,7 @@ import sys
 import time
 from pathlib import Path
 
-from mlr_lightning.config import ConfigError, load_config, to_yaml
+from mlr_lightning.config import ConfigError, to_yaml
 
 FIT_EXAMPLES = """\
   python -m mlr_lightning fit --config conf/quickstart.yaml                 # SAC+MLR on CPU, minutes
@@ -151,6 +151,8 @@ def run_fit(args) -> int:
     from mlr_lightning.training.console import fit_summary, quiet_libraries
 
     quiet_libraries(verbose=getattr(args, "verbose", False))
+    from mlr_lightning.domains import domain_of, load_config
+
     cfg = load_config(args.config, args.overrides)
     if getattr(args, "print_config", False):
         print(to_yaml(cfg), end="")
@@ -166,14 +168,12 @@ def run_fit(args) -> int:
     from mlr_lightning.training.run_dir import RunDirError
     from mlr_lightning.training.snapshot import CheckpointError
     from mlr_lightning.training.tracking import TrackingStoreError
-
-    from mlr_lightning.domains import domain_of
     from mlr_lightning.mlr.warmup import warmup_note
 
     started = time.monotonic()
     try:
         domain_of(cfg).check_task(cfg)  # an unknown task or camera is reported before anything else
-        if note := warmup_note(cfg):
+        if note := warmup_note(cfg, domain_of(cfg).env_steps_per_agent_step(cfg)):
             print(note, file=sys.stderr)
         run_dir = fit(cfg, resume=getattr(args, "resume", None), allow_change=getattr(args, "allow_change", ()))
     except (UnknownTaskError, UnknownGameError, RenderBackendError, CheckpointError, RunDirError,
@@ -212,6 +212,7 @@ def run_sync(args) -> int:
 
 def run_grid(args) -> int:
     """The sweep's trials (one code path for expanding them), run one after the other in this process."""
+    from mlr_lightning.domains import load_config
     from mlr_lightning.sweep.mlflow_store import open_store
     from mlr_lightning.sweep.progress import split_finished
     from mlr_lightning.sweep.spec import expand, grid_sweep
@@ -237,6 +238,7 @@ def run_grid(args) -> int:
 
 
 def run_sweep(args) -> int:
+    from mlr_lightning.domains import load_config
     from mlr_lightning.sweep.runner import format_plan, run_on_ray
     from mlr_lightning.sweep.spec import expand, load_sweep
     from mlr_lightning.training.preflight import preflight

@@ -8,9 +8,9 @@ import torch
 
 from mlr_lightning.agents.sac_mlr import SACMLRAgent
 from mlr_lightning.data.augment import random_crop
-from mlr_lightning.config import load_config
+from mlr_lightning.domains import load_config
 from mlr_lightning.mlr.masking import cube_mask
-from mlr_lightning.agents.schedules import inverse_sqrt_schedule
+from mlr_lightning.mlr.schedules import inverse_sqrt_schedule
 from mlr_lightning.mlr.decoder import PredictiveLatentDecoder
 from mlr_lightning.mlr.loss import mlr_loss
 from mlr_lightning.models.targets import soft_update

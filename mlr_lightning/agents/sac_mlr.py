@@ -25,7 +25,7 @@ from torchrl import timeit
 from torchrl.envs.utils import ExplorationType, exploration_type
 
 from mlr_lightning.agents.base import RLAgent
-from mlr_lightning.agents.schedules import inverse_sqrt_schedule
+from mlr_lightning.mlr.schedules import inverse_sqrt_schedule
 from mlr_lightning.data.augment import center_crop, random_crop, random_intensity
 from mlr_lightning.mlr.decoder import PredictiveLatentDecoder
 from mlr_lightning.mlr.heads import projection_mlp

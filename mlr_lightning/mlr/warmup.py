@@ -4,24 +4,23 @@ from __future__ import annotations
 
 from omegaconf import DictConfig
 
-from mlr_lightning.agents.schedules import inverse_sqrt_schedule
+from mlr_lightning.mlr.schedules import inverse_sqrt_schedule
 
 
-def mlr_updates(cfg: DictConfig) -> int:
-    """MLR updates in a run: one per agent update, after the random ``train.init_steps`` agent steps."""
-    from mlr_lightning.domains import domain_of
-
-    agent_steps = cfg.train.num_env_steps // domain_of(cfg).env_steps_per_agent_step(cfg)
+def mlr_updates(cfg: DictConfig, env_steps_per_agent_step: int) -> int:
+    """MLR updates in a run: one per agent update, after the random ``train.init_steps`` agent steps.
+    ``env_steps_per_agent_step`` is the domain's x-axis unit (``Domain.env_steps_per_agent_step``)."""
+    agent_steps = cfg.train.num_env_steps // env_steps_per_agent_step
     return max(0, agent_steps - cfg.train.init_steps) * cfg.train.updates_per_step
 
 
-def warmup_note(cfg: DictConfig) -> str | None:
+def warmup_note(cfg: DictConfig, env_steps_per_agent_step: int) -> str | None:
     """A note when MLR's LR warm-up (``mlr.warmup_steps``, where the domain has one) outlasts the run;
     None otherwise (Baseline runs, domains without a warm-up, runs longer than it)."""
     mlr = cfg.mlr
     if not mlr.enabled or "warmup_steps" not in mlr:
         return None
-    updates, warmup = mlr_updates(cfg), mlr.warmup_steps
+    updates, warmup = mlr_updates(cfg, env_steps_per_agent_step), mlr.warmup_steps
     if updates >= warmup or updates == 0:
         return None
     mean, end = _mean_factor(warmup, mlr.warmup_init_factor, updates)

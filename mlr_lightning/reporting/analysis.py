@@ -47,6 +47,7 @@ from mlr_lightning.domains import domain_of
 from mlr_lightning.mlr.heads import ql1_projection
 from mlr_lightning.mlr.masking import apply_mask, cube_mask
 from mlr_lightning.training.evaluation import as_policy
+from mlr_lightning.training.snapshot import CHECKPOINTS, LAST_ARTIFACT
 
 
 def find_run(client: MlflowClient, experiment: str, mlr: bool, run_id: str | None = None, task: str | None = None) -> Run:
@@ -67,9 +68,9 @@ def find_run(client: MlflowClient, experiment: str, mlr: bool, run_id: str | Non
 
 def checkpoint_of(client: MlflowClient, run: Run, download_dir: str | Path | None = None) -> Path:
     """The run's final checkpoint: the uploaded artifact when there is one, else the recorded path."""
-    artifacts = [a.path for a in client.list_artifacts(run.info.run_id, "checkpoints")]
-    if "checkpoints/last.ckpt" in artifacts:
-        return Path(client.download_artifacts(run.info.run_id, "checkpoints/last.ckpt", str(download_dir) if download_dir else None))
+    artifacts = [a.path for a in client.list_artifacts(run.info.run_id, CHECKPOINTS)]
+    if LAST_ARTIFACT in artifacts:
+        return Path(client.download_artifacts(run.info.run_id, LAST_ARTIFACT, str(download_dir) if download_dir else None))
     return Path(run.data.tags["checkpoint_path"])
 
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mlr_lightning.sweep.spec import SweepPlan, Trial
+from mlr_lightning.training.snapshot import checkpoints_dir, has_snapshot, latest_snapshot, snapshot_agent_steps
 
 EVAL_COLUMN = "eval/return_mean"
 STATUSES = ("pending", "running", "finished", "failed")
@@ -59,20 +60,12 @@ def split_finished(plan: SweepPlan, client) -> tuple[list[Trial], list[Trial]]:
 
 def has_final_snapshot(trial: Trial) -> bool:
     """Without MLflow: the newest snapshot's stream counter has reached the end of training."""
-    import torch
-
-    from mlr_lightning.training.snapshot import latest_snapshot
-
-    snapshot = latest_snapshot(trial.run_dir / "checkpoints", verify=False)
-    if snapshot is None:
-        return False
-    counters = torch.load(snapshot / "stream-rank0.pt", weights_only=False)["counters"]
-    return counters["agent_steps"] >= trial.final_agent_steps
+    snapshot = latest_snapshot(checkpoints_dir(trial.run_dir), verify=False)
+    return snapshot is not None and snapshot_agent_steps(snapshot) >= trial.final_agent_steps
 
 
 def snapshot_exists(run_dir: Path) -> bool:
-    checkpoints = Path(run_dir) / "checkpoints"
-    return checkpoints.is_dir() and any(p.name.startswith("update-") for p in checkpoints.iterdir())
+    return has_snapshot(run_dir)
 
 
 @dataclass

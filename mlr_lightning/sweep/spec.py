@@ -21,7 +21,8 @@ from typing import Any, Sequence
 
 from omegaconf import OmegaConf
 
-from mlr_lightning.config import ConfigError, flatten, load_config
+from mlr_lightning.config import ConfigError, flatten
+from mlr_lightning.domains import domain_of, load_config
 
 SWEEP_KEYS = ("experiment", "configs", "exclude", "seeds", "axes", "overrides", "resources", "max_failures", "budgets")
 RESOURCE_KEYS = ("cpus", "gpus")
@@ -265,7 +266,7 @@ def expand(sweep: Sweep, trial_overrides: Sequence[str] = ()) -> SweepPlan:
     names = _variant_names(experiment, variants, axis_keys)
     trials = []
     for (config, combo, cfg), base_name in zip(variants, names):
-        per_agent_step = 1 if cfg.get("domain", "dmc") == "atari" else cfg.env.action_repeat
+        per_agent_step = domain_of(cfg).env_steps_per_agent_step(cfg)
         for seed in sweep.seeds:
             name = f"{base_name}-s{seed}"
             trials.append(Trial(
@@ -286,8 +287,6 @@ def expand(sweep: Sweep, trial_overrides: Sequence[str] = ()) -> SweepPlan:
 
 def check_tasks(cfgs) -> None:
     """An unknown task or game fails here, not in the middle of the sweep."""
-    from mlr_lightning.domains import domain_of
-
     seen = set()
     for cfg in cfgs:
         key = (cfg.domain, cfg.env.task, cfg.env.get("camera_id"))

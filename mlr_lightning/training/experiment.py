@@ -32,6 +32,7 @@ from mlr_lightning.training.run_dir import lock_and_check, new_run_dir
 from mlr_lightning.training.snapshot import (
     MODEL_FILE,
     accept_resumed_config,
+    checkpoints_dir,
     find_resumable,
     load_rank_state,
     run_dir_of,
@@ -120,7 +121,7 @@ def make_trainer(cfg: DictConfig, run_dir: Path, loggers, callbacks) -> pl.Train
 def fit(cfg: DictConfig, resume: str | None = None, allow_change: Sequence[str] = ()) -> Path:
     """Train one agent as configured (or continue a snapshot, ``resume``); returns the run directory.
 
-    ``allow_change``: optimiser keys (:data:`~mlr_lightning.config.OPTIMIZER_KEYS`) that a resume may
+    ``allow_change``: optimiser keys (the domain's ``optimizer_keys``) that a resume may
     change, e.g. a smaller learning rate after a divergence.
     """
     domain_of(cfg).check_task(cfg)
@@ -130,7 +131,8 @@ def fit(cfg: DictConfig, resume: str | None = None, allow_change: Sequence[str] 
     snapshot = find_resumable(cfg, resume) if resume else None
     if snapshot is not None:
         run_dir = run_dir_of(snapshot)
-        lock = lock_and_check(run_dir, lambda: accept_resumed_config(cfg, run_dir, allow_change))
+        lock = lock_and_check(run_dir, lambda: accept_resumed_config(cfg, run_dir, allow_change,
+                                                                    domain_of(cfg).optimizer_keys))
     else:
         ensure_store_for(cfg)  # an unusable store stops a new run before its directory exists
         run_dir, lock = new_run_dir(cfg, restart=resume == "auto")
@@ -157,7 +159,7 @@ def _train(cfg: DictConfig, run_dir: Path, snapshot: Path | None) -> Path:
     stream = make_stream(cfg, domain, replay)
     evaluation = PeriodicEvaluation(cfg.eval.every_env_steps or None, cfg.eval.num_episodes, cfg.train.num_env_steps,
                                     extra_metrics=domain.eval_metrics(cfg))
-    checkpoint = UpdateCheckpoint(run_dir / "checkpoints", cfg.trainer.checkpoint_every_updates,
+    checkpoint = UpdateCheckpoint(checkpoints_dir(run_dir), cfg.trainer.checkpoint_every_updates,
                                   cfg.trainer.keep_checkpoints, stream, cfg.trainer.max_abs_weight)
     interrupt = GracefulInterrupt()
     loggers = make_loggers(cfg, run_dir, resume_step)  # creates (or reopens) the MLflow run on rank 0

@@ -38,17 +38,28 @@ from typing import Callable, Sequence
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from mlr_lightning.config import OPTIMIZER_KEYS, ConfigError, config_differences, to_yaml, write_config
+from mlr_lightning.config import ConfigError, config_differences, to_yaml, write_config
 
+CHECKPOINTS = "checkpoints"  # <run_dir>/checkpoints, and the MLflow artifact folder of the final weights
 MODEL_FILE = "model.ckpt"
 MANIFEST = "MANIFEST.json"
 LAST = "last.ckpt"
+LAST_ARTIFACT = f"{CHECKPOINTS}/{LAST}"  # the final weights' MLflow artifact path
 SNAPSHOT = re.compile(r"^update-(\d+)$")
 HASHED_MAX_BYTES = 256 * 2**20  # files up to this size are hashed; larger ones (replay) are size-checked
 
 
 class CheckpointError(RuntimeError):
     """A checkpoint that cannot be used or written, with what to do about it."""
+
+
+def checkpoints_dir(run_dir: Path) -> Path:
+    return Path(run_dir) / CHECKPOINTS
+
+
+def has_snapshot(run_dir: Path) -> bool:
+    """Whether the run directory holds a published snapshot (complete or not, unverified)."""
+    return bool(snapshots(checkpoints_dir(run_dir)))
 
 
 def snapshot_name(num_updates: int) -> str:
@@ -274,13 +285,15 @@ def run_dir_of(snapshot: Path) -> Path:
     return Path(snapshot).parent.parent
 
 
-def accept_resumed_config(cfg: DictConfig, run_dir: Path, allow_change: Sequence[str] = ()) -> None:
+def accept_resumed_config(cfg: DictConfig, run_dir: Path, allow_change: Sequence[str] = (),
+                          optimizer_keys: Sequence[str] = ()) -> None:
     """A resumed run must be the same experiment: only bookkeeping keys may change, and optimiser keys
-    the user names (``--allow-change``). An allowed change is written into the run's config.yaml."""
-    unknown = [key for key in allow_change if key not in OPTIMIZER_KEYS]
+    (the domain's ``optimizer_keys``) the user names (``--allow-change``). An allowed change is written
+    into the run's config.yaml."""
+    unknown = [key for key in allow_change if key not in optimizer_keys]
     if unknown:
         raise ConfigError(f"--allow-change {unknown[0]}: only optimiser settings may change on resume: "
-                          f"{', '.join(OPTIMIZER_KEYS)}")
+                          f"{', '.join(optimizer_keys)}")
     saved = OmegaConf.load(run_dir / "config.yaml")
     changed = config_differences(saved, cfg, allowed=allow_change)
     if changed:

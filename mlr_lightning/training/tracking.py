@@ -33,6 +33,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from mlr_lightning.config import RESUMABLE_CHANGES, flatten
+from mlr_lightning.domains import domain_of
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 # The user's MLFLOW_TRACKING_URI, read once at import: mlflow.set_tracking_uri() (which Lightning's
@@ -215,8 +216,6 @@ def git_commit() -> str:
 
 def run_tags(cfg: DictConfig) -> dict[str, str]:
     """The tags ``compare`` selects and groups runs by."""
-    from mlr_lightning.domains import domain_of
-
     agent = domain_of(cfg).agent_name
     return {
         "domain": cfg.domain,
