@@ -22,6 +22,7 @@ from mlr_lightning.agents.base import RLAgent
 from mlr_lightning.data.replay import Replay
 from mlr_lightning.domains.atari import ATARI
 from mlr_lightning.domains.dmc import DMC
+from mlr_lightning.domains.gym_pixels import GYM_PIXELS
 
 
 class Domain(Protocol):
@@ -61,7 +62,7 @@ class Domain(Protocol):
         """The paper's number as printed, or '' where the paper reports none."""
 
 
-DOMAINS: dict[str, Domain] = {domain.name: domain for domain in (DMC, ATARI)}
+DOMAINS: dict[str, Domain] = {domain.name: domain for domain in (DMC, ATARI, GYM_PIXELS)}
 DEFAULT_DOMAIN = DMC.name  # a config that names no domain
 
 
