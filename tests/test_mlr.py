@@ -13,7 +13,7 @@ from mlr_lightning.mlr.masking import cube_mask
 from mlr_lightning.mlr.schedules import inverse_sqrt_schedule
 from mlr_lightning.mlr.decoder import PredictiveLatentDecoder
 from mlr_lightning.mlr.loss import mlr_loss
-from mlr_lightning.models.targets import soft_update
+from mlr_lightning.models.weights import soft_update
 
 ACTION_DIM = 2
 

@@ -42,7 +42,7 @@ from mlr_lightning.mlr.heads import ql1_projection
 from mlr_lightning.mlr.loss import mlr_loss
 from mlr_lightning.mlr.views import masked_views
 from mlr_lightning.models.rainbow import AtariEncoder, DuelingC51Head, RainbowNetwork
-from mlr_lightning.models.targets import soft_update
+from mlr_lightning.models.weights import soft_update
 
 
 def categorical_projection(next_probs: Tensor, returns: Tensor, discount: Tensor, support: Tensor) -> Tensor:

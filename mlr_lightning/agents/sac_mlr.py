@@ -32,9 +32,8 @@ from mlr_lightning.mlr.heads import projection_mlp
 from mlr_lightning.mlr.loss import mlr_loss
 from mlr_lightning.mlr.views import masked_views
 from mlr_lightning.models.encoder import PixelEncoder
-from mlr_lightning.models.init import orthogonal_init, truncated_normal_init
 from mlr_lightning.models.sac import Actor, Critic
-from mlr_lightning.models.targets import soft_update
+from mlr_lightning.models.weights import orthogonal_init, soft_update, truncated_normal_init
 
 ADAM_BETA2 = 0.999  # the official configs set only beta1 (critic_beta, actor_beta, alpha_beta)
 
