@@ -52,7 +52,7 @@ class MLRBaseConfig:
 
 @dataclass
 class TrainConfig:
-    num_env_steps: int = 100_000  # the x-axis: DMC environment steps (agent steps x action_repeat)
+    num_env_steps: int = 100_000  # the x-axis, in the domain's environment steps (DMC: agent steps x action_repeat)
     init_steps: int = 1000  # agent steps of uniformly random actions before the first update
     batch_size: int = 512  # transitions per RL update
     updates_per_step: int = 1  # updates after each agent step

@@ -28,7 +28,7 @@ class EnvConfig:
     crop_size: int = 84  # random crop for training, centre crop for acting and evaluation
     camera_id: int = 0
     frame_stack: int = 3
-    # Faster renderer (no shadow map, no MSAA, persistent camera; 7-10x faster on CPU). The paper
+    # Faster renderer (no shadow map, no MSAA, persistent camera; docs/benchmarks.md). The paper
     # used dm_control's default renderer, so this is off by default.
     fast_render: bool = False
 

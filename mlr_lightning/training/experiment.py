@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -92,6 +93,36 @@ def collector_factory(cfg: DictConfig, domain: Domain, stream: ExperienceStream,
     return collector_from
 
 
+@dataclass
+class RunCallbacks:
+    """The run's callbacks. Lightning calls each hook on them in list order, and that order matters:
+    see :meth:`in_order` (``tests/test_experiment_wiring.py`` checks it on the built Trainer)."""
+
+    progress: EnvStepProgressBar
+    domain: list[pl.Callback]
+    evaluation: PeriodicEvaluation
+    checkpoint: UpdateCheckpoint
+    interrupt: GracefulInterrupt
+    artifacts: RunArtifacts
+
+    @classmethod
+    def of(cls, cfg: DictConfig, domain: Domain, replay: Replay, stream: ExperienceStream, run_dir: Path) -> RunCallbacks:
+        evaluation = PeriodicEvaluation(cfg.eval.every_env_steps or None, cfg.eval.num_episodes,
+                                        cfg.train.num_env_steps, extra_metrics=domain.eval_metrics(cfg))
+        checkpoint = UpdateCheckpoint(checkpoints_dir(run_dir), cfg.trainer.checkpoint_every_updates,
+                                      cfg.trainer.keep_checkpoints, stream, cfg.trainer.max_abs_weight)
+        return cls(EnvStepProgressBar(cfg.train.num_env_steps, refresh_updates=cfg.trainer.log_every_updates),
+                   domain.callbacks(cfg, replay), evaluation, checkpoint, GracefulInterrupt(),
+                   RunArtifacts(run_dir, evaluation, checkpoint, cfg.tracking.video,
+                                cfg.tracking.max_checkpoint_artifact_mb))
+
+    def in_order(self) -> list[pl.Callback]:
+        """The domain's callbacks change what a snapshot holds (Atari: priorities), and the evaluation
+        history is part of it: both run before the checkpoint. The artifacts read the evaluation and
+        the last snapshot, so they come after both."""
+        return [self.progress, *self.domain, self.evaluation, self.checkpoint, self.interrupt, self.artifacts]
+
+
 def make_trainer(cfg: DictConfig, run_dir: Path, loggers, callbacks) -> pl.Trainer:
     # find_unused_parameters: each of the 3-4 backward passes of an update reaches only part of the
     # agent (critic, actor, temperature, MLR), which DDP's reducer must be told about.
@@ -157,20 +188,10 @@ def _train(cfg: DictConfig, run_dir: Path, snapshot: Path | None) -> Path:
 
     replay = domain.make_replay(cfg)
     stream = make_stream(cfg, domain, replay)
-    evaluation = PeriodicEvaluation(cfg.eval.every_env_steps or None, cfg.eval.num_episodes, cfg.train.num_env_steps,
-                                    extra_metrics=domain.eval_metrics(cfg))
-    checkpoint = UpdateCheckpoint(checkpoints_dir(run_dir), cfg.trainer.checkpoint_every_updates,
-                                  cfg.trainer.keep_checkpoints, stream, cfg.trainer.max_abs_weight)
-    interrupt = GracefulInterrupt()
+    callbacks = RunCallbacks.of(cfg, domain, replay, stream, run_dir)
+    evaluation, checkpoint, interrupt = callbacks.evaluation, callbacks.checkpoint, callbacks.interrupt
     loggers = make_loggers(cfg, run_dir, resume_step)  # creates (or reopens) the MLflow run on rank 0
-    trainer = make_trainer(cfg, run_dir, loggers, [
-        EnvStepProgressBar(cfg.train.num_env_steps, refresh_updates=cfg.trainer.log_every_updates),
-        *domain.callbacks(cfg, replay),  # before the snapshot, which holds what they change (priorities)
-        evaluation,
-        checkpoint,
-        interrupt,
-        RunArtifacts(run_dir, evaluation, checkpoint, cfg.tracking.video, cfg.tracking.max_checkpoint_artifact_mb),
-    ])
+    trainer = make_trainer(cfg, run_dir, loggers, callbacks.in_order())
 
     pl.seed_everything(cfg.seed, workers=True, verbose=False)  # the same initial networks on every rank
     env_seed = rank_seed(cfg, trainer.global_rank)
