@@ -3,10 +3,13 @@
 in their modules."""
 
 import ast
+import tomllib
 from pathlib import Path
 
 import pytest
+import torchrl
 
+from mlr_lightning.data.torchrl_internals import CHECKED_AGAINST
 from mlr_lightning.domains import DOMAINS
 
 PACKAGE = Path(__file__).resolve().parents[1] / "mlr_lightning"
@@ -137,3 +140,11 @@ def test_domain_names_and_snapshot_file_names_stay_in_their_modules(needle):
              if path.parent != PACKAGE / "domains" and path not in allowed
              for number, line in enumerate(path.read_text().splitlines(), 1) if needle in line]
     assert found == []
+
+
+def test_torchrl_is_the_version_its_internals_were_checked_against():
+    """data/torchrl_internals.py reaches into TorchRL's private attributes: an upgrade fails here, in one
+    place, until that file is re-checked and CHECKED_AGAINST moves with the pin."""
+    pins = tomllib.loads((PACKAGE.parent / "pyproject.toml").read_text())["project"]["dependencies"]
+    assert f"torchrl=={CHECKED_AGAINST}" in pins
+    assert torchrl.__version__.split("+")[0] == CHECKED_AGAINST
