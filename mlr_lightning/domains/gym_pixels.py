@@ -18,9 +18,9 @@ import torch
 from omegaconf import DictConfig
 from torchrl.data import Bounded
 
-from mlr_lightning.config import ConfigError, EvalConfig, RunConfig, TrainConfig
+from mlr_lightning.config import ConfigError
 from mlr_lightning.domains.dmc import BOUNDS as DMC_BOUNDS
-from mlr_lightning.domains.dmc import DMCDomain, EncoderConfig, MLRConfig, ReplayConfig, SACConfig, validate_dmc
+from mlr_lightning.domains.dmc import DMCDomain, ExperimentConfig, validate_dmc
 from mlr_lightning.envs.stacked import FrameStackEnv
 
 TASKS = ("Pendulum-v1",)  # the tasks this module can draw
@@ -39,15 +39,11 @@ class GymPixelsEnvConfig:
 
 
 @dataclass
-class GymPixelsConfig(RunConfig):
+class GymPixelsConfig(ExperimentConfig):
+    """DMC's schema (encoder, sac, mlr, replay, train, eval sections) with this domain's env section."""
+
     domain: str = "gym_pixels"
     env: GymPixelsEnvConfig = field(default_factory=GymPixelsEnvConfig)
-    encoder: EncoderConfig = field(default_factory=EncoderConfig)
-    sac: SACConfig = field(default_factory=SACConfig)
-    mlr: MLRConfig = field(default_factory=MLRConfig)
-    replay: ReplayConfig = field(default_factory=ReplayConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    eval: EvalConfig = field(default_factory=EvalConfig)
 
 
 class PendulumFrames:
