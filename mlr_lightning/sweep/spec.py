@@ -23,6 +23,7 @@ from omegaconf import OmegaConf
 
 from mlr_lightning.config import ConfigError, flatten
 from mlr_lightning.domains import domain_of, load_config
+from mlr_lightning.training.tracking import resolve_tracking_uri
 
 SWEEP_KEYS = ("experiment", "configs", "exclude", "seeds", "axes", "overrides", "resources", "max_failures", "budgets")
 RESOURCE_KEYS = ("cpus", "gpus")
@@ -278,8 +279,6 @@ def expand(sweep: Sweep, trial_overrides: Sequence[str] = ()) -> SweepPlan:
                 final_env_steps=cfg.train.num_env_steps,
                 final_agent_steps=cfg.train.num_env_steps // per_agent_step,
             ))
-    from mlr_lightning.training.tracking import resolve_tracking_uri
-
     uri = resolve_tracking_uri(first.tracking.uri, first.output_dir) if first.tracking.mlflow else None
     return SweepPlan(sweep=sweep, trials=trials, experiment=experiment, output_dir=Path(first.output_dir).resolve(),
                      tracking_uri=uri)
