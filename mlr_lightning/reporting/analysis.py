@@ -146,13 +146,17 @@ class _RainbowLatents:
         return ql1_projection(a.target_head, a.target_encoder(frames.flatten(0, 1)).flatten(1)).view(n, k, -1)
 
 
+# A reader per RL algorithm, by the domain's ``agent_name``: a new domain with a SAC or Rainbow agent needs none.
+LATENT_READERS = {"sac": _SACLatents, "rainbow": _RainbowLatents}
+
+
 def latents_of(agent: RLAgent) -> _SACLatents | _RainbowLatents:
     """How the analyses read an agent: ``encode`` (uint8 observations [N, C, H, W] -> latents [N, D]),
     and for MLR agents ``predict`` and ``target`` over windows [N, K, ...]."""
-    for agent_class, reader in ((SACMLRAgent, _SACLatents), (RainbowMLRAgent, _RainbowLatents)):
-        if isinstance(agent, agent_class):
-            return reader(agent)
-    raise TypeError(f"no latent reader for {type(agent).__name__}")
+    algorithm = domain_of(agent.cfg).agent_name
+    if algorithm not in LATENT_READERS:
+        raise TypeError(f"no latent reader for {algorithm} agents ({type(agent).__name__})")
+    return LATENT_READERS[algorithm](agent)
 
 
 @torch.no_grad()
