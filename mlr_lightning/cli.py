@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 from mlr_lightning.config import ConfigError, to_yaml
+from mlr_lightning.mlr.warmup import warmup_shortfall
 
 FIT_EXAMPLES = """\
   python -m mlr_lightning fit --config conf/quickstart.yaml                 # SAC+MLR on CPU, minutes
@@ -168,12 +169,11 @@ def run_fit(args) -> int:
     from mlr_lightning.training.run_dir import RunDirError
     from mlr_lightning.training.snapshot import CheckpointError
     from mlr_lightning.training.tracking import TrackingStoreError
-    from mlr_lightning.mlr.warmup import warmup_note
 
     started = time.monotonic()
     try:
         domain_of(cfg).check_task(cfg)  # an unknown task or camera is reported before anything else
-        if note := warmup_note(cfg, domain_of(cfg).env_steps_per_agent_step(cfg)):
+        if note := warmup_note(cfg):
             print(note, file=sys.stderr)
         run_dir = fit(cfg, resume=getattr(args, "resume", None), allow_change=getattr(args, "allow_change", ()))
     except (UnknownTaskError, UnknownGameError, RenderBackendError, CheckpointError, RunDirError,
@@ -194,6 +194,33 @@ def run_fit(args) -> int:
     if rank_zero_only.rank == 0:  # under DDP every rank returns here
         print(fit_summary(run_dir, time.monotonic() - started, resumed=bool(getattr(args, "resume", None))))
     return 0
+
+
+def mlr_updates(cfg) -> int:
+    """MLR updates in a run: one per agent update, after the random ``train.init_steps`` agent steps."""
+    from mlr_lightning.domains import domain_of
+
+    agent_steps = cfg.train.num_env_steps // domain_of(cfg).env_steps_per_agent_step(cfg)
+    return max(0, agent_steps - cfg.train.init_steps) * cfg.train.updates_per_step
+
+
+def warmup_note(cfg) -> str | None:
+    """A one-line note when MLR's LR warm-up (``mlr.warmup_steps``, where the domain has one) outlasts
+    the run; None otherwise (Baseline runs, domains without a warm-up, runs longer than it)."""
+    mlr = cfg.mlr
+    if not mlr.enabled or "warmup_steps" not in mlr:
+        return None
+    short = warmup_shortfall(mlr_updates(cfg), mlr.warmup_steps, mlr.warmup_init_factor)
+    if short is None:
+        return None
+    return (f"note: this run makes {short.updates} MLR updates, fewer than the MLR learning-rate warm-up "
+            f"(mlr.warmup_steps={short.warmup_steps}): MLR trains at ~{_percent(short.mean_factor)} of mlr.lr on average "
+            f"({_percent(short.end_factor)} at the end). To change it set mlr.warmup_steps, e.g. "
+            f"mlr.warmup_steps={short.shorter_warmup} (~{_percent(short.shorter_mean_factor)} on average).")
+
+
+def _percent(fraction: float) -> str:
+    return f"{fraction:.0%}" if fraction >= 0.01 else f"{100 * fraction:.2g}%"
 
 
 def run_sync(args) -> int:

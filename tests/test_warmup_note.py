@@ -4,23 +4,18 @@ import mlr_lightning  # noqa: F401
 
 import pytest
 
-from mlr_lightning.domains import domain_of, load_config
-from mlr_lightning.mlr.schedules import inverse_sqrt_schedule
-from mlr_lightning.mlr.warmup import mlr_updates, warmup_note
-
-
-def unit(cfg) -> int:
-    """The domain's environment steps per agent step, which the note is given."""
-    return domain_of(cfg).env_steps_per_agent_step(cfg)
+from mlr_lightning.cli import mlr_updates, warmup_note
+from mlr_lightning.domains import load_config
+from mlr_lightning.mlr.warmup import inverse_sqrt_schedule
 
 
 def test_the_quickstart_note_gives_the_mean_rate_and_the_key():
     cfg = load_config("conf/quickstart.yaml")
-    assert mlr_updates(cfg, unit(cfg)) == 600  # 8800 env steps / action repeat 8 = 1100 agent steps, 500 of them random
+    assert mlr_updates(cfg) == 600  # 8800 env steps / action repeat 8 = 1100 agent steps, 500 of them random
     factor = inverse_sqrt_schedule(6000, cfg.mlr.warmup_init_factor)
     mean = sum(factor(s) for s in range(600)) / 600
     assert mean == pytest.approx(0.0504, abs=1e-3)
-    note = warmup_note(cfg, unit(cfg))
+    note = warmup_note(cfg)
     assert note.startswith("note: this run makes 600 MLR updates") and "\n" not in note
     assert "(mlr.warmup_steps=6000): MLR trains at ~5% of mlr.lr on average (10% at the end)" in note
     assert "mlr.warmup_steps=300 (~66% on average)" in note
@@ -33,14 +28,13 @@ def test_the_quickstart_note_gives_the_mean_rate_and_the_key():
     ("conf/atari/quickstart.yaml", []),  # the Atari MLR loss shares one Adam without a warm-up
 ])
 def test_no_note_where_the_warmup_does_not_outlast_the_run(config, overrides):
-    cfg = load_config(config, overrides)
-    assert warmup_note(cfg, unit(cfg)) is None
+    assert warmup_note(load_config(config, overrides)) is None
 
 
 def test_updates_count_the_action_repeat_and_updates_per_step():
     cfg = load_config("conf/dmc/cartpole_swingup.yaml", ["train.num_env_steps=24000", "train.updates_per_step=2"])
-    assert mlr_updates(cfg, unit(cfg)) == 2 * (24000 // 8 - 1000)
-    assert "makes 4000 MLR updates" in warmup_note(cfg, unit(cfg))
+    assert mlr_updates(cfg) == 2 * (24000 // 8 - 1000)
+    assert "makes 4000 MLR updates" in warmup_note(cfg)
 
 
 def test_fit_prints_the_note_before_it_starts(tmp_path, capsys):

@@ -224,6 +224,8 @@ def format_plan(plan: SweepPlan) -> str:
         f"{len(trials)} trials = {len(sweep.configs)} configs x {len(sweep.seeds)} seeds x {variants} variants "
         f"({sweep.source})",
         f"resources per trial: cpus={sweep.cpus:g} gpus={sweep.gpus:g}; retries per trial: {sweep.max_failures}",
+        *([f"GPU-hours: {len(trials)} trials x {sweep.gpu_hours_per_trial:g} per trial (gpu_hours_per_trial, as the sweep "
+           f"file states it) = {len(trials) * sweep.gpu_hours_per_trial:,.0f}"] if sweep.gpu_hours_per_trial else []),
         f"MLflow: experiment {plan.experiment!r} at {plan.tracking_uri or '(off)'}; run directories under {plan.output_dir}",
         f"shared overrides: {' '.join(shared) or '(none)'}",
         "",

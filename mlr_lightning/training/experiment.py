@@ -162,8 +162,7 @@ def fit(cfg: DictConfig, resume: str | None = None, allow_change: Sequence[str] 
     snapshot = find_resumable(cfg, resume) if resume else None
     if snapshot is not None:
         run_dir = run_dir_of(snapshot)
-        lock = lock_and_check(run_dir, lambda: accept_resumed_config(cfg, run_dir, allow_change,
-                                                                    domain_of(cfg).optimizer_keys))
+        lock = lock_and_check(run_dir, lambda: accept_resumed_config(cfg, run_dir, domain_of(cfg), allow_change))
     else:
         ensure_store_for(cfg)  # an unusable store stops a new run before its directory exists
         run_dir, lock = new_run_dir(cfg, restart=resume == "auto")

@@ -39,6 +39,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from mlr_lightning.config import ConfigError, config_differences, to_yaml, write_config
+from mlr_lightning.domains import Domain
 
 CHECKPOINTS = "checkpoints"  # <run_dir>/checkpoints, and the MLflow artifact folder of the final weights
 MODEL_FILE = "model.ckpt"
@@ -285,17 +286,16 @@ def run_dir_of(snapshot: Path) -> Path:
     return Path(snapshot).parent.parent
 
 
-def accept_resumed_config(cfg: DictConfig, run_dir: Path, allow_change: Sequence[str] = (),
-                          optimizer_keys: Sequence[str] = ()) -> None:
+def accept_resumed_config(cfg: DictConfig, run_dir: Path, domain: Domain, allow_change: Sequence[str] = ()) -> None:
     """A resumed run must be the same experiment: only bookkeeping keys may change, and optimiser keys
     (the domain's ``optimizer_keys``) the user names (``--allow-change``). An allowed change is written
     into the run's config.yaml."""
-    unknown = [key for key in allow_change if key not in optimizer_keys]
+    unknown = [key for key in allow_change if key not in domain.optimizer_keys]
     if unknown:
         raise ConfigError(f"--allow-change {unknown[0]}: only optimiser settings may change on resume: "
-                          f"{', '.join(optimizer_keys)}")
+                          f"{', '.join(domain.optimizer_keys)}")
     saved = OmegaConf.load(run_dir / "config.yaml")
-    changed = config_differences(saved, cfg, allowed=allow_change)
+    changed = config_differences(saved, cfg, domain.schema, allowed=allow_change)
     if changed:
         raise ConfigError(f"--resume continues {run_dir}, whose config differs in: {'; '.join(changed)}. "
                           f"Resume with --config {run_dir / 'config.yaml'}, or start a new run"
