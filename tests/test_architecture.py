@@ -19,6 +19,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "mlr_lightning"
 # schema) know nothing of the rest of the package.
 LAYERS = [
     {"config", "plots"},
+    {"run_identity"},
     {"envs"},
     {"data"},
     {"models"},

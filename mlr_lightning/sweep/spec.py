@@ -19,10 +19,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 from mlr_lightning.config import ConfigError, flatten
 from mlr_lightning.domains import domain_of, load_config
+from mlr_lightning.run_identity import config_hash
 from mlr_lightning.training.tracking import resolve_tracking_uri
 
 SWEEP_KEYS = ("experiment", "configs", "exclude", "seeds", "axes", "overrides", "resources", "max_failures", "budgets",
@@ -50,6 +51,12 @@ class Trial:
     output_dir: Path  # absolute
     final_env_steps: int  # train.num_env_steps
     final_agent_steps: int  # the stream counter of a completed run
+    cfg: DictConfig | None = field(default=None, compare=False, repr=False)  # resolved, as its fit will load it
+
+    @property
+    def config_hash(self) -> str:
+        """The identity of the run this trial makes (:mod:`mlr_lightning.run_identity`)."""
+        return config_hash(self.cfg)
 
     @property
     def run_dir(self) -> Path:
@@ -276,6 +283,8 @@ def expand(sweep: Sweep, trial_overrides: Sequence[str] = ()) -> SweepPlan:
         per_agent_step = domain_of(cfg).env_steps_per_agent_step(cfg)
         for seed in sweep.seeds:
             name = f"{base_name}-s{seed}"
+            seeded = cfg.copy()
+            seeded.seed, seeded.run_name = seed, name
             trials.append(Trial(
                 name=name,
                 config=config,
@@ -284,6 +293,7 @@ def expand(sweep: Sweep, trial_overrides: Sequence[str] = ()) -> SweepPlan:
                 output_dir=Path(cfg.output_dir).resolve(),
                 final_env_steps=cfg.train.num_env_steps,
                 final_agent_steps=cfg.train.num_env_steps // per_agent_step,
+                cfg=seeded,
             ))
     uri = resolve_tracking_uri(first.tracking.uri, first.output_dir) if first.tracking.mlflow else None
     return SweepPlan(sweep=sweep, trials=trials, experiment=experiment, output_dir=Path(first.output_dir).resolve(),

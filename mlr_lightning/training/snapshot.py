@@ -261,6 +261,12 @@ def snapshot_agent_steps(snapshot: Path) -> int:
     return torch.load(stream_file(snapshot, 0), weights_only=False)["counters"]["agent_steps"]
 
 
+def latest_run_agent_steps(run_dir: Path) -> int | None:
+    """Agent steps of the run directory's newest snapshot (unverified); None without one."""
+    snapshot = latest_snapshot(checkpoints_dir(run_dir), verify=False)
+    return None if snapshot is None else int(snapshot_agent_steps(snapshot))
+
+
 # ----------------------------------------------------------------------------- resume policy
 def find_resumable(cfg: DictConfig, resume: str) -> Path | None:
     """``--resume PATH`` -> that snapshot. ``--resume auto`` -> the newest snapshot of this config's
