@@ -6,6 +6,7 @@
     .venv/bin/python benchmarks/bench_updates.py --only data        # sampling and collector figures (~2 min)
     .venv/bin/python benchmarks/bench_updates.py --only updates --skip-paper-mlr   # update times, eager vs compiled
     .venv/bin/python benchmarks/bench_updates.py --only gpu         # the GPU figures (benchmarks/gpu.sh)
+    .venv/bin/python benchmarks/bench_updates.py --only gpu --cpu   # the same steps at test sizes on the CPU
     ... --json                                                      # one JSON object per line
 
 Update times are measured through the real Lightning ``training_step`` (manual optimization, all
@@ -22,6 +23,8 @@ import mlr_lightning  # noqa: F401  (torch stack before dm_control)
 import argparse
 import json
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -44,7 +47,17 @@ from mlr_lightning.training.experiment import _as_is
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 SUMMARY: dict[str, float] = {}
+FIRST_LOSSES: dict[str, dict[str, float]] = {}  # label -> the losses of its first (untimed) update
 JSON = False
+# Compiled and CUDA-graph updates against eager: the first update's losses (same weights, batch and
+# random draws) within this relative difference (float32 reassociation; 1e-6 is typical).
+AGREEMENT_RTOL = 1e-4
+# `--only gpu --cpu`: the GPU check's steps at the tests' sizes, as a test of the script itself.
+CPU_SIZES = ["env.image_size=24", "env.crop_size=20", "encoder.num_layers=2", "encoder.num_filters=8",
+             "sac.hidden_dim=32", "mlr.patch_size=6", "mlr.seq_len=4", "mlr.block_size=2", "mlr.batch_size=3",
+             "train.batch_size=8", "trainer.accelerator=cpu"]
+CPU_ATARI_SIZES = ["rainbow.hidden_dim=32", "rainbow.num_atoms=11", "mlr.decoder_dim=16", "mlr.seq_len=4",
+                   "mlr.block_size=2", "train.batch_size=4", "trainer.accelerator=cpu"]
 
 
 def report(name: str, text: str, **values) -> None:
@@ -58,17 +71,22 @@ def section(title: str) -> None:
 
 
 class StepTimer(pl.Callback):
+    """Seconds of each update, and the losses logged by the first."""
+
     def __init__(self, device: torch.device):
         self.times: list[float] = []
+        self.first_losses: dict[str, float] = {}
         self.sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
 
     def on_train_batch_start(self, *args):
         self.sync()
         self.t0 = time.perf_counter()
 
-    def on_train_batch_end(self, *args):
+    def on_train_batch_end(self, trainer, *args):
         self.sync()
         self.times.append(time.perf_counter() - self.t0)
+        if len(self.times) == 1:
+            self.first_losses = {k: float(v) for k, v in trainer.callback_metrics.items() if k.endswith("loss")}
 
 
 def synthetic_batch(cfg, action_dim: int) -> dict:
@@ -88,8 +106,10 @@ def synthetic_batch(cfg, action_dim: int) -> dict:
     return batch
 
 
-def fit_timed(agent, batch, repeats: int, accelerator: str = "cpu", precision: str = "32-true") -> list[float]:
-    """Seconds of each update after the first (which includes one-off allocations and compilation)."""
+def fit_timed(agent, batch, repeats: int, accelerator: str = "cpu", precision: str = "32-true",
+              label: str = "") -> list[float]:
+    """Seconds of each update after the first (which includes one-off allocations and compilation);
+    the first update's losses go to FIRST_LOSSES[label]."""
     timer = StepTimer(torch.device("cuda" if accelerator == "gpu" else "cpu"))
     loader = DataLoader([batch] * (repeats + 1), batch_size=None, collate_fn=_as_is)
     trainer = pl.Trainer(accelerator=accelerator, devices=1, precision=precision, max_epochs=1, logger=False,
@@ -97,6 +117,7 @@ def fit_timed(agent, batch, repeats: int, accelerator: str = "cpu", precision: s
                          log_every_n_steps=10**6, callbacks=[timer])
     timeit.erase()
     trainer.fit(agent, loader)
+    FIRST_LOSSES[label] = timer.first_losses
     return timer.times[1:]
 
 
@@ -104,7 +125,7 @@ def time_updates(label: str, cfg, repeats: int, action_dim: int = 1, accelerator
                  precision: str = "32-true") -> float:
     torch.manual_seed(0)
     agent = SACMLRAgent(cfg, action_dim)
-    timed = fit_timed(agent, synthetic_batch(cfg, action_dim), repeats, accelerator, precision)
+    timed = fit_timed(agent, synthetic_batch(cfg, action_dim), repeats, accelerator, precision, label)
     parts = {k.split("/")[-1]: v for k, v in timeit.todict().items() if k.startswith("update/")}
     shapes = f"RL batch {cfg.train.batch_size}" + (
         f", MLR {cfg.mlr.batch_size}x{cfg.mlr.seq_len} frames" if cfg.mlr.enabled else "")
@@ -277,7 +298,7 @@ def time_atari_updates(label: str, cfg, repeats: int, num_actions: int = 6, acce
 
     torch.manual_seed(0)
     agent = RainbowMLRAgent(cfg, num_actions)
-    timed = fit_timed(agent, synthetic_atari_batch(cfg, num_actions), repeats, accelerator, precision)
+    timed = fit_timed(agent, synthetic_atari_batch(cfg, num_actions), repeats, accelerator, precision, label)
     parts = {k.split("/")[-1]: v for k, v in timeit.todict().items() if k.startswith("update/") and v > 0}
     m = cfg.mlr
     shapes = f"batch {cfg.train.batch_size}" + (
@@ -361,40 +382,92 @@ def data_main(snapshot: bool) -> None:
     dmc_collector_shares()
 
 
-def gpu_main() -> None:
-    """The GPU figures: paper-size updates (fp32, bf16-mixed, compiled), sampling with the replay on the
-    host and on the GPU, and dm_control steps/s with EGL on the GPU."""
-    if not torch.cuda.is_available():
-        raise SystemExit("--only gpu needs a CUDA GPU")
-    report("device", f"GPU: {torch.cuda.get_device_name()}", gpu=torch.cuda.get_device_name(), torch=torch.__version__)
-    section("Paper-size updates on the GPU (median)")
+def agreement(eager: str, variant: str) -> bool:
+    """Whether ``variant``'s first update gave eager's losses within AGREEMENT_RTOL."""
+    reference, losses = FIRST_LOSSES[eager], FIRST_LOSSES[variant]
+    worst = max((abs(losses[k] - v) / max(abs(v), 1e-12) for k, v in reference.items()), default=float("inf"))
+    agrees = set(losses) == set(reference) and worst <= AGREEMENT_RTOL
+    report(f"agreement/{variant}", f"{variant}: first-update losses vs eager, largest relative difference "
+           f"{worst:.1e} ({'within' if agrees else 'NOT within'} {AGREEMENT_RTOL:.0e})",
+           eager=eager, max_rel_diff=worst, rtol=AGREEMENT_RTOL, agrees=agrees)
+    return agrees
+
+
+def packing(cpu: bool, counts: tuple[int, ...], updates: int) -> None:
+    """Aggregate updates/s of ``k`` concurrent paper-config DMC update loops on one device, each its own
+    process (as concurrent runs or sweep trials are); each rate is over its timed updates only."""
+    for k in counts:
+        command = [sys.executable, __file__, "--pack-worker", str(updates)] + (["--cpu"] if cpu else [])
+        workers = [subprocess.Popen(command, stdout=subprocess.PIPE, text=True) for _ in range(k)]
+        rates = [json.loads(worker.communicate()[0].strip().splitlines()[-1])["updates_per_s"] for worker in workers]
+        if any(worker.returncode for worker in workers):
+            raise SystemExit(f"a packing worker failed ({k} concurrent)")
+        total = sum(rates)
+        report(f"packing/{k}", f"{k} concurrent DMC update loops: {total:.2f} updates/s together "
+               f"({', '.join(f'{r:.2f}' for r in rates)} each)", runs=k, updates_per_s=total, per_run=rates)
+        SUMMARY[f"packing_updates_per_s_{k}"] = total
+
+
+def pack_worker(updates: int, cpu: bool) -> None:
+    """One packing process: timed paper-size (``--cpu``: test-size) DMC updates; prints its rate."""
+    quiet_libraries()
+    cfg = load_config(CONF / "dmc" / "cartpole_swingup.yaml", CPU_SIZES if cpu else [])
+    seconds = time_updates("packing worker", cfg, repeats=updates, accelerator="cpu" if cpu else "gpu")
+    print(json.dumps({"updates_per_s": 1 / seconds}), flush=True)
+
+
+def gpu_main(cpu: bool = False) -> None:
+    """The GPU figures: paper-size updates (fp32, bf16-mixed, compiled; Atari also with CUDA graphs,
+    each compiled one checked against eager), sampling with the replay on the host and on the GPU,
+    dm_control steps/s with EGL on the GPU, and packing 1, 2 and 4 concurrent runs on the GPU. With
+    ``cpu`` the same steps at test sizes (eager instead of compiled, no CUDA graphs, the replay on the
+    host twice, the fast renderer only, 1 and 2 runs)."""
+    if not cpu and not torch.cuda.is_available():
+        raise SystemExit("--only gpu needs a CUDA GPU (--cpu: the same steps at test sizes on the CPU)")
+    accelerator, dmc_sizes, atari_sizes = ("cpu", CPU_SIZES, CPU_ATARI_SIZES) if cpu else ("gpu", [], [])
+    repeats = 2 if cpu else 10
+    name = "CPU (--cpu)" if cpu else torch.cuda.get_device_name()
+    report("device", f"device: {name}", device=name, torch=torch.__version__)
+    section("Paper-size updates (median)" + (" at test sizes on the CPU" if cpu else " on the GPU"))
     paper = CONF / "dmc" / "cartpole_swingup.yaml"
-    fp32 = time_updates("paper SAC+MLR fp32", load_config(paper), repeats=10, accelerator="gpu")
-    time_updates("paper SAC+MLR bf16-mixed", load_config(paper), repeats=10, accelerator="gpu", precision="bf16-mixed")
-    compiled = time_updates("paper SAC+MLR compiled", load_config(paper, ["trainer.compile=default"]), repeats=10,
-                            accelerator="gpu")
+    fp32 = time_updates("paper SAC+MLR fp32", load_config(paper, dmc_sizes), repeats=repeats, accelerator=accelerator)
+    time_updates("paper SAC+MLR bf16-mixed", load_config(paper, dmc_sizes), repeats=repeats, accelerator=accelerator,
+                 precision="bf16-mixed")
+    # On the CPU inductor compiles C++ kernels for minutes (tests/test_throughput.py checks compiled
+    # against eager there): --cpu checks a second eager run instead, which must agree exactly.
+    variant = "eager again" if cpu else "compiled"
+    compiled = time_updates(f"paper SAC+MLR {variant}",
+                            load_config(paper, [*dmc_sizes, f"trainer.compile={'false' if cpu else 'default'}"]),
+                            repeats=repeats, accelerator=accelerator)
+    agreement("paper SAC+MLR fp32", f"paper SAC+MLR {variant}")
     # Atari: batch 32, two updates per agent step: kernel launches dominate, which CUDA graphs remove.
     atari = CONF / "atari" / "pong.yaml"
-    time_atari_updates("Atari paper Rainbow+MLR fp32", load_config(atari), repeats=10, accelerator="gpu")
-    time_atari_updates("Atari paper Rainbow+MLR bf16-mixed", load_config(atari), repeats=10, accelerator="gpu",
-                       precision="bf16-mixed")
-    time_atari_updates("Atari paper Rainbow+MLR compiled+cudagraphs",
-                       load_config(atari, ["trainer.compile=default", "trainer.cudagraphs=true"]), repeats=10,
-                       accelerator="gpu")
+    time_atari_updates("Atari paper Rainbow+MLR fp32", load_config(atari, atari_sizes), repeats=repeats,
+                       accelerator=accelerator)
+    time_atari_updates("Atari paper Rainbow+MLR bf16-mixed", load_config(atari, atari_sizes), repeats=repeats,
+                       accelerator=accelerator, precision="bf16-mixed")
+    if not cpu:  # CUDA graphs need CUDA
+        time_atari_updates("Atari paper Rainbow+MLR compiled+cudagraphs",
+                           load_config(atari, ["trainer.compile=default", "trainer.cudagraphs=true"]), repeats=repeats,
+                           accelerator=accelerator)
+        agreement("Atari paper Rainbow+MLR fp32", "Atari paper Rainbow+MLR compiled+cudagraphs")
     SUMMARY.update({"update_ms_paper_dmc_fp32": 1000 * fp32, "update_ms_paper_dmc_compiled": 1000 * compiled})
-    section("Replay sampling, paper sizes: replay on the host, then on the GPU (stacks assembled on the GPU)")
-    host = filled_replay(100_000, episode_len=126, seq_len=16)
-    host_result = replay_sampling(host, label="host")
+    section("Replay sampling, paper batch sizes: replay on the host, then on the device")
+    rows = 2_000 if cpu else 100_000
+    host = filled_replay(rows, episode_len=126, seq_len=16)
+    host_result = replay_sampling(host, repeats=1 if cpu else 7, label="host")
     del host
-    device = filled_replay(100_000, episode_len=126, seq_len=16, device="cuda")
-    device_result = replay_sampling(device, label="device")
+    device = filled_replay(rows, episode_len=126, seq_len=16, device="cpu" if cpu else "cuda")
+    device_result = replay_sampling(device, repeats=1 if cpu else 7, label="device")
     SUMMARY.update({"sampling_ms_host": host_result["new_ms"], "sampling_ms_device": device_result["new_ms"],
                     "sampling_share_of_update_device":
                         (device_result["new_ms"] + device_result["assemble_ms"]) / (1000 * fp32)})
     del device
-    section("dm_control with EGL on the GPU")
-    for fast in (False, True):
-        env_throughput("cartpole_swingup", 8, fast, agent_steps=500)
+    section("dm_control with EGL" + ("" if cpu else " on the GPU"))
+    for fast in (True,) if cpu else (False, True):  # on the CPU the default renderer takes ~20 ms a frame
+        env_throughput("cartpole_swingup", 8, fast, agent_steps=50 if cpu else 500)
+    section("Packing: concurrent runs on one " + ("CPU" if cpu else "GPU"))
+    packing(cpu, (1, 2) if cpu else (1, 2, 4), updates=2 if cpu else 50)
 
 
 def main() -> None:
@@ -407,7 +480,12 @@ def main() -> None:
                         help="data: sampling and collector figures only; updates: the DMC update times (eager and "
                              "compiled); gpu: the GPU figures")
     parser.add_argument("--json", action="store_true", help="one JSON object per line")
+    parser.add_argument("--cpu", action="store_true", help="with --only gpu: the same steps at test sizes on the CPU")
+    parser.add_argument("--pack-worker", type=int, metavar="UPDATES", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.pack_worker:
+        pack_worker(args.pack_worker, args.cpu)
+        return
     JSON = args.json
     quiet_libraries()  # TorchRL logs to stdout, which --json keeps for the figures
     report("machine", f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
@@ -420,7 +498,7 @@ def main() -> None:
     elif args.only == "updates":
         updates_main(args)
     elif args.only == "gpu":
-        gpu_main()
+        gpu_main(args.cpu)
     elif args.atari == "only":
         atari_main(args)
     else:

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One-time set-up on a fresh Debian/Ubuntu machine: the GL packages MuJoCo renders with, a virtual
-# environment in .venv (override with MLR_VENV) and the pinned Python dependencies. Idempotent.
+# environment in .venv (override with MLR_VENV) and the exact tested set of requirements.lock
+# (Linux x86_64, Python 3.11; pyproject.toml holds the ranges). Idempotent.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${MLR_VENV:-.venv}
@@ -21,5 +22,6 @@ fi
 
 [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
 "$VENV/bin/python" -m pip install -q --upgrade pip
-"$VENV/bin/python" -m pip install -q -e ".[test]"
+"$VENV/bin/python" -m pip install -q -r requirements.lock
+"$VENV/bin/python" -m pip install -q --no-deps -e .
 "$VENV/bin/python" -c "import mlr_lightning; from mlr_lightning.envs.rendering import select_gl_backend; print('mlr_lightning ready; MuJoCo GL backend:', select_gl_backend())"

@@ -52,10 +52,16 @@ TINY_OVERRIDES = [
 ]
 
 
+def with_repo_on_path(env: dict) -> dict:
+    """``env`` with this checkout first on ``PYTHONPATH``, ahead of (not instead of) the paths already
+    there: some installs find their packages through ``PYTHONPATH``."""
+    return env | {"PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))}
+
+
 def _cli_env() -> dict:
     """This environment, less the MLflow URI that in-process runs of earlier tests exported
     (``mlflow.set_tracking_uri`` writes it to ``os.environ``)."""
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    env = with_repo_on_path(dict(os.environ))
     env.pop("MLFLOW_TRACKING_URI", None)
     return env
 

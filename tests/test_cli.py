@@ -12,6 +12,7 @@ import torch
 from omegaconf import OmegaConf
 
 from mlr_lightning.cli import main
+from tests.conftest import with_repo_on_path
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -82,7 +83,7 @@ def test_entry_points_import_torch_stack_before_dm_control(name, repo_root):
         "print(env.rollout(3)['next', 'pixels'].shape)\n"
     )
     result = subprocess.run([sys.executable, "-c", code], cwd=repo_root, capture_output=True, text=True, timeout=300,
-                            env=dict(os.environ, PYTHONPATH=str(repo_root)))
+                            env=with_repo_on_path(dict(os.environ)))
     assert result.returncode == 0, result.stderr[-2000:]
     assert "torch.Size([3, 9, 24, 24])" in result.stdout
 

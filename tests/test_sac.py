@@ -54,7 +54,8 @@ def test_policy_samples_while_collecting_and_is_deterministic_in_evaluation(agen
     with set_exploration_type(ExplorationType.DETERMINISTIC):
         means = torch.stack([policy(pixels) for _ in range(5)])
     assert samples.shape == (5, 1) and samples.abs().le(1).all()
-    assert samples.std() > 0 and means.std() == 0
+    assert samples.std() > 0
+    assert all(torch.equal(mean, means[0]) for mean in means)  # std() of equal values can be 3e-8, not 0
 
 
 def test_log_std_is_squashed_into_its_bounds(agent, tiny_cfg):

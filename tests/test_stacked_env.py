@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 import torch
 from tensordict import TensorDict
-from torchrl.data import LazyTensorStorage, PrioritizedSampler, SliceSampler, TensorDictReplayBuffer
+from torchrl.data import LazyTensorStorage, SliceSampler, TensorDictReplayBuffer
 from torchrl.envs import (
     CatFrames,
     DMControlWrapper,
@@ -25,6 +25,7 @@ from torchrl.envs import (
     UnsqueezeTransform,
 )
 
+from mlr_lightning.data.sum_tree import TreePrioritizedSampler
 from mlr_lightning.data.torchrl_internals import RowAppender
 from mlr_lightning.envs.atari import make_atari_env, make_gym_atari
 from mlr_lightning.envs.dmc import make_dmc_env, split_task
@@ -97,7 +98,7 @@ def row(t, trajectory=None):
 
 
 def test_appended_rows_leave_a_prioritized_buffer_as_buffer_add_does():
-    stock, appended, append = stock_and_appended(lambda: PrioritizedSampler(7, alpha=0.5, beta=0.4))
+    stock, appended, append = stock_and_appended(lambda: TreePrioritizedSampler(7, alpha=0.5, beta=0.4))  # the replay's
     for t in range(17):  # wraps around twice
         assert append(row(t)) == int(stock.add(TensorDict(row(t), batch_size=[])))
         if t % 3 == 0:  # priorities change between writes, so new rows get a moving maximum

@@ -19,13 +19,14 @@ import ray
 from mlflow import MlflowClient
 
 from mlr_lightning.cli import main
+from tests.conftest import with_repo_on_path
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def cli_env() -> dict:
     """This environment for a child process, less an MLflow URI exported by in-process runs."""
-    return {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"} | {"PYTHONPATH": str(ROOT)}
+    return with_repo_on_path({k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"})
 
 QUICKSTART = "conf/sweeps/quickstart.yaml"
 BIN = Path(sys.executable).parent

@@ -3,8 +3,10 @@
 :class:`PrioritizedReplay` draws from a :class:`~mlr_lightning.data.frames.FrameStore` (single
 uint8 frames stored once, stacks rebuilt from ``step_count``, a final-observation row after every
 episode end) whose buffer samples *start rows* with TorchRL's
-:class:`~torchrl.data.PrioritizedSampler` (alpha, beta, sum tree). From each start row ``i`` it builds, on the CPU, by walking forward through rows of the same
-episode:
+:class:`~torchrl.data.PrioritizedSampler` (alpha, beta, sum tree) on torch trees kept on the
+replay's device (:class:`~mlr_lightning.data.sum_tree.TreePrioritizedSampler`: no C++ extension
+needed). From each start row ``i`` it builds, on the CPU, by walking forward through rows of the
+same episode:
 
 - the n-step return ``R = sum_{j<m} gamma^j r_{i+j}`` with ``m = min(n, steps left in the episode)``,
   the bootstrap discount ``gamma^m`` (0 when the episode *terminated* inside the n steps; a
@@ -39,10 +41,11 @@ import torch
 from tensordict import TensorDict, TensorDictBase
 from torch import Tensor
 from torchrl import timeit
-from torchrl.data import PrioritizedSampler
 
 from mlr_lightning.data.frames import FrameBatch, FrameStore
 from mlr_lightning.data.replay import Replay, index_arithmetic
+from mlr_lightning.data.sum_tree import TreePrioritizedSampler
+from mlr_lightning.data.torchrl_internals import set_sampler_generator
 
 MAX_REDRAWS = 100  # rounds of redrawing invalid start rows before giving up
 
@@ -53,8 +56,8 @@ class PrioritizedReplay(Replay):
                  windows: bool, device: torch.device | str = "cpu", new_priority: float | None = None,
                  official_nstep_bootstrap: bool = False):
         # The store's buffer samples through a sampler that tracks priorities (new rows get the
-        # current maximum priority, as in PER); snapshots (TorchRL's dumps) hold its sum and min trees.
-        self.sampler = PrioritizedSampler(capacity, alpha=alpha, beta=1.0, eps=priority_eps)
+        # current maximum priority, as in PER); snapshots hold its sum and min trees.
+        self.sampler = TreePrioritizedSampler(capacity, alpha=alpha, beta=1.0, eps=priority_eps, device=device)
         self.store = FrameStore(capacity, frame_stack, sampler=self.sampler, device=device)
         self.seq_len, self.n_step, self.discount = seq_len, n_step, discount
         self.batch_size, self.beta_start, self.beta_end, self.windows = batch_size, beta_start, beta_end, windows
@@ -64,6 +67,12 @@ class PrioritizedReplay(Replay):
         self.new_priority = new_priority
         # The pinned rlpyt's n-step target: a termination after the first step does not stop the bootstrap.
         self.official_nstep_bootstrap = official_nstep_bootstrap
+
+    def place(self, setting: str, training_device: torch.device | str, pixels_shape) -> torch.device:
+        """As :meth:`Replay.place`; the priorities go where the frames go."""
+        device = super().place(setting, training_device, pixels_shape)
+        self.sampler.to(device)
+        return device
 
     def beta(self, progress: float) -> float:
         return self.beta_start + (self.beta_end - self.beta_start) * min(1.0, progress)
@@ -80,7 +89,7 @@ class PrioritizedReplay(Replay):
 
     def update_priority(self, index: Tensor, priority: Tensor) -> None:
         """New raw priorities (the sampler stores ``(p + eps) ** alpha``) for the start rows ``index``."""
-        self.sampler.update_priority(index.cpu(), priority.detach().float().cpu())
+        self.sampler.update_priority(index.to(self.sampler.device), priority.detach().float().to(self.sampler.device))
 
     # ---------------------------------------------------------------------------------- sampling
     def sample(self, progress: float, stacked: bool = False) -> TensorDict:
@@ -148,12 +157,13 @@ class PrioritizedReplay(Replay):
         """Prioritized start rows whose lookahead is known: index [B], TorchRL weight [B], ahead rows [B, H]."""
         kept_index, kept_weight = [], []
         need = batch_size
+        set_sampler_generator(self.sampler, self.generator)
         for _ in range(MAX_REDRAWS):
             index, info = self.sampler.sample(self.store.storage, need)
-            index = torch.as_tensor(index).reshape(-1)
+            index = index.reshape(-1).cpu()  # the step fields live on the host
             valid = self._valid(index)
             kept_index.append(index[valid])
-            kept_weight.append(torch.as_tensor(info["priority_weight"]).reshape(-1)[valid])
+            kept_weight.append(info["priority_weight"].reshape(-1).cpu()[valid])
             need -= int(valid.sum())
             if need == 0:
                 index = torch.cat(kept_index)

@@ -8,6 +8,7 @@ or an MLflow run exists. Every check takes bounded time (a 3 s connection attemp
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import socket
 import tempfile
@@ -33,6 +34,9 @@ def preflight(cfg: DictConfig) -> None:
     check_output_dir(Path(cfg.output_dir), cfg.run_name)
     check_accelerator(cfg.trainer.accelerator, cfg.trainer.devices)
     if cfg.tracking.mlflow:
+        if importlib.util.find_spec("mlflow") is None:  # an optional extra (pyproject.toml)
+            raise ConfigError("tracking.mlflow=true: MLflow is not installed; pip install 'mlr_lightning[mlflow]' "
+                              "or set tracking.mlflow=false")
         check_tracking_uri(*tracking_store(cfg.tracking.uri, cfg.output_dir, "tracking.uri", "output_dir"))
 
 
