@@ -188,7 +188,7 @@ def run_fit(args) -> int:
                  f"{stop.run_dir / 'checkpoints'}")
         print(f"{stop.signal_name}: stopped at env step {stop.env_steps}; {saved}.\nResume with: python -m "
               f"mlr_lightning fit --config {stop.run_dir / 'config.yaml'} --resume {stop.run_dir}", file=sys.stderr)
-        return 128 + {"SIGINT": signal.SIGINT, "SIGTERM": signal.SIGTERM}[stop.signal_name]
+        return 128 + signal.Signals[stop.signal_name]
     from lightning.pytorch.utilities import rank_zero_only
 
     if rank_zero_only.rank == 0:  # under DDP every rank returns here
@@ -197,16 +197,21 @@ def run_fit(args) -> int:
 
 
 def run_sync(args) -> int:
+    from mlr_lightning.training.preflight import check_tracking_uri
+    from mlr_lightning.training.run_dir import in_use
     from mlr_lightning.training.tracking import TrackingStoreError, sync_run
 
+    if args.tracking_uri:  # a bounded connection attempt, one line if it fails
+        check_tracking_uri(args.tracking_uri, f"--tracking-uri {args.tracking_uri}", must_exist=True)
     for run_dir in args.run_dirs:
         if not Path(run_dir, "metrics.csv").is_file():
             return usage_error(f"{run_dir} is not a run directory (no metrics.csv)")
         try:
-            run_id, last = sync_run(Path(run_dir), args.tracking_uri)
+            run_id, last, status = sync_run(Path(run_dir), args.tracking_uri, in_use=in_use(Path(run_dir)))
         except TrackingStoreError as err:
             return usage_error(str(err))
-        print(f"{run_dir}: MLflow run {run_id} holds metrics through env step {last}")
+        print(f"{run_dir}: MLflow run {run_id} holds metrics through env step {last}"
+              + (f"; status {status}" if status else ""))
     return 0
 
 

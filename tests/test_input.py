@@ -61,6 +61,10 @@ def closed_port() -> int:
     ("seed=[1", "override 'seed=[1': the value is not valid YAML"),
     ("=3", "override '=3' needs a dotted key"),
     ("env=3", "env (from command line) is a section of keys"),
+    ("sac.critic_lr=inf", "sac.critic_lr must be > 0 and at most 1"),
+    ("sac.critic_lr=1e308", "sac.critic_lr must be > 0 and at most 1"),
+    ("mlr.lr=nan", "mlr.lr must be > 0 and at most 1"),
+    ("replay.capacity=1000000000", "replay.capacity=1000000000: the replay needs"),  # 27 TB of frames
 ])
 def test_bad_override_is_one_line_naming_the_key_and_creates_nothing(override, key, tmp_path, capsys):
     assert fit(tmp_path, override) == 2
@@ -143,6 +147,21 @@ def test_read_only_output_dir(tmp_path, capsys):
     assert main(["fit", "--config", QUICKSTART, f"output_dir={target}"]) == 2
     assert f"output_dir={target}: cannot create files in /sys" in one_line(capsys)
     assert not target.exists()
+
+
+def test_a_disk_smaller_than_one_snapshot_is_refused_before_training(tmp_path, capsys):
+    small = tmp_path / "small"
+    small.mkdir()
+    assert subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(small)]).returncode == 0
+    try:  # the tiny replay: 1000 frames of 24x24 RGB, 1.6 MiB
+        assert main(["fit", "--config", QUICKSTART, "replay.capacity=1000", "env.image_size=24", "env.crop_size=20",
+                     "mlr.patch_size=6", f"output_dir={small / 'runs'}"]) == 2
+        line = one_line(capsys)
+        assert f"output_dir={small / 'runs'}: one snapshot of this run needs at least 2 MiB" in line
+        assert "lower replay.capacity" in line
+        assert not any(small.iterdir())
+    finally:
+        subprocess.run(["umount", "-l", str(small)])
 
 
 def test_sqlite_store_in_an_unwritable_place(tmp_path, capsys):

@@ -261,6 +261,7 @@ def test_a_tracking_server_that_disappears_costs_seconds_and_sync_fills_mlflow_i
     client = MlflowClient(server.url)
     run_id = json.loads((run_dir / "mlflow_run.json").read_text())["run_id"]
     assert sorted(m.step for m in client.get_metric_history(run_id, "eval/return_mean")) == [0, 160, 320]
+    assert "status FINISHED" in result.stdout and client.get_run(run_id).info.status == "FINISHED"
 
 
 # ------------------------------------------------------------------------------------- 8, 13
@@ -341,3 +342,117 @@ def test_a_diverged_state_is_never_the_last_good_snapshot_and_a_resume_may_chang
     final = torch.load(checkpoints / "last.ckpt", weights_only=False, map_location="cpu")
     assert final["optimizer_states"][0]["param_groups"][0]["lr"] == 0.0005
     assert load_config(checkpoints.parent / "config.yaml").sac.critic_lr == 0.0005
+
+
+# ------------------------------------------------------------------------- round two: 1-3
+EVALUATIONS = ["eval.every_env_steps=248", "eval.num_episodes=3"]  # at 0, 248 (before update 12) and 320: 3 episodes each
+
+
+@pytest.fixture(scope="module")
+def evaluated(tmp_path_factory, tiny_base_overrides):
+    """An uninterrupted tiny run with an evaluation between two snapshots (10 and 20)."""
+    out = tmp_path_factory.mktemp("evaluated")
+    fit(load_config(None, tiny_base_overrides + [f"output_dir={out}", "tracking.video=false", "run_name=run",
+                                                 *EVALUATIONS]))
+    return out
+
+
+def final_state(run_dir: Path) -> dict:
+    return torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False, map_location="cpu")
+
+
+def mlflow_history(output_dir: Path, key: str) -> list[tuple[int, float]]:
+    client, (run,) = mlflow_runs(output_dir)
+    return sorted((m.step, m.value) for m in client.get_metric_history(run.info.run_id, key))
+
+
+@pytest.mark.parametrize("stop_at_episode, stopped_at", [(5, 248), (8, 320)], ids=["intermediate", "final"])
+def test_a_stop_during_an_evaluation_resumes_identical_with_the_evaluation_repeated(
+        stop_at_episode, stopped_at, evaluated, tiny_overrides, tmp_path, monkeypatch, capsys):
+    real_episode = evaluation.record_episode
+    episodes = []
+
+    def sigterm_during_an_evaluation(env, policy):
+        episodes.append(1)
+        if len(episodes) == stop_at_episode:  # the middle episode of the evaluation at `stopped_at`
+            signal.raise_signal(signal.SIGTERM)
+        return real_episode(env, policy)
+
+    monkeypatch.setattr(evaluation, "record_episode", sigterm_during_an_evaluation)
+    cfg = tiny(tiny_overrides, *EVALUATIONS)
+    with pytest.raises(RunInterrupted):
+        fit(cfg)
+    assert f"the evaluation at env step {stopped_at} was interrupted" in capsys.readouterr().err
+    run_dir = tmp_path / "runs" / "run"
+    stopped = final_state(run_dir)
+    # Update n's batch comes at env step 8 * (19 + n): the evaluation at 248 precedes update 12.
+    assert int(stopped["state_dict"]["num_updates"]) == (11 if stopped_at == 248 else UPDATES), \
+        "the snapshot must hold the weights the interrupted evaluation used"
+    assert stopped["callbacks"]["PeriodicEvaluation"]["next_eval"] == stopped_at, "the evaluation is pending"
+    _, (run,) = mlflow_runs(tmp_path / "runs")
+    assert run.info.status == "KILLED"
+
+    monkeypatch.setattr(evaluation, "record_episode", real_episode)
+    fit(cfg, resume="auto")
+    a, b = final_state(evaluated / "run"), final_state(run_dir)
+    differing = [k for k in a["state_dict"] if not torch.equal(a["state_dict"][k], b["state_dict"][k])]
+    assert not differing, f"weights differ from the uninterrupted run: {differing[:5]}"
+    history_a, history_b = (s["callbacks"]["PeriodicEvaluation"]["history"] for s in (a, b))
+    assert [(h["env_steps"], h["returns"]) for h in history_b] == [(h["env_steps"], h["returns"]) for h in history_a]
+    assert [h["env_steps"] for h in history_b] == [0, 248, 320], "the final evaluation is logged"
+    assert rows(run_dir) == rows(evaluated / "run"), "metrics.csv differs from the uninterrupted run's"
+    for key in ("eval/return_mean", "train/critic_loss"):
+        assert mlflow_history(tmp_path / "runs", key) == mlflow_history(evaluated, key), f"{key}: MLflow differs"
+    _, (run,) = mlflow_runs(tmp_path / "runs")
+    assert run.info.status == "FINISHED"
+
+
+def test_a_divergence_recovery_from_an_older_snapshot_leaves_mlflow_equal_to_metrics_csv(finished, tmp_path):
+    shutil.copytree(finished, tmp_path / "out")
+    run_dir = tmp_path / "out" / "run"
+    before = {int(r["step"]): r for r in rows(run_dir)}
+    cfg = load_config(run_dir / "config.yaml", [f"output_dir={tmp_path / 'out'}", "sac.critic_lr=0.0005"])
+    fit(cfg, resume=str(run_dir / "checkpoints" / snapshot_name(10)), allow_change=["sac.critic_lr"])
+
+    after = rows(run_dir)
+    replayed = [r for r in after if int(r["step"]) > 240 and "train/critic_loss" in r]
+    assert replayed and all(r["train/critic_loss"] != before[int(r["step"])]["train/critic_loss"] for r in replayed), \
+        "the recovery must take another trajectory (else this test proves nothing)"
+    client, (run,) = mlflow_runs(tmp_path / "out")
+    for key in sorted(set().union(*after) - {"step", "epoch"} - {k for k in set().union(*after) if k.startswith("time/")}):
+        in_csv = [(int(r["step"]), float(r[key])) for r in after if key in r]
+        in_mlflow = sorted((m.step, m.value) for m in client.get_metric_history(run.info.run_id, key))
+        assert in_mlflow == in_csv, f"{key}: MLflow and metrics.csv disagree"
+    assert run.data.metrics["eval/return_mean"] == float(after[-1]["eval/return_mean"] if "eval/return_mean" in after[-1]
+                                                         else [r for r in after if "eval/return_mean" in r][-1]["eval/return_mean"])
+
+
+def test_sync_gives_a_run_whose_process_died_a_terminal_status(finished, tmp_path, run_cli):
+    shutil.copytree(finished, tmp_path / "out")
+    run_dir = tmp_path / "out" / "run"
+    record = json.loads((run_dir / "mlflow_run.json").read_text())
+    assert record["status"] == "FINISHED"
+    client, (run,) = mlflow_runs(tmp_path / "out")
+    client.update_run(run.info.run_id, status="RUNNING")  # as after a SIGKILL: RUNNING, nothing recorded
+    (run_dir / "mlflow_run.json").write_text(json.dumps({k: record[k] for k in ("run_id", "store")}))
+    result = run_cli("sync", str(run_dir), timeout=120)
+    assert result.returncode == 0 and "status KILLED" in result.stdout, result.stderr[-2000:]
+    run = client.get_run(run.info.run_id)
+    assert run.info.status == "KILLED" and f"--resume {run_dir}" in run.data.tags["status_reason"]
+
+
+def test_sighup_saves_a_snapshot_and_marks_the_run_killed(tiny_overrides, tmp_path, start_cli):
+    proc = start_cli("fit", "--config", "conf/quickstart.yaml", *tiny_overrides, "run_name=run", "tracking.video=false")
+    checkpoints = tmp_path / "runs" / "run" / "checkpoints"
+    deadline = time.monotonic() + 300
+    while not (checkpoints / snapshot_name(10) / "MANIFEST.json").exists():
+        assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()[-3000:]
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGHUP)
+    _, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 128 + signal.SIGHUP, stderr[-3000:]
+    assert "Traceback" not in stderr
+    newest = snapshots(checkpoints)[0]
+    assert (newest / "MANIFEST.json").exists() and int(newest.name.split("-")[1]) >= 10
+    _, (run,) = mlflow_runs(tmp_path / "runs")
+    assert run.info.status == "KILLED" and "SIGHUP" in run.data.tags["status_reason"]

@@ -17,7 +17,7 @@ import torch
 from mlr_lightning.agents.base import DivergedError, NonFiniteLossError, check_parameters
 from mlr_lightning.data.stream import ExperienceStream
 from mlr_lightning.reporting.plots import episode_gif, learning_curves
-from mlr_lightning.training.evaluation import PeriodicEvaluation, as_policy, record_episode
+from mlr_lightning.training.evaluation import PeriodicEvaluation, StoppedBeforeUpdate, as_policy, record_episode
 from mlr_lightning.training.snapshot import LAST, MODEL_FILE, CheckpointError, save_rank_state, snapshot_name, write_snapshot
 from mlr_lightning.training.tracking import mlflow_logger
 
@@ -80,6 +80,8 @@ class UpdateCheckpoint(pl.Callback):
             return
         if self.stream.counters.agent_steps == 0:
             return  # failed before collecting anything: there is nothing to save
+        if isinstance(exception, StoppedBeforeUpdate):  # the snapshot comes before the batch's update
+            self.stream.hold_back(exception.batch)
         # SIGTERM and Ctrl-C arrive between updates; a crash keeps what was learned up to it.
         try:
             self.save(trainer, pl_module)
@@ -107,8 +109,8 @@ class HardStop(BaseException):
 
 
 class GracefulInterrupt(pl.Callback):
-    """Ctrl-C takes Lightning's SIGTERM path: finish the running update (or the running evaluation
-    episode), save, stop cleanly.
+    """Ctrl-C and SIGHUP (a closed terminal) take Lightning's SIGTERM path: finish the running update
+    (or the running evaluation episode), save, stop cleanly.
 
     Lightning raises ``SIGTERMException`` at the next batch boundary after a SIGTERM, so the
     snapshot is taken between two updates and the resumed run continues exactly. A second Ctrl-C
@@ -117,11 +119,12 @@ class GracefulInterrupt(pl.Callback):
 
     def __init__(self):
         self.signal_name: str | None = None
-        self._previous = None
+        self._previous = self._previous_hup = None
 
     def on_train_start(self, trainer, pl_module):
         if threading.current_thread() is threading.main_thread():
             self._previous = signal.signal(signal.SIGINT, self._on_sigint)
+            self._previous_hup = signal.signal(signal.SIGHUP, self._on_sighup)
             signal.signal(signal.SIGTERM, self._noting(signal.getsignal(signal.SIGTERM)))
 
     def _noting(self, handler):
@@ -130,6 +133,12 @@ class GracefulInterrupt(pl.Callback):
             if callable(handler):
                 handler(signum, frame)
         return note_sigterm
+
+    def _on_sighup(self, signum, frame):
+        """A closed terminal or ssh session: stop as on SIGTERM (whose default would kill the run
+        without a snapshot). Nothing is printed: the terminal is gone."""
+        self.signal_name = self.signal_name or "SIGHUP"
+        signal.raise_signal(signal.SIGTERM)
 
     def _on_sigint(self, signum, frame):
         if self.signal_name == "SIGINT":
@@ -142,6 +151,7 @@ class GracefulInterrupt(pl.Callback):
     def teardown(self, trainer, pl_module, stage):
         if self._previous is not None:
             signal.signal(signal.SIGINT, self._previous)
+            signal.signal(signal.SIGHUP, self._previous_hup)
             self._previous = None
 
 

@@ -24,6 +24,17 @@ class EvaluationInterrupted(Exception):
     """A stop (SIGTERM, Ctrl-C) arrived between two evaluation episodes."""
 
 
+class StoppedBeforeUpdate(SIGTERMException):
+    """A stop interrupted the evaluation that comes before an update: the run stops *before* that
+    update, so the snapshot holds the weights the evaluation used and the evaluation as pending.
+    ``batch`` is the update's batch, already drawn from the stream: the snapshot keeps it, and the
+    resumed stream hands it out first (see ``ExperienceStream.hold_back``)."""
+
+    def __init__(self, batch):
+        super().__init__()
+        self.batch = batch
+
+
 @torch.no_grad()
 def evaluate(env: EnvBase, policy: TensorDictModule, num_episodes: int,
              should_stop: Callable[[], bool] = lambda: False) -> list[float]:
@@ -63,9 +74,10 @@ class PeriodicEvaluation(pl.Callback):
     evaluates; the others pass ``None``.
 
     A SIGTERM or Ctrl-C during an evaluation stops it after the running episode: the evaluation
-    environment is put back as it was before the evaluation, nothing is recorded, and the resumed
-    run evaluates that point again (with the same episodes). During the final evaluation the stop
-    is raised at once; otherwise after the current update, as Lightning does.
+    environment is put back as it was before the evaluation, nothing is recorded, and the run stops
+    at once, before the next update (:class:`StoppedBeforeUpdate`), so that the resumed run repeats
+    the evaluation with the same weights and the same episodes. The final evaluation is part of
+    training: a stop during it leaves it pending in the snapshot, and the resumed run logs it.
     """
 
     def __init__(self, every_env_steps: int | None, num_episodes: int, final_env_steps: int,
@@ -83,7 +95,7 @@ class PeriodicEvaluation(pl.Callback):
             return
         while self.every and self.next_eval <= batch["env_steps"]:
             if not self._evaluate(trainer, pl_module, self.next_eval):
-                return  # stopped: Lightning ends the run after this update
+                raise StoppedBeforeUpdate(batch)
             self.next_eval += self.every
 
     def on_train_end(self, trainer, pl_module):
@@ -93,9 +105,14 @@ class PeriodicEvaluation(pl.Callback):
             if not self._evaluate(trainer, pl_module, self.next_eval):
                 raise SIGTERMException
             self.next_eval += self.every
-        if not self.history or self.history[-1]["env_steps"] != self.final:
+        if not self.final_logged:
             if not self._evaluate(trainer, pl_module, self.final):
                 raise SIGTERMException
+
+    @property
+    def final_logged(self) -> bool:
+        """The run's final evaluation is in the history (a run is finished only with it)."""
+        return bool(self.history) and self.history[-1]["env_steps"] == self.final
 
     def _evaluate(self, trainer: pl.Trainer, pl_module, env_steps: int) -> bool:
         """Evaluate and log; False if a stop interrupted it (then nothing changed)."""

@@ -37,7 +37,7 @@ from mlr_lightning.training.snapshot import (
     run_dir_of,
     snapshot_agent_steps,
 )
-from mlr_lightning.training.tracking import ensure_store_for, make_loggers, mark_run
+from mlr_lightning.training.tracking import ensure_store_for, make_loggers, mark_run, record_status
 
 # Set by rank 0 for the ranks Lightning's DDP launcher starts: they re-run the same command and
 # must join the same run directory and snapshot instead of creating their own.
@@ -136,7 +136,9 @@ def fit(cfg: DictConfig, resume: str | None = None, allow_change: Sequence[str] 
         run_dir, lock = new_run_dir(cfg, restart=resume == "auto")
     os.environ[RUN_DIR_ENV], os.environ[SNAPSHOT_ENV] = str(run_dir), str(snapshot or "")
     try:
-        return _train(cfg, run_dir, snapshot)
+        _train(cfg, run_dir, snapshot)
+        record_status(run_dir, "FINISHED")  # for sync, if MLflow went down during the run
+        return run_dir
     except RunInterrupted as stop:
         mark_run(run_dir, "KILLED", f"{stop.signal_name} at env step {stop.env_steps}; resume with --resume {run_dir}")
         raise
@@ -199,4 +201,7 @@ def _train(cfg: DictConfig, run_dir: Path, snapshot: Path | None) -> Path:
                         + (f": fix the cause, then --resume {last}" if last else "")) from err
     finally:
         stream.close()
+    if evaluation.env is not None and not evaluation.final_logged:  # a run is finished with its final number
+        raise RunFailed(f"training ended without its final evaluation at env step {cfg.train.num_env_steps}; "
+                        f"resume with --resume {run_dir}")
     return run_dir

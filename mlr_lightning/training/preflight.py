@@ -9,6 +9,7 @@ or an MLflow run exists. Every check takes bounded time (a 3 s connection attemp
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import tempfile
 import threading
@@ -32,8 +33,49 @@ def preflight(cfg: DictConfig) -> None:
     """Raise :class:`ConfigError` if this machine cannot run ``cfg``; creates nothing."""
     check_output_dir(Path(cfg.output_dir), cfg.run_name)
     check_accelerator(cfg.trainer.accelerator, cfg.trainer.devices)
+    check_replay_fits(cfg)
     if cfg.tracking.mlflow:
         check_tracking_uri(*tracking_store(cfg.tracking.uri, cfg.output_dir, "tracking.uri", "output_dir"))
+
+
+def replay_frame_bytes(cfg: DictConfig) -> int:
+    """Bytes of the frames a full replay holds on one rank (uint8; DMC: RGB, Atari: grayscale): a
+    lower bound of its memory and of its part of every snapshot (snapshots write the whole capacity)."""
+    channels = 1 if cfg.domain == "atari" else 3
+    return int(cfg.replay.capacity) * channels * int(cfg.env.image_size) ** 2
+
+
+def check_replay_fits(cfg: DictConfig) -> None:
+    """The replay fits in this machine's available memory (when it is kept on the host; a GPU's memory
+    is checked when the replay is placed), and one snapshot of it fits on the disk of ``output_dir``."""
+    frames = replay_frame_bytes(cfg)
+    what = f"replay.capacity={cfg.replay.capacity} frames of {frames // cfg.replay.capacity} bytes"
+    device = cfg.replay.get("device", "cpu")
+    on_host = device == "cpu" or (device == "auto" and (cfg.trainer.accelerator == "cpu" or not cuda_devices()))
+    available = available_memory()
+    if on_host and available is not None and frames * cfg.trainer.devices > available:
+        raise ConfigError(f"replay.capacity={cfg.replay.capacity}: the replay needs {frames * cfg.trainer.devices / 2**30:.1f} "
+                          f"GiB of memory ({what} per rank), and {available / 2**30:.1f} GiB is available; lower "
+                          "replay.capacity")
+    output = Path(cfg.output_dir).expanduser().absolute()
+    existing = next(p for p in (output, *output.parents) if os.access(p, os.F_OK))
+    free = shutil.disk_usage(existing).free
+    if frames * cfg.trainer.devices > free:
+        raise ConfigError(f"output_dir={cfg.output_dir}: one snapshot of this run needs at least "
+                          f"{frames * cfg.trainer.devices / 2**20:.0f} MiB ({what} per rank) and {existing} has "
+                          f"{free / 2**20:.0f} MiB free; free space, choose another output_dir or lower replay.capacity")
+
+
+def available_memory() -> int | None:
+    """The kernel's estimate of memory available to a new process (Linux), else None (not checked)."""
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
 
 
 def tracking_store(uri: str | None, output_dir: str, uri_key: str, dir_key: str) -> tuple[str, str]:
@@ -68,10 +110,14 @@ def check_writable_dir(path: Path, where: str) -> None:
                           "write to") from None
 
 
-def check_accelerator(accelerator: str, devices: int) -> None:
+def cuda_devices() -> int:
     from lightning.fabric.accelerators.cuda import num_cuda_devices  # without initialising CUDA (DDP forks later)
 
-    gpus = num_cuda_devices()
+    return num_cuda_devices()
+
+
+def check_accelerator(accelerator: str, devices: int) -> None:
+    gpus = cuda_devices()
     if accelerator in ("gpu", "cuda") and gpus == 0:
         raise ConfigError(f"trainer.accelerator={accelerator} but this machine has no CUDA GPU that PyTorch can use; "
                           "use trainer.accelerator=cpu (or auto)")

@@ -54,6 +54,20 @@ class RunLock:
             self.handle.close()
 
 
+def in_use(run_dir: Path) -> bool:
+    """Whether a process trains in ``run_dir`` now (holds its lock)."""
+    path = Path(run_dir) / LOCK_FILE
+    if not path.exists():
+        return False
+    with open(path) as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(handle, fcntl.LOCK_UN)
+    return False
+
+
 def lock_and_check(run_dir: Path, check: Callable[[], None]) -> RunLock:
     """Lock ``run_dir``, then run ``check`` (which may refuse the run); the lock is released if it does."""
     lock = RunLock(run_dir)

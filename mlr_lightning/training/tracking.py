@@ -17,6 +17,7 @@ MLflow needs no server: the default store is an embedded sqlite database at
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import fcntl
 import io
@@ -347,6 +348,9 @@ def make_loggers(cfg: DictConfig, run_dir: Path, resume_step: int | None = None)
         warnings.warn(f"{run_dir / RUN_ID_FILE} is missing: continuing in the MLflow run named {run_dir.name!r} "
                       "if there is one, else in a new run")
         run_id = find_run_by_name(uri, cfg.tracking.experiment, run_dir.name)
+    superseded = None
+    if resume_step is not None and run_id is not None and not embedded and rank_zero_only.rank == 0:
+        superseded, run_id = run_id, continue_elsewhere(uri, run_id, resume_step)
     # With the embedded store, keep artifacts beside the database rather than in ./mlruns of the CWD.
     artifacts = (Path(uri.removeprefix("sqlite:///")).parent / "mlartifacts").as_uri() if embedded else None
     logger = EnvStepMLFlowLogger(cfg, run_dir, experiment_name=cfg.tracking.experiment, run_name=run_dir.name,
@@ -359,10 +363,56 @@ def make_loggers(cfg: DictConfig, run_dir: Path, resume_step: int | None = None)
     write_run_record(run_dir, logger.run_id, uri)
     if resume_step is not None:
         client = logger.experiment
+        if superseded is not None and superseded != logger.run_id:
+            logger.call("linking the runs", link_runs, client, superseded, logger.run_id, resume_step)
         logger.call("reopening the run", client.update_run, logger.run_id, status="RUNNING")
+        if embedded:
+            logger.call("dropping what the resume replays", forget_after, uri, logger.run_id, resume_step)
         synced = logger.call("filling in MLflow", sync_metrics, client, logger.run_id, run_dir / METRICS_FILE)
         logger.skip_through_step = max(resume_step, synced if synced is not None else -1)
     return loggers
+
+
+def forget_after(uri: str, run_id: str, step: int) -> None:
+    """Remove the run's metric points past ``step`` from an embedded store: a resume replays those
+    steps (identically after an interruption, differently after a divergence recovery from an older
+    snapshot or a changed setting) and logs them again, so MLflow holds what ``metrics.csv`` holds.
+
+    Plain SQL on MLflow's own tables, because MLflow has no API that deletes metric points;
+    ``latest_metrics`` (what ``search_runs`` shows) is recomputed the way MLflow orders points
+    (step, then timestamp, then value)."""
+    import sqlite3
+
+    with contextlib.closing(sqlite3.connect(uri.removeprefix("sqlite:///"), timeout=30)) as db, db:
+        db.execute("DELETE FROM metrics WHERE run_uuid = ? AND step > ?", (run_id, step))
+        db.execute("DELETE FROM latest_metrics WHERE run_uuid = ?", (run_id,))
+        db.execute("""INSERT OR REPLACE INTO latest_metrics (key, value, timestamp, step, is_nan, run_uuid)
+            SELECT key, value, timestamp, step, is_nan, run_uuid FROM metrics AS m WHERE run_uuid = ? AND NOT EXISTS (
+              SELECT 1 FROM metrics AS n WHERE n.run_uuid = m.run_uuid AND n.key = m.key AND (n.step > m.step
+                OR (n.step = m.step AND (n.timestamp > m.timestamp OR (n.timestamp = m.timestamp AND n.value > m.value)))))
+            """, (run_id,))
+
+
+def continue_elsewhere(uri: str, run_id: str, step: int) -> str | None:
+    """A tracking server cannot forget metric points (see :func:`forget_after`): when the run holds
+    points past ``step``, which the resume replays, it continues as a new MLflow run (None: MLflow
+    creates it), linked to this one by tags; otherwise in this run."""
+    from mlflow import MlflowClient
+
+    try:
+        if last_logged_step(MlflowClient(uri), run_id) <= step:
+            return run_id
+    except Exception:  # noqa: BLE001  (MLflow down: make_loggers' own calls warn about it)
+        return run_id
+    return None
+
+
+def link_runs(client, old_run_id: str, new_run_id: str, step: int) -> None:
+    client.set_tag(new_run_id, "resumed_from_run", old_run_id)
+    client.set_tag(old_run_id, "continued_in_run", new_run_id)
+    client.set_tag(old_run_id, "status_reason", f"resumed from env step {step} in run {new_run_id}; its points past "
+                                                "that step belong to an abandoned trajectory")
+    client.set_terminated(old_run_id, "KILLED")
 
 
 def find_run_by_name(uri: str, experiment_name: str, name: str) -> str | None:
@@ -408,8 +458,11 @@ def ensure_store_for(cfg: DictConfig) -> None:
         ensure_store(resolve_tracking_uri(cfg.tracking.uri, cfg.output_dir))
 
 
-def sync_run(run_dir: Path, uri: str | None = None) -> tuple[str, int]:
-    """``python -m mlr_lightning sync``: fill the run's MLflow run in from its ``metrics.csv``."""
+def sync_run(run_dir: Path, uri: str | None = None, in_use: bool = False) -> tuple[str, int, str | None]:
+    """``python -m mlr_lightning sync``: fill the run's MLflow run in from its ``metrics.csv`` and,
+    unless a process still trains in it (``in_use``), give it the status its run directory recorded
+    (KILLED when none was: the process died without a word, a SIGKILL or a power loss). Returns the
+    run id, the last step MLflow holds and the status set (None: left as it was)."""
     from mlflow import MlflowClient
 
     run_dir = Path(run_dir)
@@ -419,13 +472,38 @@ def sync_run(run_dir: Path, uri: str | None = None) -> tuple[str, int]:
     uri = uri or record["tracking_uri"]
     ensure_store(uri)
     client = MlflowClient(uri)
-    return record["run_id"], sync_metrics(client, record["run_id"], run_dir / METRICS_FILE)
+    run_id = record["run_id"]
+    last = sync_metrics(client, run_id, run_dir / METRICS_FILE)
+    status = None if in_use else record.get("status")
+    if not in_use and status is None and client.get_run(run_id).info.status == "RUNNING":
+        status = "KILLED"
+        record["status_reason"] = ("the training process ended without recording an outcome (killed, or the machine "
+                                   f"went down); continue it with --resume {run_dir}")
+    if status is not None:
+        client.set_tag(run_id, "status_reason", record.get("status_reason", "")[:5000])
+        client.set_terminated(run_id, status)
+    return run_id, last, status
+
+
+def record_status(run_dir: Path, status: str, reason: str = "") -> None:
+    """Write the run's outcome into its run record, where ``sync`` finds it when MLflow was down."""
+    path = Path(run_dir) / RUN_ID_FILE
+    try:
+        record = json.loads(path.read_text())
+        record |= {"status": status, "status_reason": reason}
+        tmp = path.with_name(f".{RUN_ID_FILE}.tmp")
+        tmp.write_text(json.dumps(record))
+        os.replace(tmp, path)
+    except (OSError, ValueError):  # no record (MLflow off or never reached) or an unwritable disk
+        pass
 
 
 def mark_run(run_dir: Path, status: str, reason: str) -> None:
-    """Set the recorded MLflow run's status with the reason as a tag (best effort: MLflow may be down)."""
+    """Set the recorded MLflow run's status with the reason as a tag (best effort: MLflow may be
+    down; the run record keeps the status for ``sync``)."""
     from mlflow import MlflowClient
 
+    record_status(run_dir, status, reason)
     record = read_run_record(run_dir)
     if "run_id" not in record:
         return
