@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 from mlr_lightning.config import ConfigError, load_config, to_yaml
+from mlr_lightning.training.preflight import check_render_environment
 
 FIT_EXAMPLES = """\
   python -m mlr_lightning fit --config conf/quickstart.yaml                 # SAC+MLR on CPU, minutes
@@ -132,14 +133,29 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """Arguments, with key=value overrides anywhere on the line (``fit --config X a=1 --resume auto b=2``):
+    argparse takes positionals in one run only, so the ones after an option come back as extras."""
+    args, extras = parser.parse_known_args(argv)
+    if extras and hasattr(args, "overrides") and all("=" in e and not e.startswith("-") for e in extras):
+        args.overrides = [*args.overrides, *extras]
+    elif extras:
+        parser.error(f"unrecognized arguments: {' '.join(extras)} (overrides are key=value)")
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse(build_parser(), argv)
     try:
+        check_render_environment()  # before anything imports dm_control
         return {"fit": run_fit, "grid": run_grid, "sweep": run_sweep, "compare": run_compare, "sync": run_sync,
                 "atari-table": run_atari_table}[args.command](args)
     except ConfigError as err:
         print("config error: " + " ".join(str(err).split("\n")), file=sys.stderr)  # one line, whoever raised it
         return 2
+    except KeyboardInterrupt:  # before training started (training handles its own Ctrl-C): nothing to keep
+        print(f"interrupted during start-up: {args.command} trained nothing yet; run the same command again", file=sys.stderr)
+        return 128 + signal.SIGINT
 
 
 def usage_error(message: str) -> int:

@@ -20,6 +20,7 @@ from pathlib import Path
 from mlr_lightning.sweep.mlflow_store import is_local_uri, open_store
 from mlr_lightning.sweep.progress import ProgressTable, read_progress, snapshot_exists, split_finished
 from mlr_lightning.sweep.spec import SweepError, SweepPlan, Trial
+from mlr_lightning.training.preflight import check_connects
 
 STOP_TIMEOUT_S = 600.0  # after Ctrl-C, how long the driver waits for the stopped trials to save
 PACKAGE_ROOT = Path(__file__).resolve().parents[2]
@@ -86,6 +87,8 @@ def trial_spec(trial: Trial, plan: SweepPlan) -> dict:
 
 def run_on_ray(plan: SweepPlan, address: str | None = None, progress_every_s: float = 30.0) -> int:
     """Runs the unfinished trials; returns 0 (all finished), 1 (some failed) or 130 (interrupted)."""
+    if address:
+        check_ray_address(address)
     check_tracking_for_cluster(plan, address)
     if not address:
         check_resources(plan, [local_node()], "this machine")
@@ -123,6 +126,19 @@ class _NoTunerRestoreHint(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         return "Tuner.restore" not in record.getMessage()
+
+
+def check_ray_address(address: str) -> None:
+    """``--address``: ``auto``, or a head's ``HOST:PORT`` (``ray://`` for Ray Client) that accepts a
+    connection within seconds; Ray itself would retry for minutes without a word."""
+    if address in ("auto", "local"):
+        return
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        raise SweepError(f"--address {address}: expected auto or HOST:PORT of the Ray head (its GCS port, 6379 "
+                         "unless `ray start --head --port` said otherwise)")
+    check_connects(f"--address {address}", host.strip("[]"), int(port),
+                   "start the head with `ray start --head`, or give its HOST:PORT (or auto on one of its nodes)")
 
 
 def _connect(address: str | None) -> None:

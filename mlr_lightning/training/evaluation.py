@@ -16,6 +16,8 @@ from torch import Tensor
 from torchrl.envs import EnvBase
 from torchrl.envs.utils import ExplorationType, set_exploration_type
 
+from mlr_lightning.data.stream import rng_states, set_rng_states
+
 
 MAX_EPISODE_STEPS = 10**7  # episodes end through the environment's own time limit
 
@@ -74,7 +76,7 @@ class PeriodicEvaluation(pl.Callback):
     evaluates; the others pass ``None``.
 
     A SIGTERM or Ctrl-C during an evaluation stops it after the running episode: the evaluation
-    environment is put back as it was before the evaluation, nothing is recorded, and the run stops
+    environment and the random generators are put back as they were before the evaluation, nothing is recorded, and the run stops
     at once, before the next update (:class:`StoppedBeforeUpdate`), so that the resumed run repeats
     the evaluation with the same weights and the same episodes. The final evaluation is part of
     training: a stop during it leaves it pending in the snapshot, and the resumed run logs it.
@@ -116,7 +118,9 @@ class PeriodicEvaluation(pl.Callback):
 
     def _evaluate(self, trainer: pl.Trainer, pl_module, env_steps: int) -> bool:
         """Evaluate and log; False if a stop interrupted it (then nothing changed)."""
-        before = self.env.get_state()
+        # Evaluation episodes draw from the global RNGs too: an interrupted evaluation puts them back
+        # with the environment, so that the snapshot holds the state the update after it would have seen.
+        before, rng_before = self.env.get_state(), rng_states()
         stop = lambda: bool(getattr(trainer, "received_sigterm", False))  # noqa: E731
         try:
             try:
@@ -132,6 +136,7 @@ class PeriodicEvaluation(pl.Callback):
                 returns = evaluate(self.env, as_policy(pl_module), self.num_episodes, stop)
         except EvaluationInterrupted:
             self.env.set_state(before)
+            set_rng_states(rng_before)
             print(f"Stopping: the evaluation at env step {env_steps} was interrupted; the resumed run repeats it.",
                   file=sys.stderr, flush=True)
             return False

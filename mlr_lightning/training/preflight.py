@@ -78,6 +78,26 @@ def available_memory() -> int | None:
     return None
 
 
+# What MuJoCo (MUJOCO_GL) and PyOpenGL (PYOPENGL_PLATFORM) accept on Linux; both are read once, when
+# dm_control is first imported (by TorchRL, while the config loads), so they are checked before anything.
+MUJOCO_GL_VALUES = ("egl", "osmesa", "glfw", "glx", "enable", "enabled", "on", "true", "1", "disable", "disabled",
+                    "off", "false", "0")
+PYOPENGL_PLATFORMS = ("egl", "osmesa", "glx", "x11", "linux", "wayland")
+
+
+def check_render_environment(environ=os.environ) -> None:
+    """``MUJOCO_GL`` and ``PYOPENGL_PLATFORM``, if set, name a rendering backend MuJoCo can use."""
+    gl = environ.get("MUJOCO_GL", "").lower().strip()
+    platform = environ.get("PYOPENGL_PLATFORM", "").lower().strip()
+    if gl and gl not in MUJOCO_GL_VALUES:
+        raise ConfigError(f"MUJOCO_GL={environ['MUJOCO_GL']} is not a MuJoCo rendering backend; use egl, osmesa or "
+                          "glfw, or unset it and fit picks one that works")
+    if platform and (platform not in PYOPENGL_PLATFORMS or (gl in ("egl", "osmesa") and platform != gl)):
+        raise ConfigError(f"PYOPENGL_PLATFORM={environ['PYOPENGL_PLATFORM']} does not go with "
+                          f"MUJOCO_GL={environ.get('MUJOCO_GL') or '(unset)'}; unset PYOPENGL_PLATFORM, or set both "
+                          "to egl (or both to osmesa)")
+
+
 def tracking_store(uri: str | None, output_dir: str, uri_key: str, dir_key: str) -> tuple[str, str]:
     """The MLflow store a command will use, and where it came from ("key=value", for messages)."""
     from mlr_lightning.training.tracking import USER_TRACKING_URI, resolve_tracking_uri
@@ -148,10 +168,17 @@ def check_tracking_uri(uri: str, where: str, must_exist: bool = False) -> None:
                               "written to, or the store they used")
         if path.exists() and scheme == "sqlite" and not (path.is_file() and os.access(path, os.W_OK)):
             raise ConfigError(f"{where}: {path} is not a writable sqlite file")
+        if path.is_file() and scheme == "sqlite":  # read-only: a damaged, locked or half-made store
+            from mlr_lightning.training.tracking import TrackingStoreError, check_embedded_store
+
+            try:
+                check_embedded_store(path)
+            except TrackingStoreError as err:
+                raise ConfigError(f"{where}: {err}") from None
         check_writable_dir(path.parent if scheme == "sqlite" else path, where)
     elif scheme in SERVER_PORTS or scheme in DATABASE_PORTS:
         if parts.hostname:  # a database reached through a local socket has none
-            _check_connects(where, parts.hostname, _port(parts) or {**SERVER_PORTS, **DATABASE_PORTS}[scheme])
+            check_connects(where, parts.hostname, _port(parts) or {**SERVER_PORTS, **DATABASE_PORTS}[scheme])
     elif scheme not in OTHER_SCHEMES:
         raise ConfigError(f"{where}: unknown MLflow store scheme {parts.scheme!r}; {STORE_HELP}")
 
@@ -172,8 +199,9 @@ def _port(parts) -> int | None:
         return None
 
 
-def _check_connects(where: str, host: str, port: int) -> None:
-    """A TCP connection to ``host:port`` within the timeout; name resolution is bounded too (in a thread)."""
+def check_connects(where: str, host: str, port: int, fix: str = "start the tracking server or fix the URI") -> None:
+    """A TCP connection to ``host:port`` within the timeout; name resolution is bounded too (in a thread).
+    ``where`` starts the one-line message, ``fix`` ends it."""
     outcome: list[BaseException | None] = []
 
     def connect() -> None:
@@ -189,5 +217,4 @@ def _check_connects(where: str, host: str, port: int) -> None:
     if outcome and outcome[0] is None:
         return
     reason = (outcome[0].strerror or str(outcome[0])) if outcome else "no answer"
-    raise ConfigError(f"{where}: cannot reach {host}:{port} within {CONNECT_TIMEOUT_S:.0f} s ({reason}); start the "
-                      "tracking server or fix the URI")
+    raise ConfigError(f"{where}: cannot reach {host}:{port} within {CONNECT_TIMEOUT_S:.0f} s ({reason}); {fix}")

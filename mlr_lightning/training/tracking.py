@@ -73,17 +73,56 @@ def read_metrics(path: Path, through_step: int | None = None) -> list[dict]:
     return rows
 
 
+def check_metrics_file(path: Path) -> None:
+    """Before a resume rewrites ``metrics.csv`` with the rows it keeps: a file whose header is gone,
+    that is empty or holds NUL bytes would lose rows silently; it is refused, naming what to do."""
+    path = Path(path)
+    if not path.exists():
+        return
+    data = path.read_bytes()
+    first = data.split(b"\n", 1)[0]
+    problem = ("it is empty" if not data else "it holds NUL bytes" if b"\0" in data
+               else "its header line is missing" if b"step" not in [name.strip() for name in first.split(b",")]
+               else None)
+    if problem:
+        raise TrackingStoreError(f"{path} is damaged ({problem}): move it aside (mv {path} {path}.damaged) and resume "
+                                 f"with --resume {path.parent}; the resumed run writes a new one, the MLflow run "
+                                 "keeps the rows logged so far")
+
+
 def write_metrics(path: Path, rows: list[dict]) -> None:
-    """Replace ``path`` with ``rows`` atomically: a crash leaves the old file or the new one."""
+    """Replace ``path`` with ``rows`` atomically: a crash or a full disk leaves the old file or the new one."""
     keys = sorted(set().union(*rows)) if rows else ["step"]
     tmp = Path(path).with_name(f".{Path(path).name}.tmp")
-    with open(tmp, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=keys)
-        writer.writeheader()
-        writer.writerows(rows)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=keys)
+            writer.writeheader()
+            writer.writerows(rows)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except OSError:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def append_metrics(path: Path, keys: list[str], rows: list[dict]) -> None:
+    """Append ``rows`` whole or not at all: a write refused midway (a full disk) is cut back off."""
+    text = io.StringIO(newline="")
+    csv.DictWriter(text, fieldnames=keys).writerows(rows)
+    data = text.getvalue().encode()
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND)
+    try:
+        start = os.fstat(fd).st_size
+        try:
+            while data:
+                data = data[os.write(fd, data):]
+        except OSError:
+            os.ftruncate(fd, start)
+            raise
+    finally:
+        os.close(fd)
 
 
 class MetricsWriter(ExperimentWriter):
@@ -99,17 +138,31 @@ class MetricsWriter(ExperimentWriter):
     def _check_log_dir_exists(self) -> None:
         pass  # the run directory holds config.yaml and the kept history: nothing to delete
 
+    _rewrite = False  # a write failed: the next save rewrites the whole file
+    _warned = False
+
     def save(self) -> None:
+        """Write the pending rows. A full disk never cuts a row: a failed write leaves the file as it
+        was, warns once, and the rows wait in memory for the next save."""
         if not self.metrics:
             return
-        rows, self.metrics = self.metrics, []
-        self.history.extend(rows)
+        rows = self.metrics
         new_keys = self._record_new_keys_of(rows)
-        if new_keys or not os.path.isfile(self.metrics_file_path):
-            write_metrics(Path(self.metrics_file_path), self.history)
+        path = Path(self.metrics_file_path)
+        try:
+            if new_keys or self._rewrite or not path.is_file():
+                write_metrics(path, self.history + rows)
+            else:
+                append_metrics(path, self.metrics_keys, rows)
+        except OSError as err:
+            self._rewrite = True
+            if not self._warned:
+                self._warned = True
+                warnings.warn(f"could not write {path} ({err.strerror or err}); its rows are kept in memory and "
+                              "written at the next save: free disk space")
             return
-        with open(self.metrics_file_path, "a", newline="") as handle:
-            csv.DictWriter(handle, fieldnames=self.metrics_keys).writerows(rows)
+        self._rewrite, self.metrics = False, []
+        self.history.extend(rows)
 
     def _record_new_keys_of(self, rows: list[dict]) -> set[str]:
         new_keys = set().union(*rows) - set(self.metrics_keys)
@@ -153,6 +206,7 @@ class EnvStepCSVLogger(EnvStepAxis, CSVLogger):
         self._history: list[dict] = []
         if keep_through_step is not None and rank_zero_only.rank == 0:
             path = Path(run_dir) / METRICS_FILE
+            check_metrics_file(path)
             self._history = read_metrics(path, keep_through_step)
             write_metrics(path, self._history)
 
@@ -187,23 +241,46 @@ def ensure_embedded_store(path: Path) -> None:
     with open(path.with_name(f".{path.name}.lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, or by the OS if we die
         if path.exists():
-            engine = create_engine(f"sqlite:///{path}")
-            try:
-                current = _get_schema_version(engine)
-            finally:
-                engine.dispose()
-            head = _get_latest_schema_revision()
-            if current != head:
-                raise TrackingStoreError(
-                    f"the MLflow store {path} is incomplete (schema {current or 'none'}, expected {head}): a first "
-                    f"run was interrupted while creating it. If it holds no runs you need, delete it; otherwise "
-                    f"migrate it with `mlflow db upgrade sqlite:///{path}`")
+            check_embedded_store(path)
             return
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         tmp.unlink(missing_ok=True)
         store = SqlAlchemyStore(f"sqlite:///{tmp}", (path.parent / "mlartifacts").as_uri())
         store.engine.dispose()
         os.replace(tmp, path)
+
+
+def check_embedded_store(path: Path) -> None:
+    """An existing sqlite store opened read-only: a database, not locked, its schema complete; else
+    :class:`TrackingStoreError` naming the file and what to do."""
+    import sqlite3
+
+    from mlflow.store.db.utils import _get_latest_schema_revision
+
+    path, head = Path(path), _get_latest_schema_revision()
+    try:
+        with contextlib.closing(sqlite3.connect(f"{path.absolute().as_uri()}?mode=ro", uri=True, timeout=5)) as db:
+            tables = {name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            current = db.execute("SELECT version_num FROM alembic_version").fetchone()[0] \
+                if "alembic_version" in tables else None
+    except sqlite3.OperationalError as err:
+        if "locked" in str(err):
+            raise TrackingStoreError(f"the MLflow store {path} is locked by another process ({err}): wait for it to "
+                                     "finish, or stop it") from None
+        raise _damaged_store(path, err) from None
+    except sqlite3.DatabaseError as err:  # not a database, or a malformed (truncated) one
+        raise _damaged_store(path, err) from None
+    if current != head:
+        raise TrackingStoreError(
+            f"the MLflow store {path} is incomplete (schema {current or 'none'}, expected {head}): a first "
+            f"run was interrupted while creating it. If it holds no runs you need, delete it; otherwise "
+            f"migrate it with `mlflow db upgrade sqlite:///{path}`")
+
+
+def _damaged_store(path: Path, err: Exception) -> TrackingStoreError:
+    return TrackingStoreError(f"the MLflow store {path} is damaged ({err}): move it aside (mv {path} {path}.damaged); "
+                              "the next run creates a new one, and `python -m mlr_lightning sync RUN_DIR` refills it "
+                              "from each run's metrics.csv")
 
 
 def git_commit() -> str:
@@ -349,8 +426,8 @@ def make_loggers(cfg: DictConfig, run_dir: Path, resume_step: int | None = None)
                       "if there is one, else in a new run")
         run_id = find_run_by_name(uri, cfg.tracking.experiment, run_dir.name)
     superseded = None
-    if resume_step is not None and run_id is not None and not embedded and rank_zero_only.rank == 0:
-        superseded, run_id = run_id, continue_elsewhere(uri, run_id, resume_step)
+    if resume_step is not None and run_id is not None and rank_zero_only.rank == 0:
+        run_id, superseded = resumable_run(uri, run_id, run_dir, resume_step, forgets=embedded)
     # With the embedded store, keep artifacts beside the database rather than in ./mlruns of the CWD.
     artifacts = (Path(uri.removeprefix("sqlite:///")).parent / "mlartifacts").as_uri() if embedded else None
     logger = EnvStepMLFlowLogger(cfg, run_dir, experiment_name=cfg.tracking.experiment, run_name=run_dir.name,
@@ -393,18 +470,29 @@ def forget_after(uri: str, run_id: str, step: int) -> None:
             """, (run_id,))
 
 
-def continue_elsewhere(uri: str, run_id: str, step: int) -> str | None:
-    """A tracking server cannot forget metric points (see :func:`forget_after`): when the run holds
-    points past ``step``, which the resume replays, it continues as a new MLflow run (None: MLflow
-    creates it), linked to this one by tags; otherwise in this run."""
+def resumable_run(uri: str, run_id: str, run_dir: Path, step: int, forgets: bool) -> tuple[str | None, str | None]:
+    """The MLflow run a resume from env step ``step`` continues, and the run it supersedes: ``(None,
+    None)`` for a new run when the store lacks the recorded one (a run directory moved to another
+    output_dir); ``(None, run_id)`` when a store that cannot forget points (a server, see
+    :func:`forget_after`; ``forgets`` False) holds points past ``step``, which the resume replays."""
     from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
 
     try:
-        if last_logged_step(MlflowClient(uri), run_id) <= step:
-            return run_id
+        client = MlflowClient(uri)
+        client.get_run(run_id)
+        if forgets or last_logged_step(client, run_id) <= step:
+            return run_id, None
+    except MlflowException as err:
+        if err.error_code != "RESOURCE_DOES_NOT_EXIST":
+            return run_id, None  # MLflow down: make_loggers' own calls warn about it
+        warnings.warn(f"{run_dir / RUN_ID_FILE} names MLflow run {run_id}, which {uri} does not hold (was the run "
+                      "directory moved from another output_dir?): continuing in a new MLflow run there, filled in "
+                      "from metrics.csv")
+        return None, None
     except Exception:  # noqa: BLE001  (MLflow down: make_loggers' own calls warn about it)
-        return run_id
-    return None
+        return run_id, None
+    return None, run_id
 
 
 def link_runs(client, old_run_id: str, new_run_id: str, step: int) -> None:
