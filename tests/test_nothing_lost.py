@@ -345,70 +345,6 @@ def test_a_diverged_state_is_never_the_last_good_snapshot_and_a_resume_may_chang
 
 
 # ------------------------------------------------------------------------- round two: 1-3
-EVALUATIONS = ["eval.every_env_steps=248", "eval.num_episodes=3"]  # at 0, 248 (before update 12) and 320: 3 episodes each
-
-
-@pytest.fixture(scope="module")
-def evaluated(tmp_path_factory, tiny_base_overrides):
-    """An uninterrupted tiny run with an evaluation between two snapshots (10 and 20)."""
-    out = tmp_path_factory.mktemp("evaluated")
-    fit(load_config(None, tiny_base_overrides + [f"output_dir={out}", "tracking.video=false", "run_name=run",
-                                                 *EVALUATIONS]))
-    return out
-
-
-def final_state(run_dir: Path) -> dict:
-    return torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False, map_location="cpu")
-
-
-def mlflow_history(output_dir: Path, key: str) -> list[tuple[int, float]]:
-    client, (run,) = mlflow_runs(output_dir)
-    return sorted((m.step, m.value) for m in client.get_metric_history(run.info.run_id, key))
-
-
-@pytest.mark.parametrize("stop_at_episode, stopped_at", [(5, 248), (8, 320)], ids=["intermediate", "final"])
-def test_a_stop_during_an_evaluation_resumes_identical_with_the_evaluation_repeated(
-        stop_at_episode, stopped_at, evaluated, tiny_overrides, tmp_path, monkeypatch, capsys):
-    real_episode = evaluation.record_episode
-    episodes = []
-
-    def sigterm_during_an_evaluation(env, policy):
-        episodes.append(1)
-        if len(episodes) == stop_at_episode:  # the middle episode of the evaluation at `stopped_at`
-            signal.raise_signal(signal.SIGTERM)
-        return real_episode(env, policy)
-
-    monkeypatch.setattr(evaluation, "record_episode", sigterm_during_an_evaluation)
-    cfg = tiny(tiny_overrides, *EVALUATIONS)
-    with pytest.raises(RunInterrupted):
-        fit(cfg)
-    assert f"the evaluation at env step {stopped_at} was interrupted" in capsys.readouterr().err
-    run_dir = tmp_path / "runs" / "run"
-    stopped = final_state(run_dir)
-    # Update n's batch comes at env step 8 * (19 + n): the evaluation at 248 precedes update 12.
-    assert int(stopped["state_dict"]["num_updates"]) == (11 if stopped_at == 248 else UPDATES), \
-        "the snapshot must hold the weights the interrupted evaluation used"
-    pending = stopped["callbacks"]["PeriodicEvaluation"]
-    assert stopped_at not in [h["env_steps"] for h in pending["history"]], "the interrupted evaluation is not logged"
-    assert stopped_at == 320 or pending["next_eval"] == stopped_at, "the interrupted evaluation is pending"
-    _, (run,) = mlflow_runs(tmp_path / "runs")
-    assert run.info.status == "KILLED"
-
-    monkeypatch.setattr(evaluation, "record_episode", real_episode)
-    fit(cfg, resume="auto")
-    a, b = final_state(evaluated / "run"), final_state(run_dir)
-    differing = [k for k in a["state_dict"] if not torch.equal(a["state_dict"][k], b["state_dict"][k])]
-    assert not differing, f"weights differ from the uninterrupted run: {differing[:5]}"
-    history_a, history_b = (s["callbacks"]["PeriodicEvaluation"]["history"] for s in (a, b))
-    assert [(h["env_steps"], h["returns"]) for h in history_b] == [(h["env_steps"], h["returns"]) for h in history_a]
-    assert [h["env_steps"] for h in history_b] == [0, 248, 320], "the final evaluation is logged"
-    assert rows(run_dir) == rows(evaluated / "run"), "metrics.csv differs from the uninterrupted run's"
-    for key in ("eval/return_mean", "train/critic_loss"):
-        assert mlflow_history(tmp_path / "runs", key) == mlflow_history(evaluated, key), f"{key}: MLflow differs"
-    _, (run,) = mlflow_runs(tmp_path / "runs")
-    assert run.info.status == "FINISHED"
-
-
 def test_a_divergence_recovery_from_an_older_snapshot_leaves_mlflow_equal_to_metrics_csv(finished, tmp_path):
     shutil.copytree(finished, tmp_path / "out")
     run_dir = tmp_path / "out" / "run"
@@ -466,7 +402,8 @@ def resume_line(run_cli, run_dir: Path, config: Path | None = None, *extra: str)
     result = run_cli("fit", "--config", str(config or run_dir / "config.yaml"), "--resume", str(run_dir),
                      f"output_dir={run_dir.parent}", *extra, timeout=300)
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-3000:]
-    (line,) = result.stderr.strip().splitlines()
+    line = result.stderr.strip().splitlines()[-1]  # the error; a warm-up note may come before it
+    assert line.startswith(("error: ", "config error: ")), result.stderr[-3000:]
     return line
 
 

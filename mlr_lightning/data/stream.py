@@ -118,7 +118,6 @@ class ExperienceStream(IterableDataset):
         self._worker: ThreadPoolExecutor | None = None
         self._pending: Future | None = None  # the next update's batch, being drawn by the worker
         self._generator_state: torch.Tensor | None = None  # the worker's generator before that draw
-        self._held_back: TensorDict | None = None  # a batch handed out whose update did not run
 
     @property
     def env_steps(self) -> int:
@@ -130,9 +129,6 @@ class ExperienceStream(IterableDataset):
 
     def __iter__(self):
         self._start()
-        if self._held_back is not None:  # the run stopped before this batch's update: it comes first
-            batch, self._held_back = self._held_back, None
-            yield batch
         # A snapshot taken between the updates of one agent step: the resumed stream owes the rest.
         for _ in range(self.counters.owed_updates):
             self.counters.owed_updates -= 1
@@ -253,15 +249,9 @@ class ExperienceStream(IterableDataset):
             self.counters.last_episode_return = step["next", "episode_reward"].item()
 
     # ------------------------------------------------------------------------------ full state
-    def hold_back(self, batch: TensorDict) -> None:
-        """``batch`` was handed out but its update did not run (a stop came first): the next
-        :meth:`state_dict` keeps a copy, and the resumed stream hands it out before anything else."""
-        self._held_back = batch.clone()  # the batch's frames live in a buffer that the replay reuses
-
     def state_dict(self) -> dict:
         """Everything but the replay contents (see :meth:`Replay.state_dict`)."""
-        state = {"counters": asdict(self.counters), "rng": rng_states(), "prefetch": self._prefetch_state(),
-                 "held_back": self._held_back}
+        state = {"counters": asdict(self.counters), "rng": rng_states(), "prefetch": self._prefetch_state()}
         if self.collector is not None:
             state |= {
                 "collector": self.collector.state_dict(),
@@ -272,7 +262,6 @@ class ExperienceStream(IterableDataset):
 
     def load_state_dict(self, state: dict) -> None:
         """Applied when iteration starts, after Lightning has built everything else."""
-        self._held_back = state.get("held_back")
         if "collector" not in state:  # saved before collection began: nothing ran yet
             self.counters = StreamCounters(**state["counters"])
             set_rng_states(state["rng"])

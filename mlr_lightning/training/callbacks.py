@@ -17,7 +17,7 @@ import torch
 from mlr_lightning.agents.base import DivergedError, NonFiniteLossError, check_parameters
 from mlr_lightning.data.stream import ExperienceStream
 from mlr_lightning.reporting.plots import episode_gif, learning_curves
-from mlr_lightning.training.evaluation import PeriodicEvaluation, StoppedBeforeUpdate, as_policy, record_episode
+from mlr_lightning.training.evaluation import PeriodicEvaluation, as_policy, record_episode
 from mlr_lightning.training.snapshot import LAST, MODEL_FILE, CheckpointError, save_rank_state, snapshot_name, write_snapshot
 from mlr_lightning.training.tracking import mlflow_logger
 
@@ -80,8 +80,6 @@ class UpdateCheckpoint(pl.Callback):
             return
         if self.stream.counters.agent_steps == 0:
             return  # failed before collecting anything: there is nothing to save
-        if isinstance(exception, StoppedBeforeUpdate):  # the snapshot comes before the batch's update
-            self.stream.hold_back(exception.batch)
         # SIGTERM and Ctrl-C arrive between updates; a crash keeps what was learned up to it.
         try:
             self.save(trainer, pl_module)

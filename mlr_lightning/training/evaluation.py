@@ -16,25 +16,12 @@ from torch import Tensor
 from torchrl.envs import EnvBase
 from torchrl.envs.utils import ExplorationType, set_exploration_type
 
-from mlr_lightning.data.stream import rng_states, set_rng_states
-
 
 MAX_EPISODE_STEPS = 10**7  # episodes end through the environment's own time limit
 
 
 class EvaluationInterrupted(Exception):
     """A stop (SIGTERM, Ctrl-C) arrived between two evaluation episodes."""
-
-
-class StoppedBeforeUpdate(SIGTERMException):
-    """A stop interrupted the evaluation that comes before an update: the run stops *before* that
-    update, so the snapshot holds the weights the evaluation used and the evaluation as pending.
-    ``batch`` is the update's batch, already drawn from the stream: the snapshot keeps it, and the
-    resumed stream hands it out first (see ``ExperienceStream.hold_back``)."""
-
-    def __init__(self, batch):
-        super().__init__()
-        self.batch = batch
 
 
 @torch.no_grad()
@@ -76,10 +63,9 @@ class PeriodicEvaluation(pl.Callback):
     evaluates; the others pass ``None``.
 
     A SIGTERM or Ctrl-C during an evaluation stops it after the running episode: the evaluation
-    environment and the random generators are put back as they were before the evaluation, nothing is recorded, and the run stops
-    at once, before the next update (:class:`StoppedBeforeUpdate`), so that the resumed run repeats
-    the evaluation with the same weights and the same episodes. The final evaluation is part of
-    training: a stop during it leaves it pending in the snapshot, and the resumed run logs it.
+    environment is put back as it was before the evaluation, nothing is recorded, and the resumed
+    run evaluates that point again (with the same episodes). During the final evaluation the stop
+    is raised at once; otherwise after the current update, as Lightning does.
     """
 
     def __init__(self, every_env_steps: int | None, num_episodes: int, final_env_steps: int,
@@ -97,7 +83,7 @@ class PeriodicEvaluation(pl.Callback):
             return
         while self.every and self.next_eval <= batch["env_steps"]:
             if not self._evaluate(trainer, pl_module, self.next_eval):
-                raise StoppedBeforeUpdate(batch)
+                return  # stopped: Lightning ends the run after this update
             self.next_eval += self.every
 
     def on_train_end(self, trainer, pl_module):
@@ -107,20 +93,13 @@ class PeriodicEvaluation(pl.Callback):
             if not self._evaluate(trainer, pl_module, self.next_eval):
                 raise SIGTERMException
             self.next_eval += self.every
-        if not self.final_logged:
+        if not self.history or self.history[-1]["env_steps"] != self.final:
             if not self._evaluate(trainer, pl_module, self.final):
                 raise SIGTERMException
 
-    @property
-    def final_logged(self) -> bool:
-        """The run's final evaluation is in the history (a run is finished only with it)."""
-        return bool(self.history) and self.history[-1]["env_steps"] == self.final
-
     def _evaluate(self, trainer: pl.Trainer, pl_module, env_steps: int) -> bool:
         """Evaluate and log; False if a stop interrupted it (then nothing changed)."""
-        # Evaluation episodes draw from the global RNGs too: an interrupted evaluation puts them back
-        # with the environment, so that the snapshot holds the state the update after it would have seen.
-        before, rng_before = self.env.get_state(), rng_states()
+        before = self.env.get_state()
         stop = lambda: bool(getattr(trainer, "received_sigterm", False))  # noqa: E731
         try:
             try:
@@ -136,7 +115,6 @@ class PeriodicEvaluation(pl.Callback):
                 returns = evaluate(self.env, as_policy(pl_module), self.num_episodes, stop)
         except EvaluationInterrupted:
             self.env.set_state(before)
-            set_rng_states(rng_before)
             print(f"Stopping: the evaluation at env step {env_steps} was interrupted; the resumed run repeats it.",
                   file=sys.stderr, flush=True)
             return False

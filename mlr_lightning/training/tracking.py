@@ -41,6 +41,7 @@ PACKAGE_DIR = Path(__file__).resolve().parent
 # URI of whatever run came before in this process.
 USER_TRACKING_URI = os.environ.get("MLFLOW_TRACKING_URI")
 METRICS_FILE = "metrics.csv"
+EVAL_KEY = "eval/return_mean"  # in every evaluation's record
 RUN_ID_FILE = "mlflow_run.json"
 # MLflow's HTTP client retries 7 times with exponential backoff by default (minutes against a dead
 # server); a few seconds is enough to ride out a restart, after which the CSV goes on alone.
@@ -174,8 +175,10 @@ class EnvStepAxis:
     """Mixin for Lightning loggers: use the logged ``env_steps`` value as the step of each record.
 
     ``skip_through_step``: records up to this step are dropped. A run resumed from a snapshot
-    replays the steps between that snapshot and the interruption; they were logged already. A record
-    equal to the previous one (same step, same values) is dropped too.
+    replays the steps between that snapshot and the interruption; they were logged already. An
+    evaluation is never dropped: the snapshot holds which evaluations are done, so one it repeats
+    (stopped midway, at the snapshot's own step) was never logged. A record equal to the previous
+    one (same step, same values) is dropped too.
     """
 
     skip_through_step: int = -1
@@ -184,7 +187,7 @@ class EnvStepAxis:
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
         if "env_steps" in metrics:
             step = int(metrics["env_steps"])
-        if step is not None and step <= self.skip_through_step:
+        if step is not None and step <= self.skip_through_step and EVAL_KEY not in metrics:
             return
         record = (step, sorted((k, float(v)) for k, v in metrics.items()))
         if record == self._last_record:
@@ -445,8 +448,8 @@ def make_loggers(cfg: DictConfig, run_dir: Path, resume_step: int | None = None)
         logger.call("reopening the run", client.update_run, logger.run_id, status="RUNNING")
         if embedded:
             logger.call("dropping what the resume replays", forget_after, uri, logger.run_id, resume_step)
-        synced = logger.call("filling in MLflow", sync_metrics, client, logger.run_id, run_dir / METRICS_FILE)
-        logger.skip_through_step = max(resume_step, synced if synced is not None else -1)
+        logger.call("filling in MLflow", sync_metrics, client, logger.run_id, run_dir / METRICS_FILE)
+        logger.skip_through_step = resume_step
     return loggers
 
 
