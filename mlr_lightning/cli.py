@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 from mlr_lightning.config import ConfigError, load_config, to_yaml
+from mlr_lightning.mlr.warmup import warmup_shortfall
 from mlr_lightning.training.preflight import check_render_environment
 
 FIT_EXAMPLES = """\
@@ -107,6 +108,11 @@ def build_parser() -> argparse.ArgumentParser:
                        help="print one fit command per trial (e.g. for a SLURM array job) and exit")
     sweep.add_argument("--progress-every", type=float, default=30.0, metavar="SECONDS",
                        help="print the trial table at least this often (and on every status change)")
+    sweep.add_argument("--restart-changed", action="store_true",
+                       help="trials whose existing run has another config start afresh with this one (their files "
+                            "move to <run_dir>/previous-attempts/, their MLflow runs are kept, tagged replaced); "
+                            "without it such a sweep stops before anything runs")
+    sweep.add_argument("--verbose", action="store_true", help="show MLflow's and Ray's start-up messages")
     sweep.add_argument("overrides", nargs="*", metavar="key=value",
                        help="sweep keys (seeds=[1,2], resources.gpus=0.5, experiment=NAME) or config overrides "
                             "for every trial (train.num_env_steps=500000)")
@@ -116,14 +122,19 @@ def build_parser() -> argparse.ArgumentParser:
                               "Per-task mean ± sample std at step budgets beside the paper's numbers, "
                               "aggregate IQM/median/mean/optimality gap with bootstrap CIs, plots.")
     cmp.add_argument("--experiment", default="mlr_lightning")
-    cmp.add_argument("--filter", default="", help="MLflow filter, e.g. \"tags.task = 'walker_walk'\"")
+    cmp.add_argument("--filter", default="", help="MLflow filter, e.g. \"tags.task = 'walker_walk'\" or "
+                     "\"params.`mlr.mask_ratio` = '0.5'\" (string values in single quotes, dotted names in backticks)")
+    cmp.add_argument("--by", action="append", metavar="KEY",
+                     help="the config key whose values are the arms (repeatable; default mlr.enabled: MLR and "
+                          "Baseline), e.g. --by mlr.mask_ratio")
     cmp.add_argument("--budgets", type=int, nargs="+", default=None,
                      help="environment steps, e.g. 100000 500000 (default: the runs' final evaluation steps)")
     cmp.add_argument("--common-seeds", action="store_true",
                      help="where an algorithm has unequal runs per task, aggregate only the seeds every task has")
     cmp.add_argument("--tracking-uri", help="default: $MLFLOW_TRACKING_URI, else sqlite:///<output-dir>/mlflow.db")
     cmp.add_argument("--output-dir", default="runs", help="where fit wrote runs (locates the embedded store)")
-    cmp.add_argument("--out", default=None, help="directory for tables and plots (default <output-dir>/compare-<experiment>)")
+    cmp.add_argument("--out", default=None, help="directory for tables and plots (default: compare-<experiment> "
+                                                 "beside an embedded store, else in --output-dir)")
     cmp.add_argument("--reps", type=int, default=2000, help="bootstrap repetitions")
 
     table = command("atari-table", TABLE_EXAMPLES, help="per-game Atari-100k table (reference, paper, your runs)",
@@ -184,7 +195,6 @@ def run_fit(args) -> int:
     from mlr_lightning.training.tracking import TrackingStoreError
 
     from mlr_lightning.domains import domain_of
-    from mlr_lightning.mlr.warmup import warmup_note
 
     started = time.monotonic()
     try:
@@ -212,6 +222,33 @@ def run_fit(args) -> int:
     return 0
 
 
+def mlr_updates(cfg) -> int:
+    """MLR updates in a run: one per agent update, after the random ``train.init_steps`` agent steps."""
+    from mlr_lightning.domains import domain_of
+
+    agent_steps = cfg.train.num_env_steps // domain_of(cfg).env_steps_per_agent_step(cfg)
+    return max(0, agent_steps - cfg.train.init_steps) * cfg.train.updates_per_step
+
+
+def warmup_note(cfg) -> str | None:
+    """A one-line note when MLR's LR warm-up (``mlr.warmup_steps``, where the domain has one) outlasts
+    the run; None otherwise (Baseline runs, domains without a warm-up, runs longer than it)."""
+    mlr = cfg.mlr
+    if not mlr.enabled or "warmup_steps" not in mlr:
+        return None
+    short = warmup_shortfall(mlr_updates(cfg), mlr.warmup_steps, mlr.warmup_init_factor)
+    if short is None:
+        return None
+    return (f"note: this run makes {short.updates} MLR updates, fewer than the MLR learning-rate warm-up "
+            f"(mlr.warmup_steps={short.warmup_steps}): MLR trains at ~{_percent(short.mean_factor)} of mlr.lr on average "
+            f"({_percent(short.end_factor)} at the end). To change it set mlr.warmup_steps, e.g. "
+            f"mlr.warmup_steps={short.shorter_warmup} (~{_percent(short.shorter_mean_factor)} on average).")
+
+
+def _percent(fraction: float) -> str:
+    return f"{fraction:.0%}" if fraction >= 0.01 else f"{100 * fraction:.2g}%"
+
+
 def run_sync(args) -> int:
     from mlr_lightning.training.preflight import check_tracking_uri
     from mlr_lightning.training.run_dir import in_use
@@ -234,7 +271,7 @@ def run_sync(args) -> int:
 def run_grid(args) -> int:
     """The sweep's trials (one code path for expanding them), run one after the other in this process."""
     from mlr_lightning.sweep.mlflow_store import open_store
-    from mlr_lightning.sweep.progress import split_finished
+    from mlr_lightning.sweep.runner import settle_existing_runs
     from mlr_lightning.sweep.spec import expand, grid_sweep
     from mlr_lightning.training.preflight import preflight
 
@@ -244,7 +281,7 @@ def run_grid(args) -> int:
         return 0
     for trial in plan.trials[:1]:  # the trials share output_dir, tracking and accelerator
         preflight(load_config(trial.config, list(trial.overrides)))
-    finished, todo = split_finished(plan, open_store(plan))
+    finished, todo = settle_existing_runs(plan, open_store(plan), restart_changed=False)
     print(f"{len(plan.trials)} runs into MLflow experiment {plan.experiment!r}, one after the other"
           + (f" ({len(finished)} finished earlier)" if finished else "") + ". To run them in parallel, on this "
           "machine or a Ray cluster, use sweep; to hand them to your own launcher (a SLURM array, GNU parallel), "
@@ -258,6 +295,9 @@ def run_grid(args) -> int:
 
 
 def run_sweep(args) -> int:
+    from mlr_lightning.training.console import quiet_libraries
+
+    quiet_libraries(verbose=args.verbose)  # before MLflow is imported: it reads its log level then
     from mlr_lightning.sweep.runner import format_plan, run_on_ray
     from mlr_lightning.sweep.spec import expand, load_sweep
     from mlr_lightning.training.preflight import preflight
@@ -272,7 +312,9 @@ def run_sweep(args) -> int:
         return 0
     if args.address is None:  # on a cluster the driver's machine may lack the trials' GPUs
         preflight(load_config(plan.trials[0].config, list(plan.trials[0].overrides)))
-    return run_on_ray(plan, address=args.address, progress_every_s=args.progress_every)
+    notes = [note for trial in plan.trials if (note := warmup_note(trial.cfg))]
+    return run_on_ray(plan, address=args.address, progress_every_s=args.progress_every,
+                      restart_changed=args.restart_changed, verbose=args.verbose, notes=notes)
 
 
 def run_compare(args) -> int:
@@ -287,7 +329,8 @@ def run_compare(args) -> int:
     if Path(args.output_dir).exists() and not Path(args.output_dir).is_dir():
         return usage_error(f"--output-dir {args.output_dir} is a file; give the output_dir that fit wrote runs to")
     uri, where = tracking_store(args.tracking_uri, args.output_dir, "--tracking-uri", "--output-dir")
-    out = Path(args.out or Path(args.output_dir) / f"compare-{args.experiment}")
+    beside = Path(uri.removeprefix("sqlite:///")).parent if uri.startswith("sqlite:///") else Path(args.output_dir)
+    out = Path(args.out or beside / f"compare-{args.experiment}")
     try:
         check_tracking_uri(uri, where, must_exist=True)  # compare reads a store: it must not create one
         check_writable_dir(out, f"--out={out}")
@@ -296,11 +339,12 @@ def run_compare(args) -> int:
     quiet_libraries()
     from mlflow import MlflowClient
 
-    from mlr_lightning.reporting.compare import CompareError, compare
+    from mlr_lightning.reporting.compare import DEFAULT_BY, CompareError, compare
 
     client = MlflowClient(uri)
     try:
-        compare(client, args.experiment, out, args.budgets, args.filter, reps=args.reps, common_seeds=args.common_seeds)
+        compare(client, args.experiment, out, args.budgets, args.filter, reps=args.reps, common_seeds=args.common_seeds,
+                by=tuple(args.by or DEFAULT_BY))
     except CompareError as err:
         return usage_error(str(err))
     print((out / "summary.md").read_text())

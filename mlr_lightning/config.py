@@ -88,6 +88,13 @@ class MLRBaseConfig:
     max_seq_positions: int = 128  # length of the sinusoidal position table
     momentum_tau: float = MISSING  # target encoder/projection moving-average rate
     normalize_eps: float = 1e-3  # eps of F.normalize in the loss, as in the official code
+    # The paper's ablation axes (docs/ablations.md); the defaults are the paper's MLR.
+    mask_strategy: str = "cube"  # cube | spatial (a pattern per frame) | temporal (whole frames) | tube (one pattern)
+    mask_space: str = "pixel"  # pixel | feature (the same mask on the encoder's last conv map)
+    target: str = "latent"  # latent (momentum latents) | pixel (a deconv decoder reconstructs the masked pixels)
+    action_tokens: bool = True  # false: the decoder sees state tokens only (the paper's NoAction run)
+    target_encoder: str = "momentum"  # momentum | online (the online encoder, stop-gradient: tau = 1)
+    loss: str = "cosine"  # cosine (2 - 2 cos) | mse, between the projections (latent target)
 
 
 @dataclass
@@ -578,7 +585,7 @@ def _conv_size(size: int, kernels: Sequence[int], strides: Sequence[int]) -> int
 
 def validate_common(cfg: DictConfig, agent_steps: int) -> None:
     """Checks every domain shares: MLR, training length, replay, trainer, run."""
-    validate_mlr(cfg.mlr, cfg.env.image_size)
+    validate_mlr(cfg.mlr, cfg.env.image_size, cfg.trainer.compile)
     train = cfg.train
     _require(agent_steps > train.init_steps, "train.num_env_steps",
              f"must leave updates after the {train.init_steps} random agent steps (train.init_steps)")
@@ -588,7 +595,24 @@ def validate_common(cfg: DictConfig, agent_steps: int) -> None:
     validate_run(cfg)
 
 
-def validate_mlr(mlr: DictConfig, image_size: int) -> None:
+# The ablation switches of ``mlr`` and their values (the paper's first).
+MLR_SWITCHES = {"mask_strategy": ("cube", "spatial", "temporal", "tube"), "mask_space": ("pixel", "feature"),
+                "target": ("latent", "pixel"), "target_encoder": ("momentum", "online"), "loss": ("cosine", "mse")}
+
+
+def validate_mlr(mlr: DictConfig, image_size: int, compile_mode: bool | str = False) -> None:
+    for key, values in MLR_SWITCHES.items():
+        _require(mlr[key] in values, f"mlr.{key}", f"must be one of {', '.join(values)}; got {mlr[key]!r}")
+    _require(mlr.mask_strategy != "temporal" or int(mlr.mask_ratio * mlr.seq_len) >= 1, "mlr.mask_ratio",
+             f"({mlr.mask_ratio}) x mlr.seq_len ({mlr.seq_len}) masks no frame under mlr.mask_strategy=temporal "
+             "(int(ratio * K) frames are masked); raise either")
+    _require(mlr.target == "latent" or mlr.loss == "cosine", "mlr.loss",
+             f"({mlr.loss}) applies to the latent target; mlr.target=pixel always uses MSE on pixels: leave mlr.loss=cosine")
+    _require(mlr.target == "latent" or mlr.target_encoder == "momentum", "mlr.target_encoder",
+             f"({mlr.target_encoder}) chooses the latent target's encoder; mlr.target=pixel has none: leave it momentum")
+    _require(mlr.mask_space == "pixel" or compile_mode is False, "mlr.mask_space",
+             "(feature) masks the conv map through a forward hook, which trainer.compile does not trace; "
+             "set trainer.compile=false")
     _require(mlr.seq_len % mlr.block_size == 0, "mlr.seq_len",
              f"({mlr.seq_len}) must be divisible by mlr.block_size ({mlr.block_size}): the cube mask is built per "
              "temporal block. Choose e.g. seq_len=16 with block_size 4 or 8")
@@ -683,6 +707,10 @@ def _type_message(err: ValidationError, origin: str) -> str:
 def config_differences(saved: DictConfig, current: DictConfig, allowed: Sequence[str] = ()) -> list[str]:
     """Dotted keys whose values differ between two configs, except :data:`RESUMABLE_CHANGES` and ``allowed``."""
     flat = [flatten(OmegaConf.to_container(c, resolve=True)) for c in (saved, current)]
+    # A key added to the schema after the run was saved (the mlr ablation switches, say) had its
+    # default then: every new key defaults to the behaviour before it existed.
+    defaults = flatten(OmegaConf.to_container(OmegaConf.structured(_schema([("saved config", saved)]))))
+    flat[0] = {**{k: v for k, v in defaults.items() if k in flat[1]}, **flat[0]}
     keys = sorted(set(flat[0]) | set(flat[1]))
     return [f"{k}: {flat[0].get(k)!r} -> {flat[1].get(k)!r}" for k in keys
             if flat[0].get(k) != flat[1].get(k) and k not in RESUMABLE_CHANGES and k not in allowed]

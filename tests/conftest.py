@@ -303,3 +303,9 @@ def tiny_atari_experiment(tmp_path_factory):
                  "--experiment", "tiny_atari", *TINY_ATARI_OVERRIDES, f"output_dir={out}", "tracking.video=false"])
     assert code == 0
     return {"output_dir": out, "uri": f"sqlite:///{out / 'mlflow.db'}", "experiment": "tiny_atari"}
+
+
+@pytest.fixture(scope="session")
+def tiny_atari_base_overrides() -> list[str]:
+    """The tiny Atari agent's overrides (on conf/atari/quickstart.yaml), without an output directory."""
+    return list(TINY_ATARI_OVERRIDES)

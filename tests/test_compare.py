@@ -1,6 +1,8 @@
 """compare: aggregate metrics against hand-computed cases; run selection, budgets and unequal groups on
 real MLflow stores written with MlflowClient; tables against real tiny runs."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from mlflow import MlflowClient
@@ -15,6 +17,8 @@ from mlr_lightning.reporting.compare import (
     score_matrices,
 )
 from mlr_lightning.reporting.reference_scores import human_normalized_score, normalized_score, paper_reference
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def curve(task, algorithm, seed, steps, returns, domain="dmc"):
@@ -141,7 +145,8 @@ def test_compare_counts_one_finished_run_per_seed_and_reports_what_it_excludes(s
     assert "Runs: 6 counted" in printed and "3 excluded" in printed
     assert "| walker_walk-on-s4 | walker_walk | MLR | 4 | FAILED | status FAILED" in printed
     assert "| walker_walk-off-s3 | walker_walk | Baseline | 3 | RUNNING | status RUNNING" in printed
-    assert "| old-seed-2 | walker_walk | MLR | 2 | FINISHED | duplicate of seed 2: the newer finished run new-seed-2" in printed
+    assert ("| old-seed-2 | walker_walk | MLR | 2 | FINISHED | duplicate of seed 2 with the same config: the newer "
+            "finished run new-seed-2") in printed
     assert "| walker_walk | MLR | 100000 | 3 | 1,2,3 | 700.000 | 100.000 | 643±114 |" in printed, "600, 700, 800"
     assert "| walker_walk | Baseline | 100000 | 2 | 1,2 | 450.000 |" in printed
     assert "reacher_easy-on-s1 (reacher_easy, MLR, seed 1) ends at 50000" in printed
@@ -176,6 +181,107 @@ def test_compare_says_which_budgets_the_runs_reach(store, tmp_path, capsys):
     assert any(n.startswith("no run reaches 500000 env steps") for n in result["notes"])
     assert set(result["aggregate"]) == {100_000}
     assert 500_000 not in set(result["per_task"]["env_steps"])
+
+
+# ------------------------------------------------------------- runs of different configs: never pooled
+def log_configured_run(client, experiment_id, overrides, returns, end_time, name=None, task="cartpole_swingup"):
+    """A run tagged and with its config logged by fit's own tracking code (run_tags, log_config)."""
+    from mlr_lightning.config import load_config
+    from mlr_lightning.training.tracking import log_config, run_tags
+
+    cfg = load_config("conf/quickstart.yaml", [f"env.task={task}", *overrides])
+    run = client.create_run(experiment_id, run_name=name or f"{task}-{'-'.join(overrides)}", tags=run_tags(cfg))
+    log_config(client, run.info.run_id, cfg)
+    for step, value in zip([0, 50_000, 100_000], returns):
+        client.log_metric(run.info.run_id, "eval/return_mean", value, step=step)
+    client.set_terminated(run.info.run_id, "FINISHED", end_time=end_time)
+    return run.info.run_id
+
+
+@pytest.fixture
+def in_repo(monkeypatch):
+    monkeypatch.chdir(ROOT)
+
+
+def test_a_rerun_of_one_seed_with_another_mask_ratio_is_not_a_duplicate_and_the_report_says_why(tmp_path, in_repo):
+    """MLR seeds 1-3 at mask_ratio 0.5 (scores 600, 700, 800), then seed 1 again at 0.25 (scores 100), the
+    newest: it must not supersede seed 1's 0.5 run (which would move the 0.5 mean to 533); a rerun of
+    seed 2 with the same config still does."""
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    exp = client.create_experiment("drift")
+    t = 1_900_000_000_000
+    for seed, score in zip([1, 2, 3], [600, 700, 800]):
+        log_configured_run(client, exp, ["mlr.mask_ratio=0.5", f"seed={seed}"], [0, score, score], t + seed,
+                           name=f"mlr-s{seed}")
+    log_configured_run(client, exp, ["mlr.mask_ratio=0.25", "seed=1"], [0, 100, 100], t + 10, name="mlr-s1-rerun")
+    log_configured_run(client, exp, ["mlr.mask_ratio=0.5", "seed=2"], [0, 700, 700], t + 11, name="mlr-s2-again")
+
+    result = compare(client, "drift", tmp_path / "out", [100_000], reps=100)
+    runs = result["runs"].set_index("run")
+    assert runs.loc["mlr-s1", "counted"] and runs.loc["mlr-s1-rerun", "counted"], "two configs: both count, apart"
+    assert runs.loc["mlr-s2", "reason"].startswith("duplicate of seed 2 with the same config: the newer finished "
+                                                   "run mlr-s2-again")
+    per_task = result["per_task"].set_index("algorithm")
+    assert per_task.loc["MLR [mlr.mask_ratio=0.5]", "mean"] == pytest.approx(700.0)  # 600, 700 (newer), 800
+    assert per_task.loc["MLR [mlr.mask_ratio=0.5]", "seeds"] == "1,2,3"
+    assert per_task.loc["MLR [mlr.mask_ratio=0.25]", "mean"] == 100.0 and per_task.loc["MLR [mlr.mask_ratio=0.25]", "runs"] == 1
+    summary = (tmp_path / "out" / "summary.md").read_text()
+    assert ("MLR: its runs differ in mlr.mask_ratio, so they are separate groups, never pooled or taken for duplicates "
+            "of one seed: MLR [mlr.mask_ratio=0.25] (cartpole_swingup s1); MLR [mlr.mask_ratio=0.5] "
+            "(cartpole_swingup s1, cartpole_swingup s2, cartpole_swingup s3)") in summary
+    assert "| MLR [mlr.mask_ratio=0.25] | cartpole_swingup | 1 | mlr.mask_ratio=0.25 |" in summary, "the arm's config"
+    arms = (tmp_path / "out" / "arms.csv").read_text()
+    assert "MLR [mlr.mask_ratio=0.25],cartpole_swingup,mlr.mask_ratio,0.25" in arms
+    assert "MLR [mlr.mask_ratio=0.25],cartpole_swingup,sac.critic_lr," in arms, "every key of the arm's config"
+
+
+def test_compare_by_a_config_key_makes_its_values_the_arms(tmp_path, in_repo, capsys):
+    """Three runs per arm (mask_ratio 0.25 and 0.75) on two tasks: one per-task row per arm and task,
+    aggregates per arm; a Baseline run (another mlr.enabled) is not pooled into an arm."""
+    from mlr_lightning.cli import main
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    exp = client.create_experiment("ratios")
+    t = 1_900_000_000_000
+    for task in ("cartpole_swingup", "walker_walk"):
+        for ratio, base in (("0.25", 300), ("0.75", 500)):
+            for seed in (1, 2, 3):
+                t += 1
+                log_configured_run(client, exp, [f"mlr.mask_ratio={ratio}", f"seed={seed}"],
+                                   [0, base + seed, base + 10 * seed], t, task=task)
+    code = main(["compare", "--experiment", "ratios", "--tracking-uri", uri, "--by", "mlr.mask_ratio",
+                 "--budgets", "100000", "--reps", "100"])
+    printed = capsys.readouterr().out
+    assert code == 0, printed
+    rows = [line for line in printed.splitlines() if line.startswith(("| cartpole_swingup | mlr.mask_ratio",
+                                                                        "| walker_walk | mlr.mask_ratio"))]
+    assert rows == [
+        "| cartpole_swingup | mlr.mask_ratio=0.25 | 100000 | 3 | 1,2,3 | 320.000 | 10.000 |  |",
+        "| cartpole_swingup | mlr.mask_ratio=0.75 | 100000 | 3 | 1,2,3 | 520.000 | 10.000 |  |",
+        "| walker_walk | mlr.mask_ratio=0.25 | 100000 | 3 | 1,2,3 | 320.000 | 10.000 |  |",
+        "| walker_walk | mlr.mask_ratio=0.75 | 100000 | 3 | 1,2,3 | 520.000 | 10.000 |  |"]
+    aggregate = (tmp_path / "compare-ratios" / "aggregate_100000.csv").read_text()  # beside the store by default
+    assert aggregate.count("mlr.mask_ratio=0.25,Mean,0.32") == 1 and aggregate.count("mlr.mask_ratio=0.75,Mean,0.52") == 1
+    assert "| mlr.mask_ratio=0.25 | cartpole_swingup | 3 | mlr.mask_ratio=0.25 |" in printed
+
+    log_configured_run(client, exp, ["mlr.mask_ratio=0.25", "mlr.enabled=false", "seed=1"], [0, 5, 5], t + 1,
+                       task="walker_walk", name="baseline-s1")
+    result = compare(client, "ratios", tmp_path / "again", [100_000], reps=100, by=("mlr.mask_ratio",))
+    labels = set(result["per_task"]["algorithm"])
+    assert "mlr.mask_ratio=0.25 [mlr.enabled=false]" in labels and "mlr.mask_ratio=0.25 [mlr.enabled=true]" in labels
+    assert any(note.startswith("mlr.mask_ratio=0.25: its runs differ in mlr.enabled") for note in result["notes"])
+
+
+def test_a_malformed_filter_is_one_line_with_the_quoting_rule(store, tmp_path, capsys):
+    from mlr_lightning.cli import main
+
+    code = main(["compare", "--experiment", "study", "--tracking-uri", store["uri"], "--out", str(tmp_path / "out"),
+                 "--filter", 'params."mlr.mask_ratio" = 0.5'])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1, err
+    assert err.startswith("error: --filter") and "single quotes" in err and "Traceback" not in err
+    assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.slow

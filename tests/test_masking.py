@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from mlr_lightning.mlr.masking import apply_mask, cube_mask
+from mlr_lightning.mlr.masking import apply_mask, cube_mask, feature_mask, window_mask
 
 K, IMAGE, PATCH, BLOCK, RATIO = 16, 100, 10, 8, 0.5  # the paper's DMC values
 
@@ -56,3 +56,42 @@ def test_per_sample_masks_differ_across_the_batch():
 def test_sequence_not_divisible_by_block_is_rejected():
     with pytest.raises(ValueError, match="not divisible"):
         cube_mask(10, IMAGE, PATCH, 8, RATIO)
+
+
+# ------------------------------------------------------------------ the ablations' masking strategies
+def test_spatial_masks_int_ratio_patches_per_frame_with_a_fresh_pattern_per_frame():
+    mask = window_mask("spatial", K, IMAGE, PATCH, BLOCK, RATIO)
+    grid = patch_grid(mask[:, 0], PATCH)  # [K, 10, 10]
+    assert (grid.flatten(1).sum(1) == 50).all()
+    assert len({tuple(g.flatten().tolist()) for g in grid}) > K // 2, "frames share their patterns"
+
+
+def test_tube_masks_one_pattern_for_the_whole_window():
+    mask = window_mask("tube", K, IMAGE, PATCH, BLOCK, RATIO, batch_size=3)
+    grid = patch_grid(mask[:, :, 0], PATCH)  # [3, K, 10, 10]
+    assert (grid.flatten(2).sum(-1) == 50).all()
+    assert (grid == grid[:, :1]).all(), "the pattern changes inside the window"
+    assert not torch.equal(grid[0], grid[1]), "per-sample tubes are the same"
+
+
+@pytest.mark.parametrize("ratio, frames", [(0.5, 8), (0.25, 4), (0.1, 1)])
+def test_temporal_masks_int_ratio_k_whole_frames_and_nothing_else(ratio, frames):
+    mask = window_mask("temporal", K, IMAGE, PATCH, BLOCK, ratio, batch_size=4)
+    assert mask.shape == (4, K, 1, IMAGE, IMAGE)
+    per_frame = mask.flatten(2).float().mean(-1)  # [4, K]: fraction of each frame masked
+    assert ((per_frame == 0) | (per_frame == 1)).all(), "a frame is partly masked"
+    assert (per_frame.sum(1) == frames).all()
+    assert not torch.equal(per_frame[0], per_frame[1]) or not torch.equal(per_frame[0], per_frame[2])
+
+
+def test_cube_strategy_is_the_cube_mask_draw_for_draw():
+    a = window_mask("cube", K, IMAGE, PATCH, BLOCK, RATIO, generator=torch.Generator().manual_seed(3))
+    b = cube_mask(K, IMAGE, PATCH, BLOCK, RATIO, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(a, b)
+
+
+def test_feature_mask_is_the_pixel_mask_on_the_conv_grid():
+    mask = cube_mask(K, IMAGE, PATCH, BLOCK, RATIO)  # 10 x 10 patches
+    cells = feature_mask(mask, batch_size=2, map_size=10)
+    assert cells.shape == (2 * K, 1, 10, 10)
+    assert torch.equal(cells[:K, 0], patch_grid(mask[:, 0], PATCH)) and torch.equal(cells[K:], cells[:K])

@@ -9,10 +9,9 @@ import torch
 from mlr_lightning.agents.sac_mlr import SACMLRAgent
 from mlr_lightning.data.augment import random_crop
 from mlr_lightning.config import load_config
-from mlr_lightning.mlr.masking import cube_mask
-from mlr_lightning.agents.schedules import inverse_sqrt_schedule
 from mlr_lightning.mlr.decoder import PredictiveLatentDecoder
-from mlr_lightning.mlr.loss import mlr_loss
+from mlr_lightning.mlr.objective import latent_loss
+from mlr_lightning.mlr.warmup import inverse_sqrt_schedule
 from mlr_lightning.models.targets import soft_update
 
 ACTION_DIM = 2
@@ -33,9 +32,16 @@ def window(cfg, batch=3):
 def test_loss_is_two_minus_two_cosine_and_zero_for_identical_inputs():
     a, b = torch.randn(7, 50), torch.randn(7, 50)
     expected = 2 - 2 * torch.nn.functional.cosine_similarity(a, b, dim=-1)
-    torch.testing.assert_close(mlr_loss(a, b, eps=1e-3), expected)
-    torch.testing.assert_close(mlr_loss(a, 3 * a, eps=1e-3), torch.zeros(7), atol=1e-6, rtol=0)
-    torch.testing.assert_close(mlr_loss(a, -a, eps=1e-3), torch.full((7,), 4.0))
+    torch.testing.assert_close(latent_loss(a, b, "cosine", eps=1e-3), expected)
+    torch.testing.assert_close(latent_loss(a, 3 * a, "cosine", eps=1e-3), torch.zeros(7), atol=1e-6, rtol=0)
+    torch.testing.assert_close(latent_loss(a, -a, "cosine", eps=1e-3), torch.full((7,), 4.0))
+
+
+def test_mse_loss_is_the_mean_squared_error_of_the_projections():
+    a, b = torch.randn(7, 50), torch.randn(7, 50)
+    torch.testing.assert_close(latent_loss(a, b, "mse", eps=1e-3), ((a - b) ** 2).mean(-1))
+    # Unlike the cosine, it sees the scale: a prediction three times the target is penalised.
+    assert (latent_loss(a, 3 * a, "mse", eps=1e-3) > 0).all()
 
 
 def test_action_tokens_change_the_prediction():
@@ -115,7 +121,10 @@ def test_mask_is_applied_before_the_crop(agent, tiny_cfg):
     cfg = tiny_cfg
     agent.mlr.intensity_scale = 0.0  # isolate geometry from the intensity augmentation
     frames = torch.full((4, cfg.mlr.seq_len, 9, cfg.env.image_size, cfg.env.image_size), 255, dtype=torch.uint8)
-    online, target, mask = agent.mlr_views(frames)
+    objective = agent.objective
+    mask = objective.mask(frames)
+    masked, _ = objective.masked_input(frames, mask)
+    online, target = objective.parts.augment(masked.flatten(0, 1)), objective.parts.augment(frames.flatten(0, 1))
     assert (target == 255).all(), "the target branch must see unmasked frames"
     crop, size = cfg.env.crop_size, cfg.env.image_size
     full = mask[:, 0].repeat(4, 1, 1)  # [B*K, H, W]: the same mask for every sample

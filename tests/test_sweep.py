@@ -125,6 +125,22 @@ def test_two_configs_of_one_task_get_their_file_name_in_the_run_name(tmp_path, i
     assert names == ["e-walker_walk-walker_walk-mlr-s1", "e-walker_fast_tau-walker_walk-mlr-s1"]
 
 
+def test_the_final_table_is_printed_once(tmp_path, in_repo):
+    from mlr_lightning.sweep.progress import ProgressTable
+    from mlr_lightning.sweep.spec import expand, load_sweep
+
+    plan = expand(*load_sweep(QUICKSTART, [f"output_dir={tmp_path}", "seeds=[1]"]))
+    printed = []
+    table = ProgressTable(plan.trials, every_s=3600, printer=lambda text, flush: printed.append(text))
+    table.set(plan.trials[0].name, "finished")
+    table.maybe_print()  # the last status change, printed as it happens
+    table.maybe_print(force=True)  # the end of the sweep: nothing new, so not again
+    assert len(printed) == 1
+    table.set(plan.trials[1].name, "failed", note="refused its input: error: x")
+    table.maybe_print(force=True)
+    assert len(printed) == 2 and "| failed | - / 640 | - | 0 | refused its input: error: x |" in printed[1]
+
+
 # ------------------------------------------------------------------------------- real runs: helpers
 
 
@@ -157,8 +173,9 @@ def wait_for(condition, proc: subprocess.Popen, timeout: float, what: str) -> No
 
 
 def trial_log(run_dir: Path, experiment: str) -> Path:
-    """Where the sweep keeps the output of a trial's fit processes."""
-    return run_dir.parent / f"sweep-{experiment}" / "logs" / f"{run_dir.name}.log"
+    """Where the sweep keeps the output of a trial's fit processes (``sweep-<experiment>``, not sweep-sweep-...)."""
+    folder = experiment if experiment.startswith("sweep") else f"sweep-{experiment}"
+    return run_dir.parent / folder / "logs" / f"{run_dir.name}.log"
 
 
 def has_snapshot(run_dir: Path) -> bool:
@@ -243,6 +260,92 @@ def test_quickstart_sweep_on_the_local_instance_stops_on_ctrl_c_and_the_same_com
 
     third = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert third.returncode == 0 and "2 finished earlier, 0 to run" in third.stdout, third.stdout[-2000:]
+
+
+def run_state(out: Path, experiment: str) -> dict:
+    """Every MLflow run of the experiment (id, status, tags, params) and every run directory's files."""
+    client = MlflowClient(f"sqlite:///{out / 'mlflow.db'}")
+    exp = client.get_experiment_by_name(experiment)
+    runs = {r.info.run_id: (r.info.status, r.info.end_time, r.data.tags, r.data.params)
+            for r in client.search_runs([exp.experiment_id])}
+    files = {str(p.relative_to(out)): p.read_bytes() for d in out.glob(f"{experiment}-*") for p in d.rglob("*")
+             if p.is_file() and p.name != ".lock"}
+    return {"runs": runs, "files": files}
+
+
+@pytest.mark.slow
+def test_a_sweep_rerun_refuses_a_changed_config_and_an_input_error_is_not_retried(tmp_path, monkeypatch, capsys):
+    """A real tiny sweep of two trials. The Baseline trial's run directory is held by another process,
+    so its fit exits 2 (refused input): it is attempted once, not max_failures more times, and the
+    sweep says why. Then, on the finished MLR trial: a rerun with a changed mlr.mask_ratio stops in one
+    line (exit 2) naming the key, before Ray starts, and changes no run or file; a rerun with only a
+    changed trainer.log_every_updates (bookkeeping) skips it as finished."""
+    import fcntl
+
+    out = tmp_path / "runs"
+    mlr_dir, baseline_dir = (out / f"sweep-quickstart-cartpole_swingup-{v}-s1" for v in ("mlr", "baseline"))
+    baseline_dir.mkdir(parents=True)
+    held = open(baseline_dir / ".lock", "a+")
+    fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    held.write(str(os.getpid()))
+    held.flush()
+    env = cli_env()
+    env.pop("RAY_ADDRESS", None)
+    try:
+        first = subprocess.run(sweep_command(f"output_dir={out}", "seeds=[1]"), cwd=ROOT, env=env,
+                               capture_output=True, text=True, timeout=900)
+    finally:
+        held.close()
+    assert first.returncode == 1, first.stdout[-3000:] + first.stderr[-3000:]
+    assert log_attempts(baseline_dir, "sweep-quickstart") == 1, "an input error is not retried"
+    assert f"failed: {baseline_dir.name}: refused its input: error: {baseline_dir} is in use by process" in first.stderr
+    assert "1 refused their input (fit exit 2, not retried)" in first.stderr
+    assert first.stdout.count("| sweep-quickstart-cartpole_swingup-mlr-s1 | finished |") == 1, "one final table"
+    assert "Sweep done in " in first.stdout and "mlflow ui --backend-store-uri sqlite:///" in first.stdout
+    tag = MlflowClient(f"sqlite:///{out / 'mlflow.db'}").search_runs(
+        [MlflowClient(f"sqlite:///{out / 'mlflow.db'}").get_experiment_by_name("sweep-quickstart").experiment_id]
+    )[0].data.tags["config_hash"]
+    assert (mlr_dir / "config_hash").read_text().strip() == tag
+
+    monkeypatch.chdir(ROOT)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    shutil.rmtree(baseline_dir)
+    before = run_state(out, "sweep-quickstart")
+    mlr_only = ["sweep", "--config", QUICKSTART, f"output_dir={out}", "seeds=[1]", "axes.mlr.enabled=[true]"]
+    assert main([*mlr_only, "mlr.mask_ratio=0.25", "sac.critic_lr=0.01"]) == 2
+    captured = capsys.readouterr()
+    err = captured.err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert f"trial {mlr_dir.name} already has a run of another config" in err
+    assert "mlr.mask_ratio: 0.5 -> 0.25" in err and "sac.critic_lr: 0.001 -> 0.01" in err
+    assert "experiment=NEW_NAME" in err and "--restart-changed" in err and "Sweep " not in captured.out
+    assert not ray.is_initialized()
+    assert run_state(out, "sweep-quickstart") == before, "a refused rerun changes no run and no file"
+
+    assert main([*mlr_only, "trainer.log_every_updates=10"]) == 0
+    assert "1 finished earlier, 0 to run" in capsys.readouterr().out
+    assert not ray.is_initialized()
+    after = run_state(out, "sweep-quickstart")
+    assert after["runs"].keys() == before["runs"].keys() and after["files"] == before["files"]
+
+    # --restart-changed: the trial starts afresh; its files and MLflow run are kept, the run tagged replaced.
+    from mlr_lightning.reporting.compare import CompareError, compare
+    from mlr_lightning.sweep.mlflow_store import open_store
+    from mlr_lightning.sweep.runner import settle_existing_runs
+    from mlr_lightning.sweep.spec import expand, load_sweep
+
+    plan = expand(*load_sweep(QUICKSTART, [f"output_dir={out}", "seeds=[1]", "axes.mlr.enabled=[true]",
+                                           "mlr.mask_ratio=0.25"]))
+    client = open_store(plan)
+    finished, todo = settle_existing_runs(plan, client, restart_changed=True)
+    assert not finished and [t.name for t in todo] == [mlr_dir.name]
+    kept = mlr_dir / "previous-attempts" / "1"
+    assert (kept / "metrics.csv").read_bytes() == before["files"][f"{mlr_dir.name}/metrics.csv"]
+    assert not (mlr_dir / "config.yaml").exists()
+    old_run, = client.search_runs([client.get_experiment_by_name("sweep-quickstart").experiment_id])
+    assert old_run.info.status == "FINISHED" and old_run.data.tags["replaced"].startswith("by a fresh start")
+    with pytest.raises(CompareError, match="replaced by a fresh start"):  # its only run: nothing left to count
+        compare(client, "sweep-quickstart", tmp_path / "compare", reps=10)
 
 
 # ------------------------------------------------------------------------------ real runs: a cluster

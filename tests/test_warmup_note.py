@@ -4,9 +4,9 @@ import mlr_lightning  # noqa: F401
 
 import pytest
 
-from mlr_lightning.agents.schedules import inverse_sqrt_schedule
+from mlr_lightning.cli import mlr_updates, warmup_note
 from mlr_lightning.config import load_config
-from mlr_lightning.mlr.warmup import mlr_updates, warmup_note
+from mlr_lightning.mlr.warmup import inverse_sqrt_schedule
 
 
 def test_the_quickstart_note_gives_the_mean_rate_and_the_key():

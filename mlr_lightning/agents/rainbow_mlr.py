@@ -25,6 +25,7 @@ and the mean weights with epsilon-greedy ``eval_epsilon`` otherwise (evaluation)
 from __future__ import annotations
 
 import copy
+import functools
 import math
 
 import torch
@@ -37,10 +38,8 @@ from torchrl.envs.utils import ExplorationType, exploration_type, set_exploratio
 
 from mlr_lightning.agents.base import RLAgent
 from mlr_lightning.data.augment import random_intensity, random_shift
-from mlr_lightning.mlr.decoder import PredictiveLatentDecoder
-from mlr_lightning.mlr.heads import ql1_projection
-from mlr_lightning.mlr.loss import mlr_loss
-from mlr_lightning.mlr.views import masked_views
+from mlr_lightning.mlr.decoder import PixelDecoder, PredictiveLatentDecoder
+from mlr_lightning.mlr.objective import MLRObjective, MLRParts, ql1_projection
 from mlr_lightning.models.rainbow import AtariEncoder, DuelingC51Head, RainbowNetwork
 from mlr_lightning.models.targets import soft_update
 
@@ -116,7 +115,7 @@ class RainbowMLRAgent(RLAgent):
         dim = mlr.decoder_dim or self.latent_dim
         # PyTorch default init throughout, as the official Atari code (no truncated-normal re-init).
         self.decoder = PredictiveLatentDecoder(dim, num_actions, mlr.num_attn_layers, mlr.num_heads, mlr.mlp_ratio,
-                                               mlr.max_seq_positions)
+                                               mlr.max_seq_positions, mlr.action_tokens)
         narrow = dim != self.latent_dim  # optional narrower transformer: linear maps in and out
         self.decoder_in = nn.Linear(self.latent_dim, dim) if narrow else nn.Identity()
         self.decoder_out = nn.Linear(dim, self.latent_dim) if narrow else nn.Identity()
@@ -124,6 +123,29 @@ class RainbowMLRAgent(RLAgent):
         self.prediction = nn.Linear(projection_dim, projection_dim)
         self.target_encoder = copy.deepcopy(self.online.encoder).requires_grad_(False)
         self.target_head = copy.deepcopy(self.online.head).requires_grad_(False)  # holds the target projection
+        if mlr.target == "pixel":  # the pixel-reconstruction ablation: its decoder reconstructs the frames
+            self.pixel_decoder = PixelDecoder(self.latent_dim, self.cfg.env.frame_stack, self.cfg.env.image_size)
+
+    @property
+    def objective(self) -> MLRObjective:
+        """The MLR objective over this agent's parts: the online conv encoder, its copy, the Q head's
+        first layers as the projection, and the shift + intensity augmentation."""
+        mlr = self.mlr
+        return MLRObjective(mlr, self.cfg.env.image_size, MLRParts(
+            encoder=self.online.encoder, target_encoder=self.target_encoder, decoder=self.decoder,
+            project=functools.partial(ql1_projection, self.online.head),
+            target_project=functools.partial(ql1_projection, self.target_head),
+            prediction=self.prediction, augment=self.augment,
+            target_pairs=[(self.target_encoder, self.online.encoder), (self.target_head, self.online.head)],
+            decoder_in=self.decoder_in, decoder_out=self.decoder_out, pixel_decoder=getattr(self, "pixel_decoder", None),
+            # official_input_scaling: the masked branch reaches the encoder in [0, 255]; official_mask_keep:
+            # the drawn patches stay visible.
+            input_scale=255.0 if mlr.official_input_scaling else 1.0, keep_drawn=mlr.official_mask_keep))
+
+    def transformer_networks(self) -> list[nn.Module]:
+        """The MLR networks clipped together (official: the transformer; the pixel ablation's decoder with it)."""
+        return [self.decoder.blocks, self.decoder_in, self.decoder_out] + (
+            [self.pixel_decoder] if self.mlr.target == "pixel" else [])
 
     @property
     def policy(self) -> RainbowPolicy:
@@ -139,7 +161,7 @@ class RainbowMLRAgent(RLAgent):
         networks = [self.online, self.target]
         if self.mlr.enabled:  # the MLR loss calls the online encoder on its own
             networks += [self.online.encoder, self.target_encoder, self.decoder, self.decoder_in, self.decoder_out,
-                         self.prediction]
+                         self.prediction] + ([self.pixel_decoder] if self.mlr.target == "pixel" else [])
         return networks
 
     def apply_optimizer_settings(self) -> None:
@@ -151,8 +173,7 @@ class RainbowMLRAgent(RLAgent):
         the transformer; the predictor and the action embedding are not clipped (official)."""
         groups = [list(self.online.parameters())]
         if self.mlr.enabled:
-            transformer = [self.decoder.blocks, self.decoder_in, self.decoder_out]
-            groups.append([p for m in transformer for p in m.parameters()])
+            groups.append([p for m in self.transformer_networks() for p in m.parameters()])
         return groups
 
     # ---------------------------------------------------------------------------------- update
@@ -219,32 +240,13 @@ class RainbowMLRAgent(RLAgent):
     def compute_mlr_loss(self, frames: Tensor, actions: Tensor, weight: Tensor) -> tuple[Tensor, dict]:
         """frames uint8 [B, K, S, H, W], actions one-hot [B, K, A], weight [B] -> the weighted loss.
 
-        Mean over the K positions of 2 - 2 cos(prediction, target) per sequence, times its importance
-        weight, then mean over the batch (official ``mlr_loss * is_weights``).
+        Mean over the K positions of the loss per position (by default 2 - 2 cos(prediction, target))
+        per sequence, times its importance weight, then mean over the batch (official ``mlr_loss * is_weights``).
         """
-        b, k = frames.shape[:2]
-        online_in, target_in = self.mlr_views(frames)
-        states = self.online.encoder(online_in).flatten(1)  # [B*K, 3136]
-        tokens = self.decoder_in(states).view(b, k, -1)  # [B, K, dim]
-        reconstructed = self.decoder_out(self.decoder(tokens, actions.float())).reshape(b * k, -1)  # [B*K, 3136]
-        prediction = self.prediction(ql1_projection(self.online.head, reconstructed))  # [B*K, 512]
-        with torch.no_grad():
-            target = ql1_projection(self.target_head, self.target_encoder(target_in).flatten(1))  # [B*K, 512]
-            # Official order: the momentum update closes the forward pass, after the targets, so with
-            # tau = 1 the targets come from the online weights of the previous update (one step behind).
-            soft_update(self.target_encoder, self.online.encoder, self.mlr.momentum_tau)
-            soft_update(self.target_head, self.online.head, self.mlr.momentum_tau)
-        per_sequence = mlr_loss(prediction, target, self.mlr.normalize_eps).view(b, k).mean(1)  # [B]
+        objective = self.objective
+        per_sequence = objective.loss(frames, actions).mean(1)  # [B]
+        # Official order: the momentum update closes the forward pass, after the targets, so with
+        # tau = 1 the targets come from the online weights of the previous update (one step behind).
+        objective.update_targets(self.mlr.momentum_tau)
         loss = (per_sequence * weight).mean()
         return loss, {"train/mlr_loss": loss.detach()}
-
-    def mlr_views(self, frames: Tensor) -> tuple[Tensor, Tensor]:
-        """uint8 [B, K, S, H, W] -> masked-then-augmented online input and augmented target input,
-        float pixel units [B*K, S, H, W]; independent augmentation draws per image and branch."""
-        mlr = self.mlr
-        # official_mask_keep: the official Atari code keeps the drawn patches visible.
-        online_in, target_in, _ = masked_views(frames, mlr, self.cfg.env.image_size, self.augment,
-                                               keep_drawn=mlr.official_mask_keep)
-        if mlr.official_input_scaling:  # official: the masked branch reaches the encoder in [0, 255]
-            online_in = online_in * 255.0
-        return online_in, target_in

@@ -3,8 +3,9 @@
 One ``training_step`` is one agent update, in the official order:
   1. ``update_critic``    -- twin-Q TD loss on randomly cropped transitions, bootstrapping through
                              time limits;
-  2. ``update_mlr``       -- mask cubes, augment, encode, decode with actions, regress onto the
-                             momentum targets (skipped entirely when ``mlr.enabled=false``: Baseline);
+  2. ``update_mlr``       -- the MLR objective (``mlr/objective.py``) on a window of K steps: mask,
+                             augment, encode, decode with actions, regress onto the momentum targets
+                             (skipped entirely when ``mlr.enabled=false``: Baseline);
   3. ``update_actor_and_alpha`` every ``actor_update_freq`` updates;
   4. ``update_targets``   every ``critic_target_update_freq`` updates (SAC targets and MLR targets).
 Each update returns a metrics dict. Optimisation is manual because the four losses have their own
@@ -25,12 +26,10 @@ from torchrl import timeit
 from torchrl.envs.utils import ExplorationType, exploration_type
 
 from mlr_lightning.agents.base import RLAgent
-from mlr_lightning.agents.schedules import inverse_sqrt_schedule
 from mlr_lightning.data.augment import center_crop, random_crop, random_intensity
-from mlr_lightning.mlr.decoder import PredictiveLatentDecoder
-from mlr_lightning.mlr.heads import projection_mlp
-from mlr_lightning.mlr.loss import mlr_loss
-from mlr_lightning.mlr.views import masked_views
+from mlr_lightning.mlr.decoder import PixelDecoder, PredictiveLatentDecoder
+from mlr_lightning.mlr.objective import MLRObjective, MLRParts, projection_mlp
+from mlr_lightning.mlr.warmup import inverse_sqrt_schedule
 from mlr_lightning.models.encoder import PixelEncoder
 from mlr_lightning.models.init import orthogonal_init, truncated_normal_init
 from mlr_lightning.models.sac import Actor, Critic
@@ -86,7 +85,8 @@ class SACMLRAgent(RLAgent):
 
     def _build_mlr(self, action_dim: int) -> None:
         mlr, dim = self.mlr, self.cfg.encoder.feature_dim
-        self.decoder = PredictiveLatentDecoder(dim, action_dim, mlr.num_attn_layers, mlr.num_heads, mlr.mlp_ratio, mlr.max_seq_positions)
+        self.decoder = PredictiveLatentDecoder(dim, action_dim, mlr.num_attn_layers, mlr.num_heads, mlr.mlp_ratio,
+                                               mlr.max_seq_positions, mlr.action_tokens)
         self.projection = projection_mlp(dim, mlr.latent_dim)
         self.prediction = projection_mlp(dim, mlr.latent_dim)
         online = [self.decoder, self.projection, self.prediction]
@@ -99,12 +99,28 @@ class SACMLRAgent(RLAgent):
         if mlr.official_init:  # targets initialised independently of the online networks
             for module in (self.target_encoder.fc, self.target_projection):
                 module.apply(lambda m: truncated_normal_init(m, mlr.init_std))
+        if mlr.target == "pixel":  # the pixel-reconstruction ablation: its decoder reconstructs the crop
+            self.pixel_decoder = PixelDecoder(dim, 3 * self.cfg.env.frame_stack, self.cfg.env.crop_size)
+            self.pixel_decoder.apply(lambda m: truncated_normal_init(m, mlr.init_std))
+
+    @property
+    def objective(self) -> MLRObjective:
+        """The MLR objective over this agent's parts: the critic's encoder (the one MLR trains), its
+        momentum copy, the MLP heads and the crop + intensity augmentation."""
+        return MLRObjective(self.mlr, self.cfg.env.image_size, MLRParts(
+            encoder=self.critic.encoder, target_encoder=self.target_encoder, decoder=self.decoder,
+            project=self.projection, target_project=self.target_projection, prediction=self.prediction,
+            augment=self.augment_mlr, pixel_decoder=getattr(self, "pixel_decoder", None),
+            target_pairs=[(self.target_encoder, self.critic.encoder), (self.target_projection, self.projection)]))
+
+    def mlr_networks(self) -> list[nn.Module]:
+        """The online networks of the MLR pass (the critic's encoder excepted)."""
+        return [self.decoder, self.projection, self.prediction] + ([self.pixel_decoder] if self.mlr.target == "pixel" else [])
 
     # ------------------------------------------------------------------------------ optimisers
     def mlr_parameters(self) -> list[nn.Parameter]:
         """What the MLR loss trains: the critic's encoder, the decoder and the online heads."""
-        modules = [self.critic.encoder, self.decoder, self.projection, self.prediction]
-        return [p for m in modules for p in m.parameters()]
+        return [p for m in [self.critic.encoder, *self.mlr_networks()] for p in m.parameters()]
 
     def configure_optimizers(self):
         sac = self.sac
@@ -124,8 +140,7 @@ class SACMLRAgent(RLAgent):
     def compiled_networks(self) -> list[nn.Module]:
         networks = [self.critic, self.actor, self.critic_target]
         if self.mlr.enabled:  # the MLR loss calls the critic's encoder on its own
-            networks += [self.critic.encoder, self.decoder, self.projection, self.prediction, self.target_encoder,
-                         self.target_projection]
+            networks += [self.critic.encoder, *self.mlr_networks(), self.target_encoder, self.target_projection]
         return networks
 
     def apply_optimizer_settings(self) -> None:
@@ -210,22 +225,9 @@ class SACMLRAgent(RLAgent):
         return {"train/mlr_loss": loss.detach(), "train/mlr_lr": torch.tensor(mlr_opt.param_groups[0]["lr"])}
 
     def compute_mlr_loss(self, frames: Tensor, actions: Tensor) -> Tensor:
-        """Mean of 2 - 2 cos(prediction, target) over all B x K positions."""
-        b, k = frames.shape[:2]
-        online_in, target_in, _ = self.mlr_views(frames)
-        states = self.critic.encoder(online_in).view(b, k, -1)  # [B, K, D]
-        prediction = self.prediction(self.projection(self.decoder(states, actions)))  # [B, K, D]
-        with torch.no_grad():
-            target = self.target_projection(self.target_encoder(target_in)).view(b, k, -1)
-        return mlr_loss(prediction, target, self.mlr.normalize_eps).mean()
-
-    def mlr_views(self, frames: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """frames uint8 [B, K, C, H, W] -> (online input, target input) [B*K, C, crop, crop] and the mask.
-
-        The cube mask is applied to the full (uncropped) frames *before* augmentation; the online
-        (masked) and target (unmasked) views get independent crops and intensity draws per image.
-        """
-        return masked_views(frames, self.mlr, self.cfg.env.image_size, self.augment_mlr)
+        """frames uint8 [B, K, 3S, H, W] (uncropped), actions [B, K, A] -> the mean loss over all B x K
+        positions (by default 2 - 2 cos(prediction, target))."""
+        return self.objective.loss(frames, actions).mean()
 
     def augment_mlr(self, frames: Tensor) -> Tensor:
         """uint8 [N, C, H, W] -> float [N, C, crop, crop] in pixel units (the encoder divides by 255)."""
@@ -238,5 +240,4 @@ class SACMLRAgent(RLAgent):
         soft_update(self.critic_target.q2, self.critic.q2, sac.critic_tau)
         soft_update(self.critic_target.encoder, self.critic.encoder, sac.encoder_tau)
         if self.mlr.enabled:
-            soft_update(self.target_encoder, self.critic.encoder, self.mlr.momentum_tau)
-            soft_update(self.target_projection, self.projection, self.mlr.momentum_tau)
+            self.objective.update_targets(self.mlr.momentum_tau)

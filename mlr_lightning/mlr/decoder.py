@@ -1,5 +1,5 @@
-"""MLR's predictive latent decoder: a small bidirectional transformer over state and action tokens
-(MLR paper, section 2.6)."""
+"""MLR's decoders: the predictive latent decoder, a small bidirectional transformer over state and
+action tokens (MLR paper, section 2.6), and the pixel decoder of the pixel-reconstruction ablation."""
 
 from __future__ import annotations
 
@@ -61,12 +61,16 @@ class PredictiveLatentDecoder(nn.Module):
 
     State and action tokens of step t share the sinusoidal embedding of t and are interleaved
     ``[s0, a0, s1, a1, ...]``; attention is bidirectional and unmasked, and only the outputs at the
-    state positions are returned. There is no final LayerNorm.
+    state positions are returned. There is no final LayerNorm. ``action_tokens=False`` (the paper's
+    ``NoAction`` ablation) leaves the state tokens and their positions only.
     """
 
-    def __init__(self, dim: int, action_dim: int, num_layers: int, num_heads: int, mlp_ratio: float, max_len: int):
+    def __init__(self, dim: int, action_dim: int, num_layers: int, num_heads: int, mlp_ratio: float, max_len: int,
+                 action_tokens: bool = True):
         super().__init__()
-        self.action_embedding = nn.Linear(action_dim, dim)
+        self.action_tokens = action_tokens
+        if action_tokens:
+            self.action_embedding = nn.Linear(action_dim, dim)
         self.register_buffer("positions", sinusoidal_positions(max_len, dim), persistent=False)
         self.blocks = nn.ModuleList(Block(dim, num_heads, mlp_ratio) for _ in range(num_layers))
 
@@ -74,7 +78,36 @@ class PredictiveLatentDecoder(nn.Module):
         """states [B, K, D], actions [B, K, A] -> reconstructed states [B, K, D]."""
         b, k, d = states.shape
         pos = self.positions[:k]  # [K, D]
+        if not self.action_tokens:
+            tokens = states + pos
+            for block in self.blocks:
+                tokens = block(tokens)
+            return tokens
         tokens = torch.stack([states + pos, self.action_embedding(actions) + pos], dim=2).view(b, 2 * k, d)
         for block in self.blocks:
             tokens = block(tokens)
         return tokens.view(b, k, 2, d)[:, :, 0]
+
+
+class PixelDecoder(nn.Module):
+    """The pixel-reconstruction ablation's decoder: transformer state outputs [N, D] -> pixels [N, C, S, S].
+
+    Linear to a 32-channel map of side ceil(S / 8), three 4x4 transposed convolutions of stride 2
+    (ReLU between), then a bilinear resize to S where 8 * side overshoots it.
+    """
+
+    def __init__(self, dim: int, channels: int, size: int, hidden: int = 32):
+        super().__init__()
+        self.size, self.hidden, self.side = size, hidden, math.ceil(size / 8)
+        self.fc = nn.Linear(dim, hidden * self.side * self.side)
+        self.deconvs = nn.Sequential(
+            nn.ReLU(), nn.ConvTranspose2d(hidden, hidden, 4, 2, 1),
+            nn.ReLU(), nn.ConvTranspose2d(hidden, hidden, 4, 2, 1),
+            nn.ReLU(), nn.ConvTranspose2d(hidden, channels, 4, 2, 1),
+        )
+
+    def forward(self, states: Tensor) -> Tensor:
+        pixels = self.deconvs(self.fc(states).view(-1, self.hidden, self.side, self.side))
+        if pixels.shape[-1] != self.size:
+            pixels = F.interpolate(pixels, size=(self.size, self.size), mode="bilinear", align_corners=False)
+        return pixels

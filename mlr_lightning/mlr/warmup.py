@@ -1,42 +1,48 @@
-"""The MLR learning-rate warm-up against the run's length: a one-line note for runs shorter than it."""
+"""MLR's learning-rate warm-up on DMC (an inverse-square-root schedule), and how much of it a run sees.
+
+Returns numbers only; the command line turns a shortfall into its note.
+"""
 
 from __future__ import annotations
 
-from omegaconf import DictConfig
-
-from mlr_lightning.agents.schedules import inverse_sqrt_schedule
-
-
-def mlr_updates(cfg: DictConfig) -> int:
-    """MLR updates in a run: one per agent update, after the random ``train.init_steps`` agent steps."""
-    from mlr_lightning.domains import domain_of
-
-    agent_steps = cfg.train.num_env_steps // domain_of(cfg).env_steps_per_agent_step(cfg)
-    return max(0, agent_steps - cfg.train.init_steps) * cfg.train.updates_per_step
+import math
+from dataclasses import dataclass
 
 
-def warmup_note(cfg: DictConfig) -> str | None:
-    """A note when MLR's LR warm-up (``mlr.warmup_steps``, where the domain has one) outlasts the run;
-    None otherwise (Baseline runs, domains without a warm-up, runs longer than it)."""
-    mlr = cfg.mlr
-    if not mlr.enabled or "warmup_steps" not in mlr:
+def inverse_sqrt_schedule(warmup_steps: int, init_factor: float):
+    """LR factor: linear from ``init_factor`` to 1 over ``warmup_steps`` updates, then sqrt(warmup / step)."""
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return init_factor + (1.0 - init_factor) * step / warmup_steps
+        return math.sqrt(warmup_steps / step)
+
+    return factor
+
+
+@dataclass(frozen=True)
+class WarmupShortfall:
+    """A run of ``updates`` MLR updates, shorter than the warm-up of ``warmup_steps``: the LR factor it
+    averages and ends at, and a shorter warm-up (half the run) with the average that one would give."""
+
+    updates: int
+    warmup_steps: int
+    mean_factor: float
+    end_factor: float
+    shorter_warmup: int
+    shorter_mean_factor: float
+
+
+def warmup_shortfall(updates: int, warmup_steps: int, init_factor: float) -> WarmupShortfall | None:
+    """None when the run reaches the end of the warm-up (or makes no MLR update)."""
+    if updates >= warmup_steps or updates == 0:
         return None
-    updates, warmup = mlr_updates(cfg), mlr.warmup_steps
-    if updates >= warmup or updates == 0:
-        return None
-    mean, end = _mean_factor(warmup, mlr.warmup_init_factor, updates)
+    mean, end = _mean_factor(warmup_steps, init_factor, updates)
     shorter = max(1, updates // 2)
-    return (f"note: this run makes {updates} MLR updates, fewer than the MLR learning-rate warm-up "
-            f"(mlr.warmup_steps={warmup}): MLR trains at ~{_percent(mean)} of mlr.lr on average ({_percent(end)} at the end). "
-            f"To change it set mlr.warmup_steps, e.g. mlr.warmup_steps={shorter} "
-            f"(~{_percent(_mean_factor(shorter, mlr.warmup_init_factor, updates)[0])} on average).")
+    return WarmupShortfall(updates, warmup_steps, mean, end, shorter, _mean_factor(shorter, init_factor, updates)[0])
 
 
 def _mean_factor(warmup: int, init_factor: float, updates: int) -> tuple[float, float]:
     """The LR factor averaged over ``updates`` updates, and its value at the last one."""
     factor = inverse_sqrt_schedule(warmup, init_factor)
     return sum(factor(step) for step in range(updates)) / updates, factor(updates - 1)
-
-
-def _percent(fraction: float) -> str:
-    return f"{fraction:.0%}" if fraction >= 0.01 else f"{100 * fraction:.2g}%"

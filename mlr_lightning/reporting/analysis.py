@@ -13,8 +13,9 @@ agent of the same architecture (:func:`untrained_like`), and for shuffled pairs.
 2. :func:`similarity_by_distance`: its mean over pairs d steps apart; the shuffled-pairs level is the
    mean over all pairs i != j (:func:`shuffled_pairs`). :func:`effective_dimensions` counts how many
    directions the centred latents spread over (participation ratio of their covariance spectrum).
-3. :func:`masked_prediction_similarity` (MLR runs only; a Baseline has no decoder): windows of K steps
-   of the trajectory with their first temporal block masked (the run's cube geometry and ratio); the
+3. :func:`masked_prediction_similarity` (MLR runs with a latent target only; a Baseline has no
+   decoder): windows of K steps of the trajectory with their first temporal block masked by the run's
+   own objective (``mlr/objective.py``: its masking strategy, space, geometry and ratio); the
    cosine between the decoder's prediction at each position and the momentum target of the unmasked
    window, both centred per position over the windows. It measures how well the prediction follows
    the target from window to window. Shuffled pairs: the target of another window that does not
@@ -44,8 +45,6 @@ from mlr_lightning.agents.rainbow_mlr import RainbowMLRAgent
 from mlr_lightning.agents.sac_mlr import SACMLRAgent
 from mlr_lightning.data.augment import center_crop
 from mlr_lightning.domains import domain_of
-from mlr_lightning.mlr.heads import ql1_projection
-from mlr_lightning.mlr.masking import apply_mask, cube_mask
 from mlr_lightning.training.evaluation import as_policy
 
 
@@ -104,50 +103,33 @@ def collect_trajectory(agent: RLAgent, seed: int, max_steps: int = 1000) -> dict
 class _SACLatents:
     """DMC (SAC+MLR): the critic's encoder (the one MLR trains) on centre crops, as the policy acts."""
 
-    keep_drawn = False  # the mask's drawn patches are the masked ones
-
     def __init__(self, agent: SACMLRAgent):
         self.agent, self.crop = agent, agent.cfg.env.crop_size
 
     def encode(self, pixels: Tensor) -> Tensor:
         return self.agent.critic.encoder(center_crop(pixels, self.crop))
 
-    def predict(self, masked: Tensor, actions: Tensor) -> Tensor:
-        a, (n, k) = self.agent, masked.shape[:2]
-        states = self.encode(masked.flatten(0, 1)).view(n, k, -1)
-        return a.prediction(a.projection(a.decoder(states, actions)))
-
-    def target(self, frames: Tensor) -> Tensor:
-        a, (n, k) = self.agent, frames.shape[:2]
-        return a.target_projection(a.target_encoder(center_crop(frames.flatten(0, 1), self.crop))).view(n, k, -1)
+    def view(self, frames: Tensor) -> Tensor:
+        """Windows [N, K, C, H, W] as the MLR encoders see them here: centre crops (no augmentation)."""
+        return center_crop(frames, self.crop)
 
 
 class _RainbowLatents:
-    """Atari (Rainbow+MLR): the online network's conv encoder, flattened; MLR's projection is the Q
-    head's first layers (mean weights)."""
+    """Atari (Rainbow+MLR): the online network's conv encoder, flattened."""
 
     def __init__(self, agent: RainbowMLRAgent):
         self.agent = agent
-        self.keep_drawn = bool(agent.mlr.official_mask_keep)  # as the agent's mlr_views
 
     def encode(self, pixels: Tensor) -> Tensor:
         return self.agent.online.encoder(pixels).flatten(1)
 
-    def predict(self, masked: Tensor, actions: Tensor) -> Tensor:
-        a, (n, k) = self.agent, masked.shape[:2]
-        x = masked.flatten(0, 1).float() * (255.0 if a.mlr.official_input_scaling else 1.0)  # as mlr_views
-        tokens = a.decoder_in(self.encode(x)).view(n, k, -1)
-        reconstructed = a.decoder_out(a.decoder(tokens, actions.float())).reshape(n * k, -1)
-        return a.prediction(ql1_projection(a.online.head, reconstructed)).view(n, k, -1)
-
-    def target(self, frames: Tensor) -> Tensor:
-        a, (n, k) = self.agent, frames.shape[:2]
-        return ql1_projection(a.target_head, a.target_encoder(frames.flatten(0, 1)).flatten(1)).view(n, k, -1)
+    def view(self, frames: Tensor) -> Tensor:
+        return frames
 
 
 def latents_of(agent: RLAgent) -> _SACLatents | _RainbowLatents:
-    """How the analyses read an agent: ``encode`` (uint8 observations [N, C, H, W] -> latents [N, D]),
-    and for MLR agents ``predict`` and ``target`` over windows [N, K, ...]."""
+    """How the analyses read an agent: ``encode`` (uint8 observations [N, C, H, W] -> latents [N, D])
+    and ``view`` (windows [N, K, C, H, W] as the MLR objective's ``predict`` and ``target`` take them)."""
     for agent_class, reader in ((SACMLRAgent, _SACLatents), (RainbowMLRAgent, _RainbowLatents)):
         if isinstance(agent, agent_class):
             return reader(agent)
@@ -216,7 +198,9 @@ def masked_prediction_similarity(agent: RLAgent, trajectory: dict[str, Tensor], 
     """
     if not agent.mlr.enabled:
         raise ValueError("a Baseline agent has no MLR decoder to predict with")
-    reader, mlr = latents_of(agent), agent.mlr
+    if agent.mlr.target != "latent":
+        raise ValueError(f"mlr.target={agent.mlr.target} predicts pixels, not latents: nothing to compare with a target latent")
+    reader, mlr, objective = latents_of(agent), agent.mlr, agent.objective
     k, block = mlr.seq_len, mlr.block_size
     pixels, actions = trajectory["pixels"], trajectory["action"]
     steps = pixels.shape[0]
@@ -226,12 +210,11 @@ def masked_prediction_similarity(agent: RLAgent, trajectory: dict[str, Tensor], 
     starts = np.unique(np.linspace(0, steps - k, min(max_windows, steps - k + 1)).round().astype(int))
     index = torch.as_tensor(starts)[:, None] + torch.arange(k)
     frames, acts = pixels[index], actions[index]  # [N, K, C, H, W], [N, K, A]
-    mask = cube_mask(k, agent.cfg.env.image_size, mlr.patch_size, block, mlr.mask_ratio,
-                     generator=torch.Generator().manual_seed(seed))
-    if reader.keep_drawn:
-        mask = ~mask
-    mask[block:] = False  # only the first temporal block is masked
-    prediction, target = reader.predict(apply_mask(frames, mask), acts), reader.target(frames)
+    mask = objective.mask(frames, generator=torch.Generator().manual_seed(seed))  # [(N,) K, 1, H, W]
+    mask = mask & (torch.arange(k) < block)[:, None, None, None]  # only the first temporal block is masked
+    online, features_masked = objective.masked_input(frames, mask)
+    prediction = objective.predict(reader.view(online), acts, features_masked)
+    target = objective.target(reader.view(frames))
     matched = _centred_cosine(prediction, target)  # [N, K]
     shuffled = _centred_cosine(prediction, target[_non_overlapping_partners(starts, k, seed)])
     raw = F.cosine_similarity(prediction.float(), target.float(), dim=-1)

@@ -17,21 +17,28 @@ Nothing is dropped silently: every run left out of a table is named in the notes
 from __future__ import annotations
 
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
 
 from mlr_lightning.reporting.plots import learning_curves, performance_profiles
 from mlr_lightning.reporting.reference_scores import normalized_score, paper_reference
+from mlr_lightning.run_identity import NON_RESULT_KEYS, REPLACED_TAG
 
 EVAL_METRIC = "eval/return_mean"
 AGGREGATES = ("IQM", "Median", "Mean", "Optimality gap")
 STD = "std (ddof=1)"  # the per-task column: the sample standard deviation over seeds
 COUNTED_STATUS = "FINISHED"
 RUN_TAGS = ("task", "mlr", "seed")  # set by fit (training/tracking.py: run_tags)
+DEFAULT_BY = ("mlr.enabled",)  # the arms: MLR and Baseline
+# Keys that tell runs of one arm and task apart without making them another config.
+PER_RUN_KEYS = ("seed", "env.task", *NON_RESULT_KEYS)
+FILTER_QUOTING = ("string values in single quotes, dotted names in double quotes or backticks, e.g. "
+                  "--filter \"params.\\\"mlr.mask_ratio\\\" = '0.5'\" or --filter \"params.`mlr.mask_ratio` = '0.5'\"")
 
 
 class CompareError(ValueError):
@@ -51,6 +58,12 @@ class RunCurve:
     status: str = COUNTED_STATUS
     end_time: int = 0  # ms since the epoch; of two finished runs of one seed the later one counts
     start_time: int = 0
+    params: dict[str, str] = field(default_factory=dict)  # the run's config as fit logged it (dotted keys)
+    replaced: str = ""  # the ``replaced`` tag of sweep --restart-changed
+    method: str = ""  # "MLR" or "Baseline" from the ``mlr`` tag; ``algorithm`` becomes the run's arm label
+
+    def __post_init__(self):
+        self.method = self.method or self.algorithm
 
     @property
     def final_step(self) -> int | None:
@@ -74,6 +87,7 @@ class RunCurve:
 class RunSelection:
     counted: list[RunCurve]
     excluded: list[tuple[RunCurve, str]]  # (run, reason)
+    notes: list[str] = field(default_factory=list)  # what the grouping did: arms split by differing keys
 
     def table(self) -> pd.DataFrame:
         """Every run: counted or not, and why not."""
@@ -93,7 +107,13 @@ def fetch_runs(client: MlflowClient, experiment: str, filter_string: str = "") -
         raise CompareError(f"no MLflow experiment named {experiment!r}; experiments in this store: {known}")
     runs, token = [], None
     while True:
-        page = client.search_runs([exp.experiment_id], filter_string=filter_string, max_results=1000, page_token=token)
+        try:
+            page = client.search_runs([exp.experiment_id], filter_string=filter_string, max_results=1000,
+                                      page_token=token)
+        except MlflowException as err:
+            reason = " ".join(str(err).split())[:200]
+            raise CompareError(f"--filter {filter_string!r} is not an MLflow filter ({reason}); write "
+                               f"{FILTER_QUOTING}") from None
         runs.extend(page)
         token = page.token
         if not token:
@@ -114,28 +134,39 @@ def fetch_runs(client: MlflowClient, experiment: str, filter_string: str = "") -
             status=info.status,
             end_time=info.end_time or 0,
             start_time=info.start_time or 0,
+            params=dict(run.data.params),
+            replaced=tags.get(REPLACED_TAG, ""),
         ))
     if not curves:
         raise CompareError(f"experiment {experiment!r} has no runs matching filter {filter_string!r}")
     return curves
 
 
-def select_runs(curves: list[RunCurve]) -> RunSelection:
-    """One FINISHED run per (task, algorithm, seed); every other run is excluded with its reason.
+def select_runs(curves: list[RunCurve], by: tuple[str, ...] = DEFAULT_BY) -> RunSelection:
+    """One FINISHED run per (task, arm, config, seed); every other run is excluded with its reason.
 
-    Rule for duplicates: of the finished runs of one seed, the newest finished (latest end time,
-    then latest start) counts; the others are listed as superseded by it.
+    Arms are the values of the ``by`` keys (``mlr.enabled``: MLR and Baseline). Runs of one arm and
+    task whose configs differ in other keys are never pooled: each run's arm label gets the values
+    of those keys (``MLR [mlr.mask_ratio=0.25]``), so they are separate groups, and a note names the
+    keys. Rule for duplicates, which are runs of the same config and seed: the newest finished
+    (latest end time, then latest start) counts; the others are listed as superseded by it.
     """
     excluded, candidates = [], []
     for c in curves:
+        missing = [key for key in by if key != "mlr.enabled" and key not in c.params]
         if c.status != COUNTED_STATUS:
             excluded.append((c, f"status {c.status}: only {COUNTED_STATUS} runs are counted"))
+        elif c.replaced:
+            excluded.append((c, f"replaced {c.replaced} (sweep --restart-changed)"))
         elif not (c.task and c.algorithm and c.seed):
             excluded.append((c, f"no {'/'.join(RUN_TAGS)} tags (not started by fit)"))
+        elif missing:
+            excluded.append((c, f"no param {missing[0]} (compare --by {missing[0]})"))
         elif c.final_step is None:
             excluded.append((c, f"no {EVAL_METRIC} logged"))
         else:
             candidates.append(c)
+    notes = label_arms(candidates, by)
     by_seed: dict[tuple, list[RunCurve]] = {}
     for c in candidates:
         by_seed.setdefault((c.domain, c.task, c.algorithm, c.seed), []).append(c)
@@ -143,10 +174,69 @@ def select_runs(curves: list[RunCurve]) -> RunSelection:
     for runs in by_seed.values():
         newest, *older = sorted(runs, key=lambda c: (c.end_time, c.start_time, c.run_id), reverse=True)
         counted.append(newest)
-        excluded += [(c, f"duplicate of seed {c.seed}: the newer finished run {newest.name} ({newest.run_id}) counts")
-                     for c in older]
+        excluded += [(c, f"duplicate of seed {c.seed} with the same config: the newer finished run {newest.name} "
+                         f"({newest.run_id}) counts") for c in older]
     counted.sort(key=lambda c: (c.task, c.algorithm, _seed_key(c.seed)))
-    return RunSelection(counted, excluded)
+    return RunSelection(counted, excluded, notes)
+
+
+def arm_of(curve: RunCurve, by: tuple[str, ...]) -> str:
+    """The arm a run belongs to: ``MLR``/``Baseline`` for ``mlr.enabled``, ``key=value`` for other keys."""
+    parts = [curve.method if key == "mlr.enabled" else f"{key}={curve.params[key]}" for key in by]
+    return ", ".join(parts)
+
+
+def setting(curve: RunCurve, by: tuple[str, ...]) -> dict[str, str]:
+    """The run's config less its seed, the arm's keys and keys that do not change results."""
+    return {k: v for k, v in curve.params.items() if k not in by and k not in PER_RUN_KEYS}
+
+
+def label_arms(curves: list[RunCurve], by: tuple[str, ...]) -> list[str]:
+    """Sets each run's ``algorithm`` to its arm, plus the values of any key in which the runs of that
+    arm differ within a task (the same keys on every task, so the groups line up across tasks);
+    returns notes naming those keys."""
+    arms: dict[str, list[RunCurve]] = {}
+    for c in curves:
+        arms.setdefault(arm_of(c, by), []).append(c)
+    notes = []
+    for arm, runs in arms.items():
+        varying: set[str] = set()
+        for task in {c.task for c in runs}:
+            settings = [setting(c, by) for c in runs if c.task == task]
+            keys = set().union(*settings)
+            varying |= {k for k in keys if len({s.get(k) for s in settings}) > 1}
+        keys = sorted(varying)
+        for c in runs:
+            values = setting(c, by)
+            c.algorithm = arm + (" [" + ", ".join(f"{k}={values.get(k, '-')}" for k in keys) + "]" if keys else "")
+        if keys:
+            groups: dict[str, list[str]] = {}
+            for c in runs:
+                groups.setdefault(c.algorithm, []).append(f"{c.task} s{c.seed}")
+            notes.append(f"{arm}: its runs differ in {', '.join(keys)}, so they are separate groups, never pooled "
+                         f"or taken for duplicates of one seed: " + "; ".join(f"{label} ({', '.join(sorted(set(r)))})"
+                                                                              for label, r in sorted(groups.items())))
+    return notes
+
+
+def arm_configs(curves: list[RunCurve], by: tuple[str, ...]) -> pd.DataFrame:
+    """Per arm and task: the config it stands for, as the keys in which the arms differ (all keys of
+    every arm's common config are in ``arms.csv``)."""
+    groups: dict[tuple[str, str], list[RunCurve]] = {}
+    for c in curves:
+        groups.setdefault((c.algorithm, c.task), []).append(c)
+    common = {key: {k: v for k, v in setting(runs[0], ()).items() if k != "seed"
+                    and all(setting(r, ()).get(k) == v for r in runs)} for key, runs in groups.items()}
+    rows = []
+    for (arm, task), config in sorted(common.items()):
+        others = [c for (a, t), c in common.items() if t == task and a != arm]
+        differing = sorted(k for k in config if any(o.get(k) != config[k] for o in others))
+        rows.append({"arm": arm, "task": task, "runs": len(groups[(arm, task)]),
+                     "config (keys where the arms differ)": ", ".join(f"{k}={config[k]}" for k in differing) or
+                     ("(no config params logged)" if not config else "(the only arm)" if not others else
+                      "(same config)"),
+                     "config": config})
+    return pd.DataFrame(rows, columns=["arm", "task", "runs", "config (keys where the arms differ)", "config"])
 
 
 def final_steps(curves: list[RunCurve]) -> dict[int, int]:
@@ -325,31 +415,37 @@ def profile_plot(matrices: dict[str, np.ndarray], path: Path, budget: int, reps:
 
 
 def compare(client: MlflowClient, experiment: str, out_dir: Path, budgets: list[int] | None = None,
-            filter_string: str = "", reps: int = 2000, common_seeds: bool = False) -> dict:
+            filter_string: str = "", reps: int = 2000, common_seeds: bool = False,
+            by: tuple[str, ...] = DEFAULT_BY) -> dict:
     """Writes summary.md (everything below, as text), runs.csv (every run: counted or why not),
     per_task.{csv,md}, aggregate_<budget>.{csv,md} and PNG plots; returns the tables and notes.
 
     ``budgets`` None: every final evaluation step of the counted runs. Budgets that no counted run
     reaches are named in the notes; if none is reached at all, a CompareError says which the runs reach.
     """
+    selection = select_runs(fetch_runs(client, experiment, filter_string), tuple(by))
     out_dir.mkdir(parents=True, exist_ok=True)
-    selection = select_runs(fetch_runs(client, experiment, filter_string))
     runs = selection.table()
     runs.to_csv(out_dir / "runs.csv", index=False)
     curves = selection.counted
     if not curves:
-        raise CompareError(f"no run of experiment {experiment!r} can be counted:\n{_markdown(runs)}")
+        reasons = "; ".join(f"{row.run}: {row.reason}" for row in runs.itertuples(index=False))
+        raise CompareError(f"no run of experiment {experiment!r} can be counted ({reasons}); every run with its "
+                           f"reason is in {out_dir / 'runs.csv'}")
     budgets = sorted(budgets) if budgets else default_budgets(curves)
     if not budgets:
         raise CompareError(f"no budget to score: {reach_summary(curves)}")
     if not any(c.reaches(b) for c in curves for b in budgets):
         raise CompareError(f"no run reaches {', '.join(map(str, budgets))} env steps; {reach_summary(curves)}. "
                            "Choose budgets among these (compare --budgets, BUDGETS in the notebook), or give none to use them")
-    notes = budget_notes(curves, budgets)
+    notes = selection.notes + budget_notes(curves, budgets)
+    arms = arm_configs(curves, tuple(by))
+    _config_rows(arms).to_csv(out_dir / "arms.csv", index=False)
     per_task = per_task_table(curves, budgets)
     per_task.to_csv(out_dir / "per_task.csv", index=False)
     (out_dir / "per_task.md").write_text(_markdown(per_task))
     result = {"runs": runs, "excluded": runs[~runs["counted"]].reset_index(drop=True), "per_task": per_task,
+              "arms": arms.drop(columns="config"),
               "aggregate": {}, "notes": notes, "budgets": budgets, "plots": curve_plots(curves, out_dir)}
     for budget in budgets:
         if not any(c.reaches(budget) for c in curves):
@@ -373,10 +469,12 @@ def compare(client: MlflowClient, experiment: str, out_dir: Path, budgets: list[
 def summary_text(result: dict) -> str:
     """The report ``compare`` prints: runs counted and excluded, per-task table, notes, aggregates."""
     runs, excluded = result["runs"], result["excluded"]
-    parts = [f"Runs: {len(runs) - len(excluded)} counted (one {COUNTED_STATUS} run per task, algorithm and seed; "
-             f"of duplicates the newest finished), {len(excluded)} excluded."]
+    parts = [f"Runs: {len(runs) - len(excluded)} counted (one {COUNTED_STATUS} run per task, arm, config and seed; "
+             f"of duplicates of one config the newest finished), {len(excluded)} excluded."]
     if len(excluded):
         parts.append(_markdown(excluded[["run", "task", "algorithm", "seed", "status", "reason"]]))
+    if "arms" in result:
+        parts.append("Arms: the config each stands for (every key of it in arms.csv):\n\n" + _markdown(result["arms"]))
     parts.append(f"Per task: mean and sample std (ddof=1) over seeds at each budget (env steps), beside the paper's "
                  f"mean±std:\n\n{_markdown(result['per_task'])}")
     if result["notes"]:
@@ -385,6 +483,13 @@ def summary_text(result: dict) -> str:
         parts.append(f"Aggregate over tasks at {budget} env steps (normalised scores, 95% stratified bootstrap CIs):\n\n"
                      + _markdown(table))
     return "\n".join(parts)
+
+
+def _config_rows(arms: pd.DataFrame) -> pd.DataFrame:
+    """arm, task, key, value: the whole config of each arm on each task, one key a row."""
+    rows = [{"arm": row.arm, "task": row.task, "key": key, "value": value}
+            for row in arms.itertuples(index=False) for key, value in sorted(row.config.items())]
+    return pd.DataFrame(rows, columns=["arm", "task", "key", "value"])
 
 
 def _groups(curves: list[RunCurve]) -> dict[tuple[str, str], list[RunCurve]]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from urllib.parse import urlparse
 
+from mlr_lightning.run_identity import REPLACED_TAG
 from mlr_lightning.sweep.spec import SweepError, SweepPlan
 
 
@@ -59,3 +60,15 @@ def mark_failed(client, experiment: str, run_name: str, error: str) -> None:
     if runs:
         client.set_tag(runs[0].info.run_id, "error", error[-4900:])
         client.set_terminated(runs[0].info.run_id, "FAILED")
+
+
+def tag_replaced(client, experiment: str, run_name: str, new_hash: str) -> None:
+    """The trial's runs stay in MLflow, tagged as replaced by a fresh start with another config
+    (``sweep --restart-changed``): the sweep no longer counts them as the trial, ``compare`` lists them
+    as excluded with the reason."""
+    exp = client.get_experiment_by_name(experiment)
+    runs = client.search_runs([exp.experiment_id], filter_string=f"attributes.run_name = '{run_name}'",
+                              max_results=1000) if exp else []
+    for run in runs:
+        if REPLACED_TAG not in run.data.tags:
+            client.set_tag(run.info.run_id, REPLACED_TAG, f"by a fresh start with config hash {new_hash}")

@@ -12,10 +12,16 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from omegaconf import DictConfig, OmegaConf
+
+from mlr_lightning.config import config_differences
+from mlr_lightning.run_identity import HASH_TAG, NON_RESULT_KEYS, REPLACED_TAG, config_hash, result_differences
 from mlr_lightning.sweep.spec import SweepPlan, Trial
+from mlr_lightning.training.tracking import config_params
 
 EVAL_COLUMN = "eval/return_mean"
 STATUSES = ("pending", "running", "finished", "failed")
+INPUT_ERROR_PREFIX = "refused its input"  # a failed trial's note when fit exited 2: not retried
 
 
 def read_progress(run_dir: Path) -> tuple[int | None, float | None]:
@@ -36,38 +42,115 @@ def read_progress(run_dir: Path) -> tuple[int | None, float | None]:
     return env_steps, eval_return
 
 
-def finished_run_names(client, experiment: str) -> set[str]:
-    """Names of the runs of ``experiment`` that ``fit`` completed (MLflow status FINISHED)."""
+def finished_runs(client, experiment: str) -> dict[str, list]:
+    """Run name -> the runs of ``experiment`` that ``fit`` completed (MLflow status FINISHED)."""
     exp = client.get_experiment_by_name(experiment)
     if exp is None:
-        return set()
-    runs = client.search_runs([exp.experiment_id], filter_string="attributes.status = 'FINISHED'", max_results=50_000)
-    return {run.info.run_name for run in runs}
+        return {}
+    runs: dict[str, list] = {}
+    for run in client.search_runs([exp.experiment_id], filter_string="attributes.status = 'FINISHED'",
+                                  max_results=50_000):
+        runs.setdefault(run.info.run_name, []).append(run)
+    return runs
 
 
-def split_finished(plan: SweepPlan, client) -> tuple[list[Trial], list[Trial]]:
-    """(finished trials, the others). With MLflow, finished means a FINISHED run of the trial's name
-    (``fit`` marks it so only after the final evaluation, snapshot and artifacts); without, a final
-    snapshot."""
-    if client is not None:
-        names = finished_run_names(client, plan.experiment)
-        done = [t.name in names for t in plan.trials]
-    else:
-        done = [has_final_snapshot(t) for t in plan.trials]
-    return ([t for t, d in zip(plan.trials, done) if d], [t for t, d in zip(plan.trials, done) if not d])
+@dataclass
+class Changed:
+    """A planned trial whose existing run was made with another config."""
+
+    trial: Trial
+    differences: list[str]  # "key: old -> new"
+
+
+def split_finished(plan: SweepPlan, client) -> tuple[list[Trial], list[Trial], list[Changed]]:
+    """(finished trials, trials to run, trials whose existing run has another config).
+
+    Finished means a FINISHED MLflow run of the trial's name *and* config hash (``fit`` marks it so
+    only after the final evaluation, snapshot and artifacts); without MLflow, a final snapshot of the
+    same config. Changed: a finished run of the name with another config hash, or a snapshot whose
+    config ``fit --resume`` would refuse (a changed result-affecting key, or any key a resume may not
+    change)."""
+    finished, todo, changed = [], [], []
+    runs = finished_runs(client, plan.experiment) if client is not None else {}
+    for trial in plan.trials:
+        saved = saved_config(trial.run_dir)
+        if client is not None:
+            named = [run for run in runs.get(trial.name, []) if REPLACED_TAG not in run.data.tags]
+            hashes = {run_hash(run, saved, trial) for run in named}
+            done, done_other = trial.config_hash in hashes, bool(hashes - {trial.config_hash})
+        else:
+            done = has_final_snapshot(trial) and saved is not None and config_hash(saved) == trial.config_hash
+            done_other = has_final_snapshot(trial) and not done
+        if done:
+            finished.append(trial)
+        elif done_other:
+            differences = (result_differences(saved, trial.cfg) if saved is not None
+                           else param_differences(named[0], trial))
+            changed.append(Changed(trial, differences or [f"config hash {sorted(hashes)} -> {trial.config_hash}"]))
+        elif refused := (config_differences(saved, trial.cfg)
+                         if saved is not None and snapshot_exists(trial.run_dir) else []):
+            changed.append(Changed(trial, refused))  # fit --resume would refuse it
+        else:
+            todo.append(trial)
+    return finished, todo, changed
+
+
+def run_hash(run, saved: DictConfig | None, trial: Trial) -> str:
+    """A finished run's config hash: its tag; for a run logged before fit recorded one, that of its
+    run directory's config, else the trial's own if its MLflow params show no difference."""
+    if HASH_TAG in run.data.tags:
+        return run.data.tags[HASH_TAG]
+    if saved is not None:
+        return config_hash(saved)
+    return trial.config_hash if not param_differences(run, trial) else "unknown"
+
+
+def saved_config(run_dir: Path) -> DictConfig | None:
+    """The config a trial's run was made with (``<run_dir>/config.yaml``), None if there is none."""
+    path = Path(run_dir) / "config.yaml"
+    return OmegaConf.load(path) if path.is_file() else None
+
+
+def param_differences(run, trial: Trial) -> list[str]:
+    """The result-affecting keys whose MLflow params differ from the trial's config (where the run
+    directory is on another node)."""
+    logged = run.data.params
+    return [f"{key}: {logged.get(key)!r} -> {value!r}" for key, value in sorted(config_params(trial.cfg).items())
+            if key not in NON_RESULT_KEYS and logged.get(key) != value]
+
+
+def changed_message(changed: list[Changed], experiment: str) -> str:
+    """One line: which trials, which keys, and the two ways on."""
+    first = changed[0]
+    others = f" (and {len(changed) - 1} more trial{'s' * (len(changed) > 2)})" if len(changed) > 1 else ""
+    return (f"trial {first.trial.name}{others} already has a run of another config in experiment {experiment!r}, "
+            f"which differs in: {'; '.join(first.differences)}. Nothing was run. Give the new config its own "
+            f"experiment (experiment=NEW_NAME), or pass --restart-changed to start those trials afresh "
+            f"(their old files move to <run_dir>/previous-attempts/, their MLflow runs are kept and tagged replaced)")
 
 
 def has_final_snapshot(trial: Trial) -> bool:
     """Without MLflow: the newest snapshot's stream counter has reached the end of training."""
+    agent_steps = snapshot_agent_steps(trial.run_dir)
+    return agent_steps is not None and agent_steps >= trial.final_agent_steps
+
+
+def snapshot_agent_steps(run_dir: Path) -> int | None:
+    """The stream counter (agent steps) of the run's newest snapshot; None without one."""
     import torch
 
     from mlr_lightning.training.snapshot import latest_snapshot
 
-    snapshot = latest_snapshot(trial.run_dir / "checkpoints", verify=False)
+    snapshot = latest_snapshot(Path(run_dir) / "checkpoints", verify=False)
     if snapshot is None:
-        return False
-    counters = torch.load(snapshot / "stream-rank0.pt", weights_only=False)["counters"]
-    return counters["agent_steps"] >= trial.final_agent_steps
+        return None
+    return int(torch.load(snapshot / "stream-rank0.pt", weights_only=False)["counters"]["agent_steps"])
+
+
+def snapshot_env_steps(trial: Trial) -> int | None:
+    """Environment steps of the trial's newest snapshot: where a resume continues from."""
+    agent_steps = snapshot_agent_steps(trial.run_dir)
+    return None if agent_steps is None else agent_steps * trial.final_env_steps // max(1, trial.final_agent_steps)
 
 
 def snapshot_exists(run_dir: Path) -> bool:
@@ -97,6 +180,7 @@ class ProgressTable:
         self.path, self.every_s, self.printer = path, every_s, printer
         self._last_print = 0.0
         self._changed = True
+        self._last_text = ""
 
     def set(self, name: str, status: str | None = None, **fields) -> None:
         row = self.rows[name]
@@ -111,11 +195,18 @@ class ProgressTable:
         return {s: sum(r.status == s for r in self.rows.values()) for s in STATUSES}
 
     def maybe_print(self, force: bool = False) -> None:
-        if force or self._changed or time.monotonic() - self._last_print >= self.every_s:
-            self.printer(self.render(full=len(self.rows) <= self.FULL_TABLE_MAX_ROWS), flush=True)
+        """Prints on a change, every ``every_s`` seconds, or when forced unless nothing changed since
+        the last print (so the final table is printed once)."""
+        due = self._changed or time.monotonic() - self._last_print >= self.every_s
+        if self._unprinted() if force else due:
+            text = self.render(full=len(self.rows) <= self.FULL_TABLE_MAX_ROWS)
+            self.printer(text, flush=True)
             if self.path is not None:
                 self.path.write_text(self.render(full=True) + "\n")
-            self._last_print, self._changed = time.monotonic(), False
+            self._last_print, self._changed, self._last_text = time.monotonic(), False, _without_clock(text)
+
+    def _unprinted(self) -> bool:
+        return _without_clock(self.render(full=len(self.rows) <= self.FULL_TABLE_MAX_ROWS)) != self._last_text
 
     def render(self, full: bool = True) -> str:
         counts = self.counts()
@@ -130,3 +221,7 @@ class ProgressTable:
             ret = f"{r.eval_return:.1f}" if r.eval_return is not None else "-"
             lines.append(f"| {r.trial.name} | {r.status} | {steps} | {ret} | {r.attempts} | {r.note} |")
         return head + "\n" + "\n".join(lines)
+
+
+def _without_clock(text: str) -> str:
+    return text.split("] ", 1)[-1]

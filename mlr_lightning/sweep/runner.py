@@ -17,18 +17,29 @@ import sys
 import time
 from pathlib import Path
 
-from mlr_lightning.sweep.mlflow_store import is_local_uri, open_store
-from mlr_lightning.sweep.progress import ProgressTable, read_progress, snapshot_exists, split_finished
+from mlr_lightning.sweep.mlflow_store import is_local_uri, open_store, tag_replaced
+from mlr_lightning.sweep.progress import (
+    INPUT_ERROR_PREFIX,
+    ProgressTable,
+    changed_message,
+    read_progress,
+    snapshot_env_steps,
+    snapshot_exists,
+    split_finished,
+)
 from mlr_lightning.sweep.spec import SweepError, SweepPlan, Trial
 from mlr_lightning.training.preflight import check_connects
+from mlr_lightning.training.run_dir import RunDirError, RunLock, move_to_previous_attempts
 
 STOP_TIMEOUT_S = 600.0  # after Ctrl-C, how long the driver waits for the stopped trials to save
 PACKAGE_ROOT = Path(__file__).resolve().parents[2]
 
 
 def sweep_dir(plan: SweepPlan) -> Path:
-    """Where the sweep keeps its own files: Ray Tune's records, the trial table, the trial locks."""
-    return plan.output_dir / f"sweep-{plan.experiment}"
+    """Where the sweep keeps its own files: Ray Tune's records, the trial table, the trial locks;
+    ``sweep-<experiment>``, or the experiment's own name where it already says so (sweep-quickstart)."""
+    name = plan.experiment if plan.experiment.startswith("sweep") else f"sweep-{plan.experiment}"
+    return plan.output_dir / name
 
 
 def trial_log(plan: SweepPlan, trial: Trial) -> Path:
@@ -85,27 +96,32 @@ def trial_spec(trial: Trial, plan: SweepPlan) -> dict:
 # ------------------------------------------------------------------------------------ driver
 
 
-def run_on_ray(plan: SweepPlan, address: str | None = None, progress_every_s: float = 30.0) -> int:
-    """Runs the unfinished trials; returns 0 (all finished), 1 (some failed) or 130 (interrupted)."""
+def run_on_ray(plan: SweepPlan, address: str | None = None, progress_every_s: float = 30.0,
+               restart_changed: bool = False, verbose: bool = False, notes: list[str] = ()) -> int:
+    """Runs the unfinished trials; returns 0 (all finished), 1 (some failed) or 130 (interrupted).
+    ``notes``: one line per trial that has one (the same text for many trials is printed once)."""
     if address:
         check_ray_address(address)
+    started = time.monotonic()
     check_tracking_for_cluster(plan, address)
     if not address:
         check_resources(plan, [local_node()], "this machine")
     client = open_store(plan)
+    finished, todo = settle_existing_runs(plan, client, restart_changed)
     table = ProgressTable(plan.trials, every_s=progress_every_s)
-    finished, todo = split_finished(plan, client)
     for trial in finished:
         env_steps, eval_return = read_progress(trial.run_dir)
         table.set(trial.name, "finished", env_steps=env_steps, eval_return=eval_return, note="done earlier")
     for trial in todo:
         if snapshot_exists(trial.run_dir):
-            table.set(trial.name, note="resumes from its snapshot")
+            table.set(trial.name, env_steps=snapshot_env_steps(trial), note="resumes from its snapshot")
     print(f"Sweep {plan.sweep.source}: {len(plan.trials)} trials into MLflow experiment {plan.experiment!r} "
-          f"({plan.tracking_uri or 'MLflow off'}); {len(plan.trials) - len(todo)} finished earlier, {len(todo)} to run, "
+          f"({plan.tracking_uri or 'MLflow off'}); {len(finished)} finished earlier, {len(todo)} to run, "
           f"each with cpus={plan.sweep.cpus:g} gpus={plan.sweep.gpus:g}, up to {plan.sweep.max_failures} retries.",
           flush=True)
-    interrupted = _tune(plan, todo, table, client, address) if todo else False
+    for note in dict.fromkeys(notes):  # each trial's fit prints its notes into its log; here each is said once
+        print(f"{notes.count(note)} trial(s): {note}", flush=True)
+    interrupted = _tune(plan, todo, table, client, address, verbose) if todo else False
     table.maybe_print(force=True)
     counts = table.counts()
     if interrupted:
@@ -114,11 +130,68 @@ def run_on_ray(plan: SweepPlan, address: str | None = None, progress_every_s: fl
         return 130
     if client is not None and counts["finished"]:
         _compare(plan, client)
-    if counts["failed"]:
-        print(f"{counts['failed']} trial(s) failed after {plan.sweep.max_failures} retries; their logs are in "
-              f"{sweep_dir(plan) / 'logs'}. Run the same command again to retry them.", file=sys.stderr)
+    print(end_summary(plan, table, time.monotonic() - started))
+    failed = [r for r in table.rows.values() if r.status == "failed"]
+    for row in failed:
+        print(f"failed: {row.trial.name}: {row.note}", file=sys.stderr)
+    if failed:
+        refused = sum(r.note.startswith(INPUT_ERROR_PREFIX) for r in failed)
+        advice = []
+        if refused:
+            advice.append(f"{refused} refused their input (fit exit 2, not retried): fix what the message names, "
+                          "then run the same command again")
+        if len(failed) > refused:
+            advice.append(f"{len(failed) - refused} crashed on every one of {plan.sweep.max_failures + 1} attempts: "
+                          "see the reasons above and their logs, then run the same command again to retry them")
+        print(f"{len(failed)} trial(s) failed ({'; '.join(advice)}); logs: {sweep_dir(plan) / 'logs'}", file=sys.stderr)
         return 1
     return 0
+
+
+def settle_existing_runs(plan: SweepPlan, client, restart_changed: bool) -> tuple[list[Trial], list[Trial]]:
+    """(finished trials, trials to run). A trial whose existing run has another config stops the sweep
+    with a SweepError before anything runs, or with ``restart_changed`` starts afresh: its run
+    directory's files move to ``previous-attempts/`` and its MLflow runs are tagged replaced."""
+    finished, todo, changed = split_finished(plan, client)
+    if changed and not restart_changed:
+        raise SweepError(changed_message(changed, plan.experiment))
+    for item in changed:
+        try:
+            lock = RunLock(item.trial.run_dir)  # a fit still running in it refuses the move
+        except RunDirError as err:
+            raise SweepError(f"--restart-changed: {err}") from None
+        try:
+            move_to_previous_attempts(item.trial.run_dir)
+        finally:
+            lock.release()
+        if client is not None:
+            tag_replaced(client, plan.experiment, item.trial.name, item.trial.config_hash)
+        print(f"restarting {item.trial.name} with the changed config ({'; '.join(item.differences)})", flush=True)
+    restarted = {item.trial.name for item in changed}
+    return finished, [t for t in plan.trials if t in todo or t.name in restarted]
+
+
+def end_summary(plan: SweepPlan, table: ProgressTable, wall_s: float) -> str:
+    """What ``fit`` says at its end, for the sweep: counts, time, cost per run, where to look."""
+    counts = table.counts()
+    ran = [r for r in table.rows.values() if r.attempts]
+    lines = [f"Sweep done in {_duration(wall_s)}: {counts['finished']} of {len(plan.trials)} trials finished"
+             + (f", {counts['failed']} failed" if counts["failed"] else "")
+             + (f"; {len(ran)} ran now, {_duration(wall_s / len(ran))} of sweep time per trial run"
+                if ran else "; nothing to run")
+             + f" (resources per trial: cpus={plan.sweep.cpus:g} gpus={plan.sweep.gpus:g})."]
+    lines.append(f"Trial table: {sweep_dir(plan) / 'trials.md'}; fit logs: {sweep_dir(plan) / 'logs'}")
+    if plan.tracking_uri:
+        where = (f"mlflow ui --backend-store-uri {plan.tracking_uri}" if plan.tracking_uri.startswith("sqlite:")
+                 else f"open {plan.tracking_uri}")
+        lines.append(f"MLflow: {where}  (experiment {plan.experiment!r})")
+    return "\n".join(lines)
+
+
+def _duration(seconds: float) -> str:
+    minutes, secs = divmod(int(round(seconds)), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
 
 
 class _NoTunerRestoreHint(logging.Filter):
@@ -141,7 +214,7 @@ def check_ray_address(address: str) -> None:
                    "start the head with `ray start --head`, or give its HOST:PORT (or auto on one of its nodes)")
 
 
-def _connect(address: str | None) -> None:
+def _connect(address: str | None, verbose: bool = False) -> None:
     """A Ray instance on this machine for the sweep's lifetime, or the cluster at ``address``."""
     import ray
 
@@ -151,7 +224,8 @@ def _connect(address: str | None) -> None:
         # A local instance listens on loopback only: nothing of a sweep on one machine leaves it.
         local = {"_node_ip_address": "127.0.0.1"} if address is None else {}
         ray.init(address=address or "local", include_dashboard=False, log_to_driver=False,
-                 logging_level=logging.WARNING, runtime_env={"env_vars": {"PYTHONPATH": pythonpath}}, **local)
+                 logging_level=logging.INFO if verbose else logging.ERROR,
+                 runtime_env={"env_vars": {"PYTHONPATH": pythonpath}}, **local)
     except ConnectionError as err:
         cause = " ".join(str(err.__cause__ or "").split())[:300]
         hint = ("; the cluster uses token authentication: export RAY_AUTH_MODE=token (token in ~/.ray/auth_token "
@@ -159,7 +233,8 @@ def _connect(address: str | None) -> None:
         raise SweepError(f"--address {address}: {err}" + (f" ({cause})" if cause else "") + hint) from None
 
 
-def _tune(plan: SweepPlan, todo: list[Trial], table: ProgressTable, client, address: str | None) -> bool:
+def _tune(plan: SweepPlan, todo: list[Trial], table: ProgressTable, client, address: str | None,
+          verbose: bool = False) -> bool:
     """Runs ``todo`` on Ray Tune; True if interrupted (Ctrl-C)."""
     os.environ.setdefault("TUNE_PRINT_ALL_TRIAL_ERRORS", "0")  # the table and the trials' logs say it
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # with verbose=0: no Tune tables beside ours
@@ -169,7 +244,7 @@ def _tune(plan: SweepPlan, todo: list[Trial], table: ProgressTable, client, addr
     from mlr_lightning.sweep.trial import FitTrial, SweepProgress, trial_name
 
     logging.getLogger("ray.tune.tune").addFilter(_NoTunerRestoreHint())
-    _connect(address)
+    _connect(address, verbose)
     try:
         if address:
             nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
@@ -193,8 +268,12 @@ def _tune(plan: SweepPlan, todo: list[Trial], table: ProgressTable, client, addr
     finally:
         ray.shutdown()
     unfinished = [r for r in table.rows.values() if r.status in ("pending", "running")]
-    for row in unfinished:
-        row.status, row.note = "pending", "stopped; resumes from its snapshot on the next run"
+    for row in unfinished:  # what the next run continues from: the snapshots, not the last progress report
+        steps = snapshot_env_steps(row.trial)
+        row.status, row.env_steps = "pending", steps
+        row.note = ("stopped; resumes from its snapshot on the next run" if steps is not None else
+                    "stopped before its first snapshot; starts afresh on the next run" if row.attempts else
+                    "not started")
     _wait_for_trial_processes(plan, [r.trial for r in unfinished])
     return bool(unfinished)
 
@@ -240,6 +319,8 @@ def format_plan(plan: SweepPlan) -> str:
         f"{len(trials)} trials = {len(sweep.configs)} configs x {len(sweep.seeds)} seeds x {variants} variants "
         f"({sweep.source})",
         f"resources per trial: cpus={sweep.cpus:g} gpus={sweep.gpus:g}; retries per trial: {sweep.max_failures}",
+        *([f"GPU-hours: {len(trials)} trials x {sweep.gpu_hours_per_trial:g} per trial (gpu_hours_per_trial, as the sweep "
+           f"file states it) = {len(trials) * sweep.gpu_hours_per_trial:,.0f}"] if sweep.gpu_hours_per_trial else []),
         f"MLflow: experiment {plan.experiment!r} at {plan.tracking_uri or '(off)'}; run directories under {plan.output_dir}",
         f"shared overrides: {' '.join(shared) or '(none)'}",
         "",

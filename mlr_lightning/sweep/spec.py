@@ -19,11 +19,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 from mlr_lightning.config import ConfigError, flatten, load_config
+from mlr_lightning.run_identity import config_hash
 
-SWEEP_KEYS = ("experiment", "configs", "exclude", "seeds", "axes", "overrides", "resources", "max_failures", "budgets")
+SWEEP_KEYS = ("experiment", "configs", "exclude", "seeds", "axes", "overrides", "resources", "max_failures", "budgets",
+              "gpu_hours_per_trial")
 RESOURCE_KEYS = ("cpus", "gpus")
 # Trial keys the sweep sets itself, and the sweep key to use instead.
 RESERVED_TRIAL_KEYS = {"seed": "seeds", "run_name": "none: each trial's run_name is derived from it",
@@ -47,6 +49,12 @@ class Trial:
     output_dir: Path  # absolute
     final_env_steps: int  # train.num_env_steps
     final_agent_steps: int  # the stream counter of a completed run
+    cfg: DictConfig | None = field(default=None, compare=False, repr=False)  # resolved, as its fit will load it
+
+    @property
+    def config_hash(self) -> str:
+        """The identity of the run this trial makes (:mod:`mlr_lightning.run_identity`)."""
+        return config_hash(self.cfg)
 
     @property
     def run_dir(self) -> Path:
@@ -73,6 +81,7 @@ class Sweep:
     gpus: float = 0.0
     max_failures: int = 2
     budgets: list[int] | None = None  # for compare; None: each trial's train.num_env_steps
+    gpu_hours_per_trial: float | None = None  # a stated cost per trial, for --dry-run's GPU-hours; None: not stated
 
 
 @dataclass
@@ -178,11 +187,15 @@ def parse_sweep(raw: dict, source: str, default_experiment: str | None = None) -
     if budgets is not None and (not isinstance(budgets, list) or not budgets
                                 or not all(isinstance(b, int) and b > 0 for b in budgets)):
         raise SweepError(f"{source}: budgets must be a list of environment-step counts, e.g. [100000, 500000]")
+    gpu_hours = raw.get("gpu_hours_per_trial")
+    if gpu_hours is not None and (isinstance(gpu_hours, bool) or not isinstance(gpu_hours, (int, float)) or gpu_hours <= 0):
+        raise SweepError(f"{source}: gpu_hours_per_trial must be a number > 0 (GPU-hours one trial costs), got {gpu_hours!r}")
     experiment = raw.get("experiment", default_experiment)
     if experiment is not None and (not isinstance(experiment, str) or not experiment.strip()):
         raise SweepError(f"{source}: experiment must be a non-empty MLflow experiment name")
     sweep = Sweep(source=source, configs=configs, seeds=seeds, axes=axes, overrides=overrides, experiment=experiment,
-                  cpus=float(cpus), gpus=float(gpus), max_failures=max_failures, budgets=budgets)
+                  cpus=float(cpus), gpus=float(gpus), max_failures=max_failures, budgets=budgets,
+                  gpu_hours_per_trial=None if gpu_hours is None else float(gpu_hours))
     for item in overrides:
         _check_trial_override(item, f"{source}: overrides")
     return sweep
@@ -268,6 +281,8 @@ def expand(sweep: Sweep, trial_overrides: Sequence[str] = ()) -> SweepPlan:
         per_agent_step = 1 if cfg.get("domain", "dmc") == "atari" else cfg.env.action_repeat
         for seed in sweep.seeds:
             name = f"{base_name}-s{seed}"
+            seeded = cfg.copy()
+            seeded.seed, seeded.run_name = seed, name
             trials.append(Trial(
                 name=name,
                 config=config,
@@ -276,6 +291,7 @@ def expand(sweep: Sweep, trial_overrides: Sequence[str] = ()) -> SweepPlan:
                 output_dir=Path(cfg.output_dir).resolve(),
                 final_env_steps=cfg.train.num_env_steps,
                 final_agent_steps=cfg.train.num_env_steps // per_agent_step,
+                cfg=seeded,
             ))
     from mlr_lightning.training.tracking import resolve_tracking_uri
 

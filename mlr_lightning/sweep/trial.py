@@ -26,11 +26,14 @@ from pathlib import Path
 from ray import tune
 
 from mlr_lightning.sweep.mlflow_store import mark_failed
-from mlr_lightning.sweep.progress import ProgressTable, read_progress
+from mlr_lightning.sweep.progress import INPUT_ERROR_PREFIX, ProgressTable, read_progress
 
 POLL_S = 2.0  # how often the actor looks at its process; Tune can stop an actor only between polls
 STOP_TIMEOUT_S = 600.0  # how long a stopped trial may take to save its snapshot
 INTERRUPTED_EXIT_CODES = (128 + signal.SIGTERM, 128 + signal.SIGINT)
+INPUT_ERROR_EXIT_CODE = 2  # fit refused its input (a bad value, a refused resume): deterministic
+INPUT_ERROR = "input_error"  # the result key that carries its message to the driver
+ATTEMPT_END = "[sweep] attempt ended:"  # the log line with the reason an attempt failed
 PR_SET_PDEATHSIG = 1
 _LIBC = ctypes.CDLL(None, use_errno=True) if sys.platform.startswith("linux") else None
 
@@ -97,16 +100,23 @@ class FitTrial(tune.Trainable):
             return result
         if code == 0:
             return {**result, "done": True}
-        raise TrialFailed(self._failure(code))
+        if code == INPUT_ERROR_EXIT_CODE:  # the same input fails the same way: ends the trial, no retry
+            return {**result, "done": True, INPUT_ERROR: f"{INPUT_ERROR_PREFIX}: {self._last_error_line()}"}
+        reason = self._failure(code)
+        self.log.write(f"{ATTEMPT_END} {reason}\n")
+        raise TrialFailed(reason)
 
     def _failure(self, code: int) -> str:
         if code in INTERRUPTED_EXIT_CODES:
             return f"fit stopped by a signal (exit {code}) after saving a snapshot"
         if code < 0:
             return f"fit was killed by {signal.Signals(-code).name}"
+        return f"fit exited with code {code}: {self._last_error_line()} (log: {self.log_path})"
+
+    def _last_error_line(self) -> str:
+        """This attempt's last line of fit output that is not indented (a traceback's frames are)."""
         tail = _tail(self.log_path, self.log_start)
-        last = next((line for line in reversed(tail) if line.strip() and not line.startswith(" ")), "")
-        return f"fit exited with code {code}: {last.strip()} (log: {self.log_path})"
+        return next((line for line in reversed(tail) if line.strip() and not line.startswith(" ")), "").strip()
 
     def cleanup(self):
         if self.proc is not None and self.proc.poll() is None:
@@ -144,7 +154,8 @@ class SweepProgress(tune.Callback):
         self.table.set(trial_name(trial), env_steps=result.get("env_steps") or None, eval_return=result.get("eval_return"))
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        self.table.set(trial_name(trial), "finished", note="")
+        refused = (trial.last_result or {}).get(INPUT_ERROR)
+        self.table.set(trial_name(trial), "failed" if refused else "finished", note=refused or "")
 
     def on_trial_recover(self, iteration, trials, trial, **info):
         self.table.set(trial_name(trial), "pending", note=f"retrying after: {error_line(trial)}")
@@ -173,5 +184,16 @@ def error_line(trial) -> str:
     for line in reversed(text.splitlines()):
         if "TrialFailed: " in line:
             return line.split("TrialFailed: ", 1)[1].strip()[:400]
+    if "actor died" in text.lower() or "ActorDiedError" in text:
+        return "the Ray worker running the trial died (killed, or out of memory); fit got SIGTERM and resumes"
     lines = [line.strip() for line in text.splitlines() if line.strip()]
-    return lines[-1][:400] if lines else "unknown error"
+    if lines:
+        return lines[-1][:400]
+    return _last_attempt_end(trial) or "no error recorded by Ray; see the trial's log"
+
+
+def _last_attempt_end(trial) -> str:
+    """The reason the actor wrote into the trial's log when its attempt ended."""
+    lines = _tail(Path(trial.config["trial"]["log"]), 0, lines=200)
+    ends = [line for line in lines if line.startswith(ATTEMPT_END)]
+    return ends[-1].removeprefix(ATTEMPT_END).strip()[:400] if ends else ""

@@ -25,6 +25,7 @@ from mlr_lightning.agents.base import DivergedError, NonFiniteLossError, RLAgent
 from mlr_lightning.data.replay import Replay
 from mlr_lightning.data.stream import ExperienceStream, make_collector
 from mlr_lightning.domains import Domain, domain_of
+from mlr_lightning.run_identity import write_config_hash
 from mlr_lightning.training.callbacks import GracefulInterrupt, HardStop, RunArtifacts, UpdateCheckpoint
 from mlr_lightning.training.evaluation import PeriodicEvaluation
 from mlr_lightning.training.progress import EnvStepProgressBar
@@ -134,6 +135,7 @@ def fit(cfg: DictConfig, resume: str | None = None, allow_change: Sequence[str] 
     else:
         ensure_store_for(cfg)  # an unusable store stops a new run before its directory exists
         run_dir, lock = new_run_dir(cfg, restart=resume == "auto")
+    write_config_hash(cfg, run_dir)  # the run's identity, beside its config.yaml
     os.environ[RUN_DIR_ENV], os.environ[SNAPSHOT_ENV] = str(run_dir), str(snapshot or "")
     try:
         _train(cfg, run_dir, snapshot)

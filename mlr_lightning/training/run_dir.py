@@ -138,7 +138,19 @@ def _clear_for_new_run(cfg: DictConfig, run_dir: Path, restart: bool) -> None:
                           f"with --resume auto to restart it from scratch (its files are kept in {attempts}/), "
                           "or choose another run_name")
     mark_run(run_dir, "FAILED", "restarted from scratch: the attempt stopped before its first complete snapshot")
+    move_to_previous_attempts(run_dir)
+
+
+def move_to_previous_attempts(run_dir: Path) -> Path | None:
+    """Moves the run directory's files (not its lock or earlier attempts) to ``previous-attempts/<n>/``,
+    so a fresh start in the same directory keeps them; returns that folder (None if nothing to move)."""
+    run_dir = Path(run_dir)
+    leftovers = [p for p in run_dir.iterdir() if p.name not in (LOCK_FILE, PREVIOUS_ATTEMPTS)]
+    if not leftovers:
+        return None
+    attempts = run_dir / PREVIOUS_ATTEMPTS
     target = attempts / str((len(list(attempts.iterdir())) if attempts.is_dir() else 0) + 1)
     target.mkdir(parents=True)
     for path in leftovers:
         shutil.move(str(path), target / path.name)
+    return target

@@ -34,6 +34,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from mlr_lightning.config import RESUMABLE_CHANGES, flatten
+from mlr_lightning.run_identity import HASH_TAG, config_hash
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 # The user's MLFLOW_TRACKING_URI, read once at import: mlflow.set_tracking_uri() (which Lightning's
@@ -370,6 +371,7 @@ def log_config(client, run_id: str, cfg: DictConfig) -> None:
             tags.append(RunTag(f"changed_on_resume.{key}", f"{logged[key]} -> {value}"))
     flat = flatten(OmegaConf.to_container(cfg, resolve=True))
     tags += [RunTag(f"cfg.{key}", yaml_value(flat[key])) for key in RESUMABLE_CHANGES if key in flat]
+    tags.append(RunTag(HASH_TAG, config_hash(cfg)))  # the sweep and compare tell configs apart by it
     for start in range(0, max(len(params), len(tags)), 100):  # MLflow takes 100 params per batch
         client.log_batch(run_id, params=params[start:start + 100], tags=tags[start:start + 100])
 
