@@ -100,10 +100,10 @@ def run_on_ray(plan: SweepPlan, address: str | None = None, progress_every_s: fl
                restart_changed: bool = False, verbose: bool = False, notes: list[str] = ()) -> int:
     """Runs the unfinished trials; returns 0 (all finished), 1 (some failed) or 130 (interrupted).
     ``notes``: one line per trial that has one (the same text for many trials is printed once)."""
-    if address:
-        check_ray_address(address)
     started = time.monotonic()
     check_tracking_for_cluster(plan, address)
+    if address:
+        check_ray_address(address)
     if not address:
         check_resources(plan, [local_node()], "this machine")
     client = open_store(plan)
