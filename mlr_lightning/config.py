@@ -467,6 +467,8 @@ POSITIVE = (lambda v: v > 0, "> 0")
 UNIT = (lambda v: 0 <= v <= 1, "in [0, 1]")
 UNIT_ABOVE_0 = (lambda v: 0 < v <= 1, "in (0, 1]")
 ADAM_BETA = (lambda v: 0 <= v < 1, "in [0, 1)")
+# An optimiser's step size: finite, positive, at most 1 (inf, NaN or 1e308 would fail the run at its first update).
+RATE = (lambda v: 0 < v <= 1, "> 0 and at most 1 (a finite learning rate)")
 BOUNDS: dict[str, tuple] = {
     "seed": (lambda v: 0 <= v <= MAX_SEED, f"in [0, {MAX_SEED}]"),
     **dict.fromkeys(["env.action_repeat", "env.frame_skip", "env.frame_stack", "env.image_size", "env.crop_size",
@@ -476,7 +478,8 @@ BOUNDS: dict[str, tuple] = {
     "env.repeat_action_probability": UNIT,
     **dict.fromkeys(["encoder.num_layers", "encoder.num_filters", "encoder.feature_dim", "sac.hidden_dim",
                      "sac.actor_update_freq", "sac.critic_target_update_freq"], AT_LEAST_1),
-    **dict.fromkeys(["sac.alpha_lr", "sac.actor_lr", "sac.critic_lr", "sac.init_temperature"], POSITIVE),
+    **dict.fromkeys(["sac.alpha_lr", "sac.actor_lr", "sac.critic_lr", "rainbow.lr", "mlr.lr"], RATE),
+    "sac.init_temperature": POSITIVE,
     **dict.fromkeys(["sac.alpha_beta", "sac.actor_beta", "sac.critic_beta"], ADAM_BETA),
     **dict.fromkeys(["sac.critic_tau", "sac.encoder_tau"], UNIT_ABOVE_0),
     "sac.discount": UNIT,
@@ -485,14 +488,14 @@ BOUNDS: dict[str, tuple] = {
                      "rainbow.n_step", "rainbow.target_update_interval"], AT_LEAST_1),
     **dict.fromkeys(["rainbow.noisy_std", "rainbow.head_grad_scale", "rainbow.renormalize_eps", "rainbow.adam_eps",
                      "rainbow.shift_pad", "rainbow.intensity_scale"], AT_LEAST_0),
-    **dict.fromkeys(["rainbow.lr", "rainbow.grad_clip"], POSITIVE),
+    "rainbow.grad_clip": POSITIVE,
     **dict.fromkeys(["rainbow.discount", "rainbow.eval_epsilon"], UNIT),
     "rainbow.target_update_tau": UNIT_ABOVE_0,
     **dict.fromkeys(["mlr.seq_len", "mlr.patch_size", "mlr.block_size", "mlr.num_heads", "mlr.max_seq_positions",
                      "mlr.batch_size", "mlr.latent_dim", "mlr.warmup_steps", "mlr.decoder_dim"], AT_LEAST_1),
     "mlr.mask_ratio": (lambda v: 0 < v < 1, "in the open interval (0, 1)"),
     **dict.fromkeys(["mlr.num_attn_layers", "mlr.intensity_scale", "mlr.weight"], AT_LEAST_0),
-    **dict.fromkeys(["mlr.mlp_ratio", "mlr.normalize_eps", "mlr.lr", "mlr.grad_clip", "mlr.init_std"], POSITIVE),
+    **dict.fromkeys(["mlr.mlp_ratio", "mlr.normalize_eps", "mlr.grad_clip", "mlr.init_std"], POSITIVE),
     "mlr.momentum_tau": UNIT_ABOVE_0,
     "mlr.warmup_init_factor": UNIT,
     "replay.capacity": AT_LEAST_1,
