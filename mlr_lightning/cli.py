@@ -13,6 +13,7 @@ from pathlib import Path
 
 from mlr_lightning.config import ConfigError, to_yaml
 from mlr_lightning.mlr.warmup import warmup_shortfall
+from mlr_lightning.training.preflight import check_render_environment
 
 FIT_EXAMPLES = """\
   python -m mlr_lightning fit --config conf/quickstart.yaml                 # SAC+MLR on CPU, minutes
@@ -143,14 +144,29 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """Arguments, with key=value overrides anywhere on the line (``fit --config X a=1 --resume auto b=2``):
+    argparse takes positionals in one run only, so the ones after an option come back as extras."""
+    args, extras = parser.parse_known_args(argv)
+    if extras and hasattr(args, "overrides") and all("=" in e and not e.startswith("-") for e in extras):
+        args.overrides = [*args.overrides, *extras]
+    elif extras:
+        parser.error(f"unrecognized arguments: {' '.join(extras)} (overrides are key=value)")
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse(build_parser(), argv)
     try:
+        check_render_environment()  # before anything imports dm_control
         return {"fit": run_fit, "grid": run_grid, "sweep": run_sweep, "compare": run_compare, "sync": run_sync,
                 "atari-table": run_atari_table}[args.command](args)
     except ConfigError as err:
         print("config error: " + " ".join(str(err).split("\n")), file=sys.stderr)  # one line, whoever raised it
         return 2
+    except KeyboardInterrupt:  # before training started (training handles its own Ctrl-C): nothing to keep
+        print(f"interrupted during start-up: {args.command} trained nothing yet; run the same command again", file=sys.stderr)
+        return 128 + signal.SIGINT
 
 
 def usage_error(message: str) -> int:
@@ -198,7 +214,7 @@ def run_fit(args) -> int:
                  f"{stop.run_dir / 'checkpoints'}")
         print(f"{stop.signal_name}: stopped at env step {stop.env_steps}; {saved}.\nResume with: python -m "
               f"mlr_lightning fit --config {stop.run_dir / 'config.yaml'} --resume {stop.run_dir}", file=sys.stderr)
-        return 128 + {"SIGINT": signal.SIGINT, "SIGTERM": signal.SIGTERM}[stop.signal_name]
+        return 128 + signal.Signals[stop.signal_name]
     from lightning.pytorch.utilities import rank_zero_only
 
     if rank_zero_only.rank == 0:  # under DDP every rank returns here
@@ -234,16 +250,21 @@ def _percent(fraction: float) -> str:
 
 
 def run_sync(args) -> int:
+    from mlr_lightning.training.preflight import check_tracking_uri
+    from mlr_lightning.training.run_dir import in_use
     from mlr_lightning.training.tracking import TrackingStoreError, sync_run
 
+    if args.tracking_uri:  # a bounded connection attempt, one line if it fails
+        check_tracking_uri(args.tracking_uri, f"--tracking-uri {args.tracking_uri}", must_exist=True)
     for run_dir in args.run_dirs:
         if not Path(run_dir, "metrics.csv").is_file():
             return usage_error(f"{run_dir} is not a run directory (no metrics.csv)")
         try:
-            run_id, last = sync_run(Path(run_dir), args.tracking_uri)
+            run_id, last, status = sync_run(Path(run_dir), args.tracking_uri, in_use=in_use(Path(run_dir)))
         except TrackingStoreError as err:
             return usage_error(str(err))
-        print(f"{run_dir}: MLflow run {run_id} holds metrics through env step {last}")
+        print(f"{run_dir}: MLflow run {run_id} holds metrics through env step {last}"
+              + (f"; status {status}" if status else ""))
     return 0
 
 

@@ -277,6 +277,8 @@ POSITIVE = (lambda v: v > 0, "> 0")
 UNIT = (lambda v: 0 <= v <= 1, "in [0, 1]")
 UNIT_ABOVE_0 = (lambda v: 0 < v <= 1, "in (0, 1]")
 ADAM_BETA = (lambda v: 0 <= v < 1, "in [0, 1)")
+# An optimiser's step size: finite, positive, at most 1 (inf, NaN or 1e308 would fail the run at its first update).
+RATE = (lambda v: 0 < v <= 1, "> 0 and at most 1 (a finite learning rate)")
 COMMON_BOUNDS: dict[str, tuple] = {
     "seed": (lambda v: 0 <= v <= MAX_SEED, f"in [0, {MAX_SEED}]"),
     **dict.fromkeys(["env.image_size", "env.frame_stack"], AT_LEAST_1),

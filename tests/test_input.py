@@ -62,6 +62,10 @@ def closed_port() -> int:
     ("seed=[1", "override 'seed=[1': the value is not valid YAML"),
     ("=3", "override '=3' needs a dotted key"),
     ("env=3", "env (from command line) is a section of keys"),
+    ("sac.critic_lr=inf", "sac.critic_lr must be > 0 and at most 1"),
+    ("sac.critic_lr=1e308", "sac.critic_lr must be > 0 and at most 1"),
+    ("mlr.lr=nan", "mlr.lr must be > 0 and at most 1"),
+    ("replay.capacity=1000000000", "replay.capacity=1000000000: the replay needs"),  # 27 TB of frames
 ])
 def test_bad_override_is_one_line_naming_the_key_and_creates_nothing(override, key, tmp_path, capsys):
     assert fit(tmp_path, override) == 2
@@ -144,6 +148,21 @@ def test_read_only_output_dir(tmp_path, capsys):
     assert main(["fit", "--config", QUICKSTART, f"output_dir={target}"]) == 2
     assert f"output_dir={target}: cannot create files in /sys" in one_line(capsys)
     assert not target.exists()
+
+
+def test_a_disk_smaller_than_one_snapshot_is_refused_before_training(tmp_path, capsys):
+    small = tmp_path / "small"
+    small.mkdir()
+    assert subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(small)]).returncode == 0
+    try:  # the tiny replay: 1000 frames of 24x24 RGB, 1.6 MiB
+        assert main(["fit", "--config", QUICKSTART, "replay.capacity=1000", "env.image_size=24", "env.crop_size=20",
+                     "mlr.patch_size=6", f"output_dir={small / 'runs'}"]) == 2
+        line = one_line(capsys)
+        assert f"output_dir={small / 'runs'}: one snapshot of this run needs at least 2 MiB" in line
+        assert "lower replay.capacity" in line
+        assert not any(small.iterdir())
+    finally:
+        subprocess.run(["umount", "-l", str(small)])
 
 
 def test_sqlite_store_in_an_unwritable_place(tmp_path, capsys):
@@ -233,3 +252,43 @@ def test_fit_prints_progress_and_a_summary_and_no_library_noise(tiny_overrides, 
     assert any(line.startswith("Wall time: ") for line in lines)
     assert f"MLflow: mlflow ui --backend-store-uri sqlite:///{tmp_path / 'runs' / 'mlflow.db'}" in lines
     assert not any(noise in result.stdout for noise in ("Epoch 0", "[torchrl]", "\x1b[", "it/s", "GPU available"))
+
+
+# ------------------------------------------------- hostile input: one line, exit 2, within seconds
+def test_sync_against_an_unreachable_server_is_one_line_within_seconds(tmp_path, capsys):
+    started = time.monotonic()
+    assert main(["sync", str(tmp_path), "--tracking-uri", f"http://127.0.0.1:{closed_port()}"]) == 2
+    assert time.monotonic() - started < 15
+    assert "--tracking-uri http://127.0.0.1" in one_line(capsys)
+
+
+@pytest.mark.parametrize("address, message", [
+    ("CLOSED", "cannot reach 127.0.0.1"),
+    ("garbage", "--address garbage: expected auto or HOST:PORT"),
+    ("ray.invalid:6379", "cannot reach ray.invalid:6379"),
+])
+def test_sweep_address_that_cannot_be_reached_is_one_line_within_seconds(address, message, tmp_path, capsys):
+    address = f"127.0.0.1:{closed_port()}" if address == "CLOSED" else address
+    started = time.monotonic()
+    assert main(["sweep", "--config", str(ROOT / "conf" / "sweeps" / "quickstart.yaml"), "--address", address,
+                 f"output_dir={tmp_path / 'runs'}", "tracking.mlflow=false"]) == 2  # a local store is refused first
+    assert time.monotonic() - started < 15
+    assert message in one_line(capsys)
+    assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("variable, value", [("MUJOCO_GL", "garbage"), ("PYOPENGL_PLATFORM", "garbage")])
+def test_a_rendering_variable_that_names_no_backend_is_one_line(variable, value, tmp_path, run_cli, monkeypatch):
+    monkeypatch.setenv(variable, value)  # the CLI's process inherits it
+    result = run_cli("fit", "--config", QUICKSTART, f"output_dir={tmp_path / 'runs'}", timeout=120)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    assert f"{variable}=garbage" in line
+    assert not any(tmp_path.iterdir())
+
+
+def test_overrides_may_follow_options(tmp_path, capsys):
+    assert main(["fit", "--config", QUICKSTART, "seed=5", "--print-config", "run_name=late"]) == 0
+    printed = capsys.readouterr().out
+    assert "seed: 5\n" in printed.splitlines(keepends=True) and "run_name: late\n" in printed.splitlines(keepends=True)
+

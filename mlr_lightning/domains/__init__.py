@@ -30,6 +30,7 @@ class Domain(Protocol):
     schema: type  # the config dataclass (built on config.RunConfig): every key with its paper default
     bounds: Mapping[str, tuple]  # bounds of the keys only this schema has, as config.COMMON_BOUNDS
     optimizer_keys: Sequence[str]  # keys a resume may change with --allow-change
+    frame_channels: int  # channels of one stored frame (RGB 3, grayscale 1)
     agent_name: str  # the RL algorithm, for run tags ("sac", "rainbow")
     agent_class: type[RLAgent]  # to load a trained agent from a checkpoint
 

@@ -16,7 +16,7 @@ import lightning.pytorch as pl
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 from mlr_lightning.agents.rainbow_mlr import RainbowMLRAgent
-from mlr_lightning.config import (ADAM_BETA, AT_LEAST_0, AT_LEAST_1, POSITIVE, UNIT, UNIT_ABOVE_0, EvalConfig,
+from mlr_lightning.config import (ADAM_BETA, AT_LEAST_0, AT_LEAST_1, POSITIVE, RATE, UNIT, UNIT_ABOVE_0, EvalConfig,
                                   MLRBaseConfig, RunConfig, TrainConfig, conv_size, require, validate_common)
 from mlr_lightning.data.prioritized import PrioritizedReplay
 from mlr_lightning.envs.atari import check_game, make_atari_env
@@ -140,7 +140,8 @@ BOUNDS: dict[str, tuple] = {
                      "rainbow.n_step", "rainbow.target_update_interval"], AT_LEAST_1),
     **dict.fromkeys(["rainbow.noisy_std", "rainbow.head_grad_scale", "rainbow.renormalize_eps", "rainbow.adam_eps",
                      "rainbow.shift_pad", "rainbow.intensity_scale"], AT_LEAST_0),
-    **dict.fromkeys(["rainbow.lr", "rainbow.grad_clip"], POSITIVE),
+    "rainbow.lr": RATE,
+    "rainbow.grad_clip": POSITIVE,
     **dict.fromkeys(["rainbow.discount", "rainbow.eval_epsilon"], UNIT),
     "rainbow.target_update_tau": UNIT_ABOVE_0,
     "mlr.decoder_dim": AT_LEAST_1,
@@ -237,6 +238,7 @@ class AtariDomain:
     schema = AtariExperimentConfig
     bounds = BOUNDS
     optimizer_keys = OPTIMIZER_KEYS
+    frame_channels = 1  # grayscale
     agent_name = "rainbow"
     agent_class = RainbowMLRAgent
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 from mlr_lightning.agents.sac_mlr import SACMLRAgent
-from mlr_lightning.config import (ADAM_BETA, AT_LEAST_1, POSITIVE, UNIT, UNIT_ABOVE_0, AT_LEAST_0, EvalConfig,
+from mlr_lightning.config import (ADAM_BETA, AT_LEAST_1, POSITIVE, RATE, UNIT, UNIT_ABOVE_0, AT_LEAST_0, EvalConfig,
                                   MLRBaseConfig, RunConfig, TrainConfig, conv_size, require, validate_common)
 from mlr_lightning.data.replay import UniformReplay
 from mlr_lightning.envs.dmc import UnknownTaskError, make_dmc_env, split_task
@@ -118,13 +118,14 @@ BOUNDS: dict[str, tuple] = {
     "env.camera_id": (lambda v: v >= -1, ">= 0 (or -1, the free camera)"),
     **dict.fromkeys(["encoder.num_layers", "encoder.num_filters", "encoder.feature_dim", "sac.hidden_dim",
                      "sac.actor_update_freq", "sac.critic_target_update_freq"], AT_LEAST_1),
-    **dict.fromkeys(["sac.alpha_lr", "sac.actor_lr", "sac.critic_lr", "sac.init_temperature"], POSITIVE),
+    **dict.fromkeys(["sac.alpha_lr", "sac.actor_lr", "sac.critic_lr", "mlr.lr"], RATE),
+    "sac.init_temperature": POSITIVE,
     **dict.fromkeys(["sac.alpha_beta", "sac.actor_beta", "sac.critic_beta"], ADAM_BETA),
     **dict.fromkeys(["sac.critic_tau", "sac.encoder_tau"], UNIT_ABOVE_0),
     "sac.discount": UNIT,
     **dict.fromkeys(["mlr.batch_size", "mlr.latent_dim", "mlr.warmup_steps"], AT_LEAST_1),
     "mlr.intensity_scale": AT_LEAST_0,
-    **dict.fromkeys(["mlr.lr", "mlr.grad_clip", "mlr.init_std"], POSITIVE),
+    **dict.fromkeys(["mlr.grad_clip", "mlr.init_std"], POSITIVE),
     "mlr.warmup_init_factor": UNIT,
 }
 # Optimiser settings a resume may change when named (``fit --resume RUN --allow-change KEY``).
@@ -170,6 +171,7 @@ class DMCDomain:
     schema = ExperimentConfig
     bounds = BOUNDS
     optimizer_keys = OPTIMIZER_KEYS
+    frame_channels = 3  # RGB
     agent_name = "sac"
     agent_class = SACMLRAgent
 

@@ -28,6 +28,7 @@ from mlr_lightning.sweep.progress import (
     split_finished,
 )
 from mlr_lightning.sweep.spec import SweepError, SweepPlan, Trial
+from mlr_lightning.training.preflight import check_connects
 from mlr_lightning.training.run_dir import RunDirError, RunLock, move_to_previous_attempts
 
 STOP_TIMEOUT_S = 600.0  # after Ctrl-C, how long the driver waits for the stopped trials to save
@@ -101,6 +102,8 @@ def run_on_ray(plan: SweepPlan, address: str | None = None, progress_every_s: fl
     ``notes``: one line per trial that has one (the same text for many trials is printed once)."""
     started = time.monotonic()
     check_tracking_for_cluster(plan, address)
+    if address:
+        check_ray_address(address)
     if not address:
         check_resources(plan, [local_node()], "this machine")
     client = open_store(plan)
@@ -196,6 +199,19 @@ class _NoTunerRestoreHint(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         return "Tuner.restore" not in record.getMessage()
+
+
+def check_ray_address(address: str) -> None:
+    """``--address``: ``auto``, or a head's ``HOST:PORT`` (``ray://`` for Ray Client) that accepts a
+    connection within seconds; Ray itself would retry for minutes without a word."""
+    if address in ("auto", "local"):
+        return
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        raise SweepError(f"--address {address}: expected auto or HOST:PORT of the Ray head (its GCS port, 6379 "
+                         "unless `ray start --head --port` said otherwise)")
+    check_connects(f"--address {address}", host.strip("[]"), int(port),
+                   "start the head with `ray start --head`, or give its HOST:PORT (or auto on one of its nodes)")
 
 
 def _connect(address: str | None, verbose: bool = False) -> None:

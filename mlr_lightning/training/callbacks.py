@@ -107,8 +107,8 @@ class HardStop(BaseException):
 
 
 class GracefulInterrupt(pl.Callback):
-    """Ctrl-C takes Lightning's SIGTERM path: finish the running update (or the running evaluation
-    episode), save, stop cleanly.
+    """Ctrl-C and SIGHUP (a closed terminal) take Lightning's SIGTERM path: finish the running update
+    (or the running evaluation episode), save, stop cleanly.
 
     Lightning raises ``SIGTERMException`` at the next batch boundary after a SIGTERM, so the
     snapshot is taken between two updates and the resumed run continues exactly. A second Ctrl-C
@@ -117,11 +117,12 @@ class GracefulInterrupt(pl.Callback):
 
     def __init__(self):
         self.signal_name: str | None = None
-        self._previous = None
+        self._previous = self._previous_hup = None
 
     def on_train_start(self, trainer, pl_module):
         if threading.current_thread() is threading.main_thread():
             self._previous = signal.signal(signal.SIGINT, self._on_sigint)
+            self._previous_hup = signal.signal(signal.SIGHUP, self._on_sighup)
             signal.signal(signal.SIGTERM, self._noting(signal.getsignal(signal.SIGTERM)))
 
     def _noting(self, handler):
@@ -130,6 +131,12 @@ class GracefulInterrupt(pl.Callback):
             if callable(handler):
                 handler(signum, frame)
         return note_sigterm
+
+    def _on_sighup(self, signum, frame):
+        """A closed terminal or ssh session: stop as on SIGTERM (whose default would kill the run
+        without a snapshot). Nothing is printed: the terminal is gone."""
+        self.signal_name = self.signal_name or "SIGHUP"
+        signal.raise_signal(signal.SIGTERM)
 
     def _on_sigint(self, signum, frame):
         if self.signal_name == "SIGINT":
@@ -142,6 +149,7 @@ class GracefulInterrupt(pl.Callback):
     def teardown(self, trainer, pl_module, stage):
         if self._previous is not None:
             signal.signal(signal.SIGINT, self._previous)
+            signal.signal(signal.SIGHUP, self._previous_hup)
             self._previous = None
 
 

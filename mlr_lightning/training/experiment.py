@@ -40,7 +40,7 @@ from mlr_lightning.training.snapshot import (
     run_dir_of,
     snapshot_agent_steps,
 )
-from mlr_lightning.training.tracking import ensure_store_for, make_loggers, mark_run
+from mlr_lightning.training.tracking import ensure_store_for, make_loggers, mark_run, record_status
 
 # Set by rank 0 for the ranks Lightning's DDP launcher starts: they re-run the same command and
 # must join the same run directory and snapshot instead of creating their own.
@@ -170,7 +170,9 @@ def fit(cfg: DictConfig, resume: str | None = None, allow_change: Sequence[str] 
     write_config_hash(cfg, run_dir)  # the run's identity, beside its config.yaml
     os.environ[RUN_DIR_ENV], os.environ[SNAPSHOT_ENV] = str(run_dir), str(snapshot or "")
     try:
-        return _train(cfg, run_dir, snapshot)
+        _train(cfg, run_dir, snapshot)
+        record_status(run_dir, "FINISHED")  # for sync, if MLflow went down during the run
+        return run_dir
     except RunInterrupted as stop:
         mark_run(run_dir, "KILLED", f"{stop.signal_name} at env step {stop.env_steps}; resume with --resume {run_dir}")
         raise

@@ -275,17 +275,43 @@ def find_resumable(cfg: DictConfig, resume: str) -> Path | None:
     if resume != "auto":
         return resolve_snapshot(resume)
     output = Path(cfg.output_dir).resolve()
-    if cfg.run_name:
-        candidates = [output / cfg.run_name]
-    else:
-        mine = to_yaml(cfg)
-        candidates = sorted((p.parent for p in output.glob("*/config.yaml") if p.read_text() == mine),
-                            key=lambda p: p.stat().st_mtime, reverse=True)
+    candidates = [output / cfg.run_name] if cfg.run_name else runs_of_config(cfg)
     for run_dir in candidates:
         snapshot = latest_snapshot(run_dir / "checkpoints")
         if snapshot is not None:
             return snapshot
     return None
+
+
+def load_run_config(run_dir: Path) -> DictConfig:
+    """The run's ``config.yaml``; a missing or damaged one is a :class:`ConfigError` that says how to
+    put it back: the run's config file is the one it was started with (the MLflow run's params hold it too)."""
+    path = Path(run_dir) / "config.yaml"
+    try:
+        saved = OmegaConf.load(path)
+        if not isinstance(saved, DictConfig) or "env" not in saved:
+            raise ValueError("it holds no experiment config")
+        return saved
+    except Exception as err:  # noqa: BLE001  (missing, truncated, garbage, not UTF-8: all mean the same)
+        reason = " ".join(str(err).split())[:200] or type(err).__name__
+        raise ConfigError(f"{path} is missing or damaged ({reason}); write it back from the config the run was "
+                          f"started with: python -m mlr_lightning fit --config <that file> [its overrides] "
+                          f"output_dir={Path(run_dir).parent} --print-config > {path}, then resume with "
+                          f"--resume {run_dir}") from None
+
+
+def runs_of_config(cfg: DictConfig) -> list[Path]:
+    """Run directories under ``output_dir`` whose ``config.yaml`` is this config, newest first."""
+    mine = to_yaml(cfg).encode()
+    return sorted((p.parent for p in Path(cfg.output_dir).resolve().glob("*/config.yaml") if _read_bytes(p) == mine),
+                  key=lambda p: p.stat().st_mtime, reverse=True)
+
+
+def _read_bytes(path: Path) -> bytes | None:
+    try:
+        return path.read_bytes()
+    except OSError:  # unreadable: not this config's run
+        return None
 
 
 def run_dir_of(snapshot: Path) -> Path:
@@ -300,7 +326,7 @@ def accept_resumed_config(cfg: DictConfig, run_dir: Path, domain: Domain, allow_
     if unknown:
         raise ConfigError(f"--allow-change {unknown[0]}: only optimiser settings may change on resume: "
                           f"{', '.join(domain.optimizer_keys)}")
-    saved = OmegaConf.load(run_dir / "config.yaml")
+    saved = load_run_config(run_dir)
     changed = config_differences(saved, cfg, domain.schema, allowed=allow_change)
     if changed:
         raise ConfigError(f"--resume continues {run_dir}, whose config differs in: {'; '.join(changed)}. "
