@@ -93,6 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
                       help="an override axis, repeatable, e.g. --vary mlr.enabled=true,false")
     grid.add_argument("--experiment", help="MLflow experiment name (tracking.experiment)")
     grid.add_argument("--print-only", action="store_true", help="print one fit command per run and exit")
+    grid.add_argument("--restart-changed", action="store_true",
+                      help="runs whose existing run has another config start afresh with this one (as sweep's)")
     grid.add_argument("overrides", nargs="*", metavar="key=value", help="overrides shared by every run")
 
     sweep = command("sweep", SWEEP_EXAMPLES,
@@ -282,7 +284,7 @@ def run_grid(args) -> int:
         return 0
     for trial in plan.trials[:1]:  # the trials share output_dir, tracking and accelerator
         preflight(load_config(trial.config, list(trial.overrides)))
-    finished, todo = settle_existing_runs(plan, open_store(plan), restart_changed=False)
+    finished, todo = settle_existing_runs(plan, open_store(plan), restart_changed=args.restart_changed)
     print(f"{len(plan.trials)} runs into MLflow experiment {plan.experiment!r}, one after the other"
           + (f" ({len(finished)} finished earlier)" if finished else "") + ". To run them in parallel, on this "
           "machine or a Ray cluster, use sweep; to hand them to your own launcher (a SLURM array, GNU parallel), "
