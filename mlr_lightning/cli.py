@@ -157,6 +157,11 @@ def parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.N
     return args
 
 
+# The optional parts (pyproject's extras): a command that needs a missing one says which extra to install.
+OPTIONAL_PACKAGES = {"mlflow": "mlflow", "sqlalchemy": "mlflow", "alembic": "mlflow", "rliable": "analysis",
+                     "arch": "analysis", "pandas": "analysis", "ray": "sweep"}
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse(build_parser(), argv)
     try:
@@ -165,6 +170,13 @@ def main(argv: list[str] | None = None) -> int:
                 "atari-table": run_atari_table}[args.command](args)
     except ConfigError as err:
         print("config error: " + " ".join(str(err).split("\n")), file=sys.stderr)  # one line, whoever raised it
+        return 2
+    except ModuleNotFoundError as err:
+        extra = OPTIONAL_PACKAGES.get((err.name or "").split(".")[0])
+        if extra is None:
+            raise
+        print(f"error: {args.command} needs {err.name}, which is not installed here: "
+              f"pip install 'mlr_lightning[{extra}]' (or 'mlr_lightning[all]')", file=sys.stderr)
         return 2
     except KeyboardInterrupt:  # before training started (training handles its own Ctrl-C): nothing to keep
         print(f"interrupted during start-up: {args.command} trained nothing yet; run the same command again", file=sys.stderr)
