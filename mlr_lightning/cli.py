@@ -11,8 +11,9 @@ import sys
 import time
 from pathlib import Path
 
-from mlr_lightning.config import ConfigError, load_config, to_yaml
+from mlr_lightning.config import ConfigError, to_yaml
 from mlr_lightning.mlr.warmup import warmup_shortfall
+from mlr_lightning.training.preflight import check_render_environment
 
 FIT_EXAMPLES = """\
   python -m mlr_lightning fit --config conf/quickstart.yaml                 # SAC+MLR on CPU, minutes
@@ -50,7 +51,7 @@ TABLE_EXAMPLES = """\
 """
 PROBE_EXAMPLES = """\
   python -m mlr_lightning probe --runs runs/cartpole_swingup-mlr-s1-<time> runs/cartpole_swingup-baseline-s1-<time>
-  python -m mlr_lightning probe --runs runs/<run>/checkpoints/last.ckpt --episodes 16 --out probe.csv
+  python -m mlr_lightning probe --runs runs/<run> --episodes 16 --out probe.csv
 """
 
 
@@ -96,6 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
                       help="an override axis, repeatable, e.g. --vary mlr.enabled=true,false")
     grid.add_argument("--experiment", help="MLflow experiment name (tracking.experiment)")
     grid.add_argument("--print-only", action="store_true", help="print one fit command per run and exit")
+    grid.add_argument("--restart-changed", action="store_true",
+                      help="runs whose existing run has another config start afresh with this one (as sweep's)")
     grid.add_argument("overrides", nargs="*", metavar="key=value", help="overrides shared by every run")
 
     sweep = command("sweep", SWEEP_EXAMPLES,
@@ -163,14 +166,41 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """Arguments, with key=value overrides anywhere on the line (``fit --config X a=1 --resume auto b=2``):
+    argparse takes positionals in one run only, so the ones after an option come back as extras."""
+    args, extras = parser.parse_known_args(argv)
+    if extras and hasattr(args, "overrides") and all("=" in e and not e.startswith("-") for e in extras):
+        args.overrides = [*args.overrides, *extras]
+    elif extras:
+        parser.error(f"unrecognized arguments: {' '.join(extras)} (overrides are key=value)")
+    return args
+
+
+# The optional parts (pyproject's extras): a command that needs a missing one says which extra to install.
+OPTIONAL_PACKAGES = {"mlflow": "mlflow", "sqlalchemy": "mlflow", "alembic": "mlflow", "rliable": "analysis",
+                     "arch": "analysis", "pandas": "analysis", "ray": "sweep"}
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse(build_parser(), argv)
     try:
+        check_render_environment()  # before anything imports dm_control
         return {"fit": run_fit, "grid": run_grid, "sweep": run_sweep, "compare": run_compare, "sync": run_sync,
                 "atari-table": run_atari_table, "probe": run_probe}[args.command](args)
     except ConfigError as err:
         print("config error: " + " ".join(str(err).split("\n")), file=sys.stderr)  # one line, whoever raised it
         return 2
+    except ModuleNotFoundError as err:
+        extra = OPTIONAL_PACKAGES.get((err.name or "").split(".")[0])
+        if extra is None:
+            raise
+        print(f"error: {args.command} needs {err.name}, which is not installed here: "
+              f"pip install 'mlr_lightning[{extra}]' (or 'mlr_lightning[all]')", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:  # before training started (training handles its own Ctrl-C): nothing to keep
+        print(f"interrupted during start-up: {args.command} trained nothing yet; run the same command again", file=sys.stderr)
+        return 128 + signal.SIGINT
 
 
 def usage_error(message: str) -> int:
@@ -182,13 +212,16 @@ def run_fit(args) -> int:
     from mlr_lightning.training.console import fit_summary, quiet_libraries
 
     quiet_libraries(verbose=getattr(args, "verbose", False))
+    from mlr_lightning.domains import domain_of, load_config
+
     cfg = load_config(args.config, args.overrides)
     if getattr(args, "print_config", False):
         print(to_yaml(cfg), end="")
         return 0
     from mlr_lightning.training.preflight import preflight
 
-    preflight(cfg)  # this machine can run it: before a run directory or an MLflow run exists
+    # This machine can run it: before a run directory or an MLflow run exists.
+    preflight(cfg, resuming=bool(getattr(args, "resume", None)))
     from mlr_lightning.data.stream import EnvironmentFailure
     from mlr_lightning.envs.atari import UnknownGameError
     from mlr_lightning.envs.dmc import UnknownTaskError
@@ -197,8 +230,6 @@ def run_fit(args) -> int:
     from mlr_lightning.training.run_dir import RunDirError
     from mlr_lightning.training.snapshot import CheckpointError
     from mlr_lightning.training.tracking import TrackingStoreError
-
-    from mlr_lightning.domains import domain_of
 
     started = time.monotonic()
     try:
@@ -218,7 +249,7 @@ def run_fit(args) -> int:
                  f"{stop.run_dir / 'checkpoints'}")
         print(f"{stop.signal_name}: stopped at env step {stop.env_steps}; {saved}.\nResume with: python -m "
               f"mlr_lightning fit --config {stop.run_dir / 'config.yaml'} --resume {stop.run_dir}", file=sys.stderr)
-        return 128 + {"SIGINT": signal.SIGINT, "SIGTERM": signal.SIGTERM}[stop.signal_name]
+        return 128 + signal.Signals[stop.signal_name]
     from lightning.pytorch.utilities import rank_zero_only
 
     if rank_zero_only.rank == 0:  # under DDP every rank returns here
@@ -254,21 +285,27 @@ def _percent(fraction: float) -> str:
 
 
 def run_sync(args) -> int:
+    from mlr_lightning.training.preflight import check_tracking_uri
+    from mlr_lightning.training.run_dir import in_use
     from mlr_lightning.training.tracking import TrackingStoreError, sync_run
 
+    if args.tracking_uri:  # a bounded connection attempt, one line if it fails
+        check_tracking_uri(args.tracking_uri, f"--tracking-uri {args.tracking_uri}", must_exist=True)
     for run_dir in args.run_dirs:
         if not Path(run_dir, "metrics.csv").is_file():
             return usage_error(f"{run_dir} is not a run directory (no metrics.csv)")
         try:
-            run_id, last = sync_run(Path(run_dir), args.tracking_uri)
+            run_id, last, status = sync_run(Path(run_dir), args.tracking_uri, in_use=in_use(Path(run_dir)))
         except TrackingStoreError as err:
             return usage_error(str(err))
-        print(f"{run_dir}: MLflow run {run_id} holds metrics through env step {last}")
+        print(f"{run_dir}: MLflow run {run_id} holds metrics through env step {last}"
+              + (f"; status {status}" if status else ""))
     return 0
 
 
 def run_grid(args) -> int:
     """The sweep's trials (one code path for expanding them), run one after the other in this process."""
+    from mlr_lightning.domains import load_config
     from mlr_lightning.sweep.mlflow_store import open_store
     from mlr_lightning.sweep.runner import settle_existing_runs
     from mlr_lightning.sweep.spec import expand, grid_sweep
@@ -280,7 +317,7 @@ def run_grid(args) -> int:
         return 0
     for trial in plan.trials[:1]:  # the trials share output_dir, tracking and accelerator
         preflight(load_config(trial.config, list(trial.overrides)))
-    finished, todo = settle_existing_runs(plan, open_store(plan), restart_changed=False)
+    finished, todo = settle_existing_runs(plan, open_store(plan), restart_changed=args.restart_changed)
     print(f"{len(plan.trials)} runs into MLflow experiment {plan.experiment!r}, one after the other"
           + (f" ({len(finished)} finished earlier)" if finished else "") + ". To run them in parallel, on this "
           "machine or a Ray cluster, use sweep; to hand them to your own launcher (a SLURM array, GNU parallel), "
@@ -297,6 +334,7 @@ def run_sweep(args) -> int:
     from mlr_lightning.training.console import quiet_libraries
 
     quiet_libraries(verbose=args.verbose)  # before MLflow is imported: it reads its log level then
+    from mlr_lightning.domains import load_config
     from mlr_lightning.sweep.runner import format_plan, run_on_ray
     from mlr_lightning.sweep.spec import expand, load_sweep
     from mlr_lightning.training.preflight import preflight

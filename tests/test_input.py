@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from mlr_lightning.cli import main
-from mlr_lightning.config import BOUNDS, AtariExperimentConfig, ExperimentConfig
+from mlr_lightning.config import COMMON_BOUNDS
+from mlr_lightning.domains import DOMAINS
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICKSTART = str(ROOT / "conf" / "quickstart.yaml")
@@ -61,6 +62,10 @@ def closed_port() -> int:
     ("seed=[1", "override 'seed=[1': the value is not valid YAML"),
     ("=3", "override '=3' needs a dotted key"),
     ("env=3", "env (from command line) is a section of keys"),
+    ("sac.critic_lr=inf", "sac.critic_lr must be > 0 and at most 1"),
+    ("sac.critic_lr=1e308", "sac.critic_lr must be > 0 and at most 1"),
+    ("mlr.lr=nan", "mlr.lr must be > 0 and at most 1"),
+    ("replay.capacity=1000000000", "replay.capacity=1000000000: the replay needs"),  # 27 TB of frames
 ])
 def test_bad_override_is_one_line_naming_the_key_and_creates_nothing(override, key, tmp_path, capsys):
     assert fit(tmp_path, override) == 2
@@ -145,6 +150,21 @@ def test_read_only_output_dir(tmp_path, capsys):
     assert not target.exists()
 
 
+def test_a_disk_smaller_than_one_snapshot_is_refused_before_training(tmp_path, capsys):
+    small = tmp_path / "small"
+    small.mkdir()
+    assert subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(small)]).returncode == 0
+    try:  # the tiny replay: 1000 frames of 24x24 RGB, 1.6 MiB
+        assert main(["fit", "--config", QUICKSTART, "replay.capacity=1000", "env.image_size=24", "env.crop_size=20",
+                     "mlr.patch_size=6", f"output_dir={small / 'runs'}"]) == 2
+        line = one_line(capsys)
+        assert f"output_dir={small / 'runs'}: one snapshot of this run needs at least 2 MiB" in line
+        assert "lower replay.capacity" in line
+        assert not any(small.iterdir())
+    finally:
+        subprocess.run(["umount", "-l", str(small)])
+
+
 def test_sqlite_store_in_an_unwritable_place(tmp_path, capsys):
     (tmp_path / "blocker").write_text("a file where the store's directory should be")
     assert fit(tmp_path, f"tracking.uri=sqlite:///{tmp_path / 'blocker' / 'mlflow.db'}") == 2
@@ -152,12 +172,20 @@ def test_sqlite_store_in_an_unwritable_place(tmp_path, capsys):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["blocker"]
 
 
-def test_every_numeric_key_of_both_schemas_has_a_bound():
-    """A new numeric key gets a bound in config.BOUNDS, or is named here as checked against another key."""
+@pytest.mark.parametrize("domain", sorted(DOMAINS))
+def test_every_numeric_key_of_every_schema_has_a_bound(domain):
+    """A new numeric key gets a bound in config.COMMON_BOUNDS or its domain's ``bounds``, or is named here
+    as checked against another key."""
     checked_elsewhere = {"sac.actor_log_std_min", "sac.actor_log_std_max", "rainbow.v_min", "rainbow.v_max"}
-    numeric = set(numeric_keys(ExperimentConfig)) | set(numeric_keys(AtariExperimentConfig))
-    assert numeric - checked_elsewhere - set(BOUNDS) == set()
-    assert set(BOUNDS) - numeric == set(), "a bound for a key that no schema has (a typo?)"
+    bounds = set(COMMON_BOUNDS) | set(DOMAINS[domain].bounds)
+    numeric = set(numeric_keys(DOMAINS[domain].schema))
+    assert numeric - checked_elsewhere - bounds == set()
+    assert set(DOMAINS[domain].bounds) - numeric == set(), "a bound for a key that the schema lacks (a typo?)"
+
+
+def test_every_shared_bound_names_a_key_of_some_schema():
+    numeric = set().union(*(numeric_keys(domain.schema) for domain in DOMAINS.values()))
+    assert set(COMMON_BOUNDS) - numeric == set(), "a bound for a key that no schema has (a typo?)"
 
 
 def numeric_keys(schema: type, prefix: str = ""):
@@ -224,3 +252,43 @@ def test_fit_prints_progress_and_a_summary_and_no_library_noise(tiny_overrides, 
     assert any(line.startswith("Wall time: ") for line in lines)
     assert f"MLflow: mlflow ui --backend-store-uri sqlite:///{tmp_path / 'runs' / 'mlflow.db'}" in lines
     assert not any(noise in result.stdout for noise in ("Epoch 0", "[torchrl]", "\x1b[", "it/s", "GPU available"))
+
+
+# ------------------------------------------------- hostile input: one line, exit 2, within seconds
+def test_sync_against_an_unreachable_server_is_one_line_within_seconds(tmp_path, capsys):
+    started = time.monotonic()
+    assert main(["sync", str(tmp_path), "--tracking-uri", f"http://127.0.0.1:{closed_port()}"]) == 2
+    assert time.monotonic() - started < 15
+    assert "--tracking-uri http://127.0.0.1" in one_line(capsys)
+
+
+@pytest.mark.parametrize("address, message", [
+    ("CLOSED", "cannot reach 127.0.0.1"),
+    ("garbage", "--address garbage: expected auto or HOST:PORT"),
+    ("ray.invalid:6379", "cannot reach ray.invalid:6379"),
+])
+def test_sweep_address_that_cannot_be_reached_is_one_line_within_seconds(address, message, tmp_path, capsys):
+    address = f"127.0.0.1:{closed_port()}" if address == "CLOSED" else address
+    started = time.monotonic()
+    assert main(["sweep", "--config", str(ROOT / "conf" / "sweeps" / "quickstart.yaml"), "--address", address,
+                 f"output_dir={tmp_path / 'runs'}", "tracking.mlflow=false"]) == 2  # a local store is refused first
+    assert time.monotonic() - started < 15
+    assert message in one_line(capsys)
+    assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("variable, value", [("MUJOCO_GL", "garbage"), ("PYOPENGL_PLATFORM", "garbage")])
+def test_a_rendering_variable_that_names_no_backend_is_one_line(variable, value, tmp_path, run_cli, monkeypatch):
+    monkeypatch.setenv(variable, value)  # the CLI's process inherits it
+    result = run_cli("fit", "--config", QUICKSTART, f"output_dir={tmp_path / 'runs'}", timeout=120)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    assert f"{variable}=garbage" in line
+    assert not any(tmp_path.iterdir())
+
+
+def test_overrides_may_follow_options(tmp_path, capsys):
+    assert main(["fit", "--config", QUICKSTART, "seed=5", "--print-config", "run_name=late"]) == 0
+    printed = capsys.readouterr().out
+    assert "seed: 5\n" in printed.splitlines(keepends=True) and "run_name: late\n" in printed.splitlines(keepends=True)
+

@@ -17,7 +17,7 @@ from mlflow import MlflowClient
 
 from mlr_lightning.agents.sac_mlr import SACMLRAgent
 from mlr_lightning.cli import main
-from mlr_lightning.config import load_config
+from mlr_lightning.domains import load_config
 from mlr_lightning.training import callbacks, evaluation
 from mlr_lightning.training.experiment import RunFailed, RunInterrupted, fit
 from mlr_lightning.training.snapshot import snapshot_name, snapshots
@@ -261,6 +261,7 @@ def test_a_tracking_server_that_disappears_costs_seconds_and_sync_fills_mlflow_i
     client = MlflowClient(server.url)
     run_id = json.loads((run_dir / "mlflow_run.json").read_text())["run_id"]
     assert sorted(m.step for m in client.get_metric_history(run_id, "eval/return_mean")) == [0, 160, 320]
+    assert "status FINISHED" in result.stdout and client.get_run(run_id).info.status == "FINISHED"
 
 
 # ------------------------------------------------------------------------------------- 8, 13
@@ -341,3 +342,173 @@ def test_a_diverged_state_is_never_the_last_good_snapshot_and_a_resume_may_chang
     final = torch.load(checkpoints / "last.ckpt", weights_only=False, map_location="cpu")
     assert final["optimizer_states"][0]["param_groups"][0]["lr"] == 0.0005
     assert load_config(checkpoints.parent / "config.yaml").sac.critic_lr == 0.0005
+
+
+# ------------------------------------------------------------------------- round two: 1-3
+def test_a_divergence_recovery_from_an_older_snapshot_leaves_mlflow_equal_to_metrics_csv(finished, tmp_path):
+    shutil.copytree(finished, tmp_path / "out")
+    run_dir = tmp_path / "out" / "run"
+    before = {int(r["step"]): r for r in rows(run_dir)}
+    cfg = load_config(run_dir / "config.yaml", [f"output_dir={tmp_path / 'out'}", "sac.critic_lr=0.0005"])
+    fit(cfg, resume=str(run_dir / "checkpoints" / snapshot_name(10)), allow_change=["sac.critic_lr"])
+
+    after = rows(run_dir)
+    replayed = [r for r in after if int(r["step"]) > 240 and "train/critic_loss" in r]
+    assert replayed and all(r["train/critic_loss"] != before[int(r["step"])]["train/critic_loss"] for r in replayed), \
+        "the recovery must take another trajectory (else this test proves nothing)"
+    client, (run,) = mlflow_runs(tmp_path / "out")
+    for key in sorted(set().union(*after) - {"step", "epoch"} - {k for k in set().union(*after) if k.startswith("time/")}):
+        in_csv = [(int(r["step"]), float(r[key])) for r in after if key in r]
+        in_mlflow = sorted((m.step, m.value) for m in client.get_metric_history(run.info.run_id, key))
+        assert in_mlflow == in_csv, f"{key}: MLflow and metrics.csv disagree"
+    assert run.data.metrics["eval/return_mean"] == float(after[-1]["eval/return_mean"] if "eval/return_mean" in after[-1]
+                                                         else [r for r in after if "eval/return_mean" in r][-1]["eval/return_mean"])
+
+
+def test_sync_gives_a_run_whose_process_died_a_terminal_status(finished, tmp_path, run_cli):
+    shutil.copytree(finished, tmp_path / "out")
+    run_dir = tmp_path / "out" / "run"
+    record = json.loads((run_dir / "mlflow_run.json").read_text())
+    assert record["status"] == "FINISHED"
+    client, (run,) = mlflow_runs(tmp_path / "out")
+    client.update_run(run.info.run_id, status="RUNNING")  # as after a SIGKILL: RUNNING, nothing recorded
+    (run_dir / "mlflow_run.json").write_text(json.dumps({k: record[k] for k in ("run_id", "store")}))
+    result = run_cli("sync", str(run_dir), timeout=120)
+    assert result.returncode == 0 and "status KILLED" in result.stdout, result.stderr[-2000:]
+    run = client.get_run(run.info.run_id)
+    assert run.info.status == "KILLED" and f"--resume {run_dir}" in run.data.tags["status_reason"]
+
+
+def test_sighup_saves_a_snapshot_and_marks_the_run_killed(tiny_overrides, tmp_path, start_cli):
+    proc = start_cli("fit", "--config", "conf/quickstart.yaml", *tiny_overrides, "run_name=run", "tracking.video=false")
+    checkpoints = tmp_path / "runs" / "run" / "checkpoints"
+    deadline = time.monotonic() + 300
+    while not (checkpoints / snapshot_name(10) / "MANIFEST.json").exists():
+        assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()[-3000:]
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGHUP)
+    _, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 128 + signal.SIGHUP, stderr[-3000:]
+    assert "Traceback" not in stderr
+    newest = snapshots(checkpoints)[0]
+    assert (newest / "MANIFEST.json").exists() and int(newest.name.split("-")[1]) >= 10
+    _, (run,) = mlflow_runs(tmp_path / "runs")
+    assert run.info.status == "KILLED" and "SIGHUP" in run.data.tags["status_reason"]
+
+
+# ------------------------------------------------------------- damaged state: one line, no traceback
+def resume_line(run_cli, run_dir: Path, config: Path | None = None, *extra: str) -> str:
+    """``fit --resume`` of ``run_dir`` in a fresh interpreter: must fail with one line (exit 2)."""
+    result = run_cli("fit", "--config", str(config or run_dir / "config.yaml"), "--resume", str(run_dir),
+                     f"output_dir={run_dir.parent}", *extra, timeout=300)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    line = result.stderr.strip().splitlines()[-1]  # the error; a warm-up note may come before it
+    assert line.startswith(("error: ", "config error: ")), result.stderr[-3000:]
+    return line
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncated", "locked"])
+def test_a_damaged_or_locked_store_is_one_line_naming_it(damage, finished, tmp_path, run_cli):
+    run_dir = copy_without_newest_snapshot(finished, tmp_path / "out")
+    store = tmp_path / "out" / "mlflow.db"
+    if damage == "garbage":
+        store.write_bytes(b"this is not a database" * 100)
+    elif damage == "truncated":
+        store.write_bytes(store.read_bytes()[:3000])
+    holder = sqlite3.connect(store, isolation_level=None)
+    if damage == "locked":
+        holder.execute("BEGIN EXCLUSIVE")  # another process writing, forever
+    try:
+        line = resume_line(run_cli, run_dir)
+    finally:
+        holder.close()
+    assert str(store) in line
+    assert ("locked by another process" if damage == "locked" else f"mv {store} {store}.damaged") in line
+    assert [s.name for s in snapshots(run_dir / "checkpoints")] == [snapshot_name(10)], "the resume must not start"
+
+
+def test_a_run_directory_moved_alone_to_another_output_dir_resumes_into_that_store(finished, tmp_path, run_cli):
+    copy_without_newest_snapshot(finished, tmp_path / "out")
+    (tmp_path / "elsewhere").mkdir()
+    shutil.move(tmp_path / "out" / "run", tmp_path / "elsewhere" / "run")
+    run_dir = tmp_path / "elsewhere" / "run"
+    result = run_cli("fit", "--config", str(run_dir / "config.yaml"), "--resume", str(run_dir),
+                     f"output_dir={tmp_path / 'elsewhere'}", timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "does not hold" in result.stderr and "Traceback" not in result.stderr
+    client, (run,) = mlflow_runs(tmp_path / "elsewhere")
+    assert run.info.status == "FINISHED"
+    assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "eval/return_mean")) == [0, 160, 320]
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncated", "deleted"])
+def test_a_damaged_config_yaml_is_one_line_naming_the_file_and_the_fix(damage, finished, tmp_path, run_cli):
+    run_dir = copy_without_newest_snapshot(finished, tmp_path / "out")
+    config = run_dir / "config.yaml"
+    original = tmp_path / "started-with.yaml"
+    shutil.copy(config, original)
+    {"garbage": lambda: config.write_bytes(b"\x00\xff\xfe garbage: [\n"),
+     "truncated": lambda: config.write_text(config.read_text()[:40]),
+     "deleted": config.unlink}[damage]()
+    line = resume_line(run_cli, run_dir, original)
+    assert f"{config} is missing or damaged" in line and "--print-config" in line
+    assert [s.name for s in snapshots(run_dir / "checkpoints")] == [snapshot_name(10)]
+
+
+@pytest.mark.parametrize("damage", ["header deleted", "emptied", "NUL-filled"])
+def test_a_damaged_metrics_csv_is_one_line_and_kept_as_it_is(damage, finished, tmp_path, run_cli):
+    run_dir = copy_without_newest_snapshot(finished, tmp_path / "out")
+    metrics = run_dir / "metrics.csv"
+    text = metrics.read_bytes()
+    damaged = {"header deleted": text.split(b"\n", 1)[1], "emptied": b"", "NUL-filled": b"\0" * len(text)}[damage]
+    metrics.write_bytes(damaged)
+    line = resume_line(run_cli, run_dir)
+    assert f"{metrics} is damaged" in line and f"mv {metrics} {metrics}.damaged" in line
+    assert metrics.read_bytes() == damaged, "the damaged file is kept as it was"
+
+
+def test_a_read_only_copy_of_a_run_is_one_line(finished, tmp_path, run_cli):
+    copy_without_newest_snapshot(finished, tmp_path / "out")
+    read_only = tmp_path / "read-only"
+    read_only.mkdir()
+    assert subprocess.run(["mount", "--bind", str(tmp_path / "out"), str(read_only)]).returncode == 0
+    try:
+        assert subprocess.run(["mount", "-o", "remount,ro,bind", str(read_only)]).returncode == 0
+        line = resume_line(run_cli, read_only / "run")
+        assert "cannot" in line and str(read_only) in line
+    finally:
+        subprocess.run(["umount", "-l", str(read_only)])
+
+
+def test_a_snapshot_of_another_run_is_refused_in_one_line(finished, tmp_path, run_cli):
+    """A snapshot copied in from another run (its manifest names another run_uid) is not resumed as this
+    run's; nor is ``--resume`` of one run under another ``run_name``. Nothing is changed by either."""
+    run_dir = copy_without_newest_snapshot(finished, tmp_path / "out")
+    (run_dir / "run_uid").write_text("f" * 32 + "\n")  # this directory is another run than the snapshots' writer
+    line = resume_line(run_cli, run_dir)
+    assert "written by another run" in line and str(run_dir / "checkpoints") in line
+    line = resume_line(run_cli, run_dir, None, "run_name=another")
+    assert "belongs to run run" in line and "run_name='another'" in line
+    assert [s.name for s in snapshots(run_dir / "checkpoints")] == [snapshot_name(10)]
+    assert not (tmp_path / "out" / "another").exists()
+
+
+def test_a_requeued_resume_auto_without_run_name_restarts_its_own_earlier_attempt(tiny_overrides, tmp_path, monkeypatch):
+    from mlr_lightning.domains.dmc import DMC
+
+    def killed(*args, **kwargs):
+        raise RuntimeError("killed before the first snapshot")
+
+    cfg = load_config(None, tiny_overrides + ["tracking.video=false"])  # no run_name: a dated directory
+    with monkeypatch.context() as patch:
+        patch.setattr(DMC, "make_agent", killed)
+        with pytest.raises(RuntimeError):
+            fit(cfg, resume="auto")
+    client, (first,) = mlflow_runs(tmp_path / "runs")
+    client.update_run(first.info.run_id, status="RUNNING")  # as a SIGKILL leaves it
+    fit(cfg, resume="auto")  # the requeued job: the same command
+    run_dirs = [p for p in (tmp_path / "runs").iterdir() if (p / "config.yaml").exists()]
+    assert len(run_dirs) == 1, "the requeued attempt started a second directory"
+    assert (run_dirs[0] / "previous-attempts" / "1" / "mlflow_run.json").exists()
+    statuses = {r.info.run_id: r.info.status for r in mlflow_runs(tmp_path / "runs")[1]}
+    assert statuses.pop(first.info.run_id) == "FAILED" and list(statuses.values()) == ["FINISHED"]

@@ -7,9 +7,9 @@ import pytest
 from omegaconf import OmegaConf
 
 from mlr_lightning.cli import main
-from mlr_lightning.config import load_config
+from mlr_lightning.domains import load_config
+from mlr_lightning.domains.atari import REFERENCE, STD
 from mlr_lightning.reporting.atari_table import atari_table, format_table
-from mlr_lightning.reporting.reference_scores import ATARI_REFERENCE, ATARI_STD
 from mlr_lightning.sweep.spec import expand, load_sweep
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -24,7 +24,7 @@ def test_print_config_shows_the_paper_weight_for_pong_and_up_n_down(game, capsys
 
 
 def test_every_game_file_has_the_paper_tables_mlr_weight():
-    games = sorted(ATARI_REFERENCE)
+    games = sorted(REFERENCE)
     assert len(games) == 26
     for game in games:
         cfg = load_config(ROOT / f"conf/atari/{game}.yaml")
@@ -50,4 +50,4 @@ def test_atari_table_shows_the_paper_std_beside_its_mean():
     assert (pong["paper MLR"], pong["paper MLR std"]) == (4.9, 3.1)
     text = format_table(table, with_runs=False)
     assert "| paper MLR | paper MLR std |" in text
-    assert ATARI_STD["MLR"]["up_n_down"] == 531.5 and ATARI_STD["Baseline"]["qbert"] == 346.6
+    assert STD["MLR"]["up_n_down"] == 531.5 and STD["Baseline"]["qbert"] == 346.6

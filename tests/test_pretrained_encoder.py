@@ -10,10 +10,10 @@ import torch
 from mlr_lightning.agents.rainbow_mlr import RainbowMLRAgent
 from mlr_lightning.agents.sac_mlr import SACMLRAgent
 from mlr_lightning.cli import main
-from mlr_lightning.config import load_config
-from mlr_lightning.domains import domain_of
+from mlr_lightning.domains import domain_of, load_config
 from mlr_lightning.reporting.analysis import load_agent
 from mlr_lightning.training.experiment import fit
+from mlr_lightning.training.pretrained import load_pretrained_encoder
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -50,6 +50,7 @@ def test_an_encoder_loads_into_every_pixel_encoder_of_a_new_agent(tiny_overrides
     source = save_checkpoint(SACMLRAgent(load_config(None, tiny_overrides), action_dim=1), tmp_path / "source.ckpt")
     cfg = load_config(None, tiny_overrides + [f"encoder.init_from={source}"])
     agent = domain_of(cfg).make_agent(cfg, make_env(cfg, 0))
+    load_pretrained_encoder(cfg, agent)  # what fit does after make_agent for a new run
     expected = torch.load(source, weights_only=False)["state_dict"]["critic.encoder.fc.weight"]
     for encoder in (agent.critic.encoder, agent.actor.encoder, agent.critic_target.encoder, agent.target_encoder):
         assert torch.equal(encoder.fc.weight, expected)

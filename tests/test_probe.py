@@ -7,7 +7,7 @@ import torch
 
 from mlr_lightning.agents.rainbow_mlr import RainbowMLRAgent
 from mlr_lightning.cli import main
-from mlr_lightning.config import load_config
+from mlr_lightning.domains import load_config
 from mlr_lightning.reporting import probe
 from mlr_lightning.reporting.analysis import load_agent
 from mlr_lightning.training.experiment import fit
@@ -46,7 +46,7 @@ def test_r2_is_zero_for_the_mean_and_one_for_the_truth():
 
 def test_the_probe_refuses_atari_in_one_line(tmp_path):
     cfg = load_config("conf/atari/quickstart.yaml", ["rainbow.hidden_dim=32", "rainbow.num_atoms=11", "mlr.decoder_dim=16"])
-    with pytest.raises(probe.ProbeError, match="only DMC runs have"):
+    with pytest.raises(probe.ProbeError, match="does not have"):
         probe.check_probeable(RainbowMLRAgent(cfg, num_actions=6))
 
 

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from mlr_lightning.config import load_config
+from mlr_lightning.domains import load_config
 from mlr_lightning.training.experiment import fit
 
 
@@ -60,3 +60,31 @@ def test_large_checkpoints_are_recorded_by_path(tiny_overrides, tmp_path, monkey
     (run,) = client.search_runs([client.get_experiment_by_name("mlr_lightning").experiment_id])
     assert client.list_artifacts(run.info.run_id, "checkpoints") == []
     assert Path(run.data.tags["checkpoint_path"]).exists()
+
+
+def test_a_full_disk_never_cuts_a_metrics_row_and_the_rows_wait_for_room(tmp_path, files_refused):
+    import csv
+
+    from mlr_lightning.training.tracking import EnvStepCSVLogger
+
+    logger = EnvStepCSVLogger(tmp_path)
+    step = 0
+
+    def log_rows(n: int) -> None:
+        nonlocal step
+        for _ in range(n):
+            step += 8
+            logger.log_metrics({"env_steps": float(step), "train/critic_loss": 0.123456789 * step}, step)
+        logger.save()
+
+    log_rows(38)  # ~950 bytes: below the 1 kB the disk takes
+    before = (tmp_path / "metrics.csv").read_bytes()
+    assert 900 < len(before) < 1024
+    with files_refused(), pytest.warns(UserWarning, match="rows are kept in memory"):
+        log_rows(10)  # the append crosses 1 kB: refused midway
+    assert (tmp_path / "metrics.csv").read_bytes() == before, "a refused write left part of a row"
+    log_rows(1)  # room again: every row arrives, each whole
+    with open(tmp_path / "metrics.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [int(float(r["step"])) for r in rows] == list(range(8, 8 * 50, 8))
+    assert all(r["train/critic_loss"] for r in rows)

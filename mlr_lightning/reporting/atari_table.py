@@ -4,7 +4,7 @@ Our runs are read from run directories (``config.yaml`` with ``domain: atari`` a
 ``eval/return_mean`` in ``metrics.csv``), so the table needs no tracking server. Scores are raw game
 scores and human-normalised scores, HNS = (score - random) / (human - random); the last rows give the
 mean and median HNS over the games present. Beside the paper's mean stands its std over 3 seeds
-(``—`` where the paper's value is not transcribed in ``reference_scores.ATARI_STD``).
+(``—`` where the paper's value is not transcribed in ``domains.atari.STD``).
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from mlr_lightning.reporting.statistics import markdown as _markdown
-from mlr_lightning.reporting.reference_scores import ATARI_REFERENCE, ATARI_RESULTS, ATARI_STD, human_normalized_score
+from mlr_lightning.domains.atari import ATARI, REFERENCE, RESULTS, STD, human_normalized_score
+from mlr_lightning.reporting.statistics import markdown
 
 
 def collect_runs(root: Path) -> dict[tuple[str, str], list[float]]:
@@ -27,7 +27,7 @@ def collect_runs(root: Path) -> dict[tuple[str, str], list[float]]:
     for config in sorted(Path(root).glob("*/config.yaml")):
         cfg = yaml.safe_load(config.read_text())
         metrics = config.parent / "metrics.csv"
-        if cfg.get("domain") != "atari" or not metrics.is_file():
+        if cfg.get("domain") != ATARI.name or not metrics.is_file():
             continue
         finals = [(float(r["step"]), float(r["eval/return_mean"])) for r in csv.DictReader(metrics.open())
                   if r.get("eval/return_mean")]
@@ -41,12 +41,12 @@ def collect_runs(root: Path) -> dict[tuple[str, str], list[float]]:
 def atari_table(runs: dict[tuple[str, str], list[float]] | None = None) -> pd.DataFrame:
     runs = runs or {}
     rows = []
-    for game, (random, human) in ATARI_REFERENCE.items():
+    for game, (random, human) in REFERENCE.items():
         row = {"game": game, "random": random, "human": human}
         for algorithm in ("Baseline", "MLR"):
-            paper = ATARI_RESULTS[algorithm][game]
+            paper = RESULTS[algorithm][game]
             row[f"paper {algorithm}"] = paper
-            row[f"paper {algorithm} std"] = ATARI_STD[algorithm].get(game, "—")
+            row[f"paper {algorithm} std"] = STD[algorithm].get(game, "—")
             row[f"paper {algorithm} HNS"] = human_normalized_score(game, paper)
             ours = runs.get((game, algorithm))
             row[f"ours {algorithm}"] = statistics.fmean(ours) if ours else math.nan
@@ -63,4 +63,4 @@ def atari_table(runs: dict[tuple[str, str], list[float]] | None = None) -> pd.Da
 
 def format_table(table: pd.DataFrame, with_runs: bool) -> str:
     columns = [c for c in table.columns if with_runs or not c.startswith("ours")]
-    return _markdown(table[columns])
+    return markdown(table[columns])

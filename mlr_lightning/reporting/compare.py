@@ -24,12 +24,10 @@ import pandas as pd
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
+from mlr_lightning.domains import DEFAULT_DOMAIN, DOMAINS
+from mlr_lightning.plots import learning_curves, performance_profiles
 from mlr_lightning.reporting.analysis_run import ANALYSIS_TAG, log_report
-from mlr_lightning.reporting.plots import learning_curves, performance_profiles
-from mlr_lightning.reporting.reference_scores import normalized_score, paper_reference
-from mlr_lightning.reporting.statistics import markdown as _markdown
-from mlr_lightning.reporting.statistics import seeded_numpy as _seeded_numpy
-from mlr_lightning.reporting.statistics import write_statistics
+from mlr_lightning.reporting.statistics import markdown, seeded_numpy, write_statistics
 from mlr_lightning.run_identity import NON_RESULT_KEYS, REPLACED_TAG
 
 EVAL_METRIC = "eval/return_mean"
@@ -130,7 +128,7 @@ def fetch_runs(client: MlflowClient, experiment: str, filter_string: str = "") -
         curves.append(RunCurve(
             run_id=info.run_id,
             name=info.run_name,
-            domain=tags.get("domain", "dmc"),
+            domain=tags.get("domain", DEFAULT_DOMAIN),
             task=tags.get("task", ""),
             algorithm={"on": "MLR", "off": "Baseline"}.get(tags.get("mlr", ""), ""),
             seed=tags.get("seed", ""),
@@ -290,7 +288,7 @@ def per_task_table(curves: list[RunCurve], budgets: list[int]) -> pd.DataFrame:
                 "task": task, "algorithm": algorithm, "env_steps": budget, "runs": len(scores),
                 "seeds": ",".join(c.seed for c in reached),
                 "mean": scores.mean(), STD: scores.std(ddof=1) if len(scores) > 1 else np.nan,
-                "paper": paper_reference(group[0].domain, task, algorithm, budget),
+                "paper": DOMAINS[group[0].domain].paper_reference(task, algorithm, budget),
             })
     return pd.DataFrame(rows, columns=["task", "algorithm", "env_steps", "runs", "seeds", "mean", STD, "paper"])
 
@@ -318,7 +316,7 @@ def score_matrices(curves: list[RunCurve], budget: int, common_seeds: bool = Fal
         runs = {t: {c.seed: c for c in groups[(t, algorithm)]} for t in tasks}
         if len({len(seeds) for seeds in runs.values()}) > 1:
             runs = _common_seeds(runs, algorithm, budget, notes) if common_seeds else _refuse_unequal(runs, algorithm, budget)
-        matrices[algorithm] = np.array([[normalized_score(c.domain, t, c.score_at(budget))
+        matrices[algorithm] = np.array([[DOMAINS[c.domain].normalized_score(t, c.score_at(budget))
                                          for _, c in sorted(runs[t].items(), key=lambda item: _seed_key(item[0]))]
                                         for t in tasks]).T
     if len({m.shape[0] for m in matrices.values()}) > 1:
@@ -356,7 +354,7 @@ def aggregate_table(matrices: dict[str, np.ndarray], reps: int = 2000, seed: int
         return np.array([metrics.aggregate_iqm(x), metrics.aggregate_median(x), metrics.aggregate_mean(x),
                          metrics.aggregate_optimality_gap(x)])
 
-    with _seeded_numpy(seed):
+    with seeded_numpy(seed):
         points, intervals = rly.get_interval_estimates(matrices, all_aggregates, reps=reps)
     rows = []
     for algorithm in matrices:
@@ -399,7 +397,7 @@ def profile_plot(matrices: dict[str, np.ndarray], path: Path, budget: int, reps:
     from rliable import library as rly
 
     taus = np.linspace(0.0, 1.0, 51)
-    with _seeded_numpy(seed):
+    with seeded_numpy(seed):
         profiles, cis = rly.create_performance_profile(matrices, taus, reps=reps)
     runs = ", ".join(f"{a} {m.shape[0]} runs" for a, m in matrices.items())
     tasks = next(iter(matrices.values())).shape[1]
@@ -436,7 +434,7 @@ def compare(client: MlflowClient, experiment: str, out_dir: Path, budgets: list[
     _config_rows(arms).to_csv(out_dir / "arms.csv", index=False)
     per_task = per_task_table(curves, budgets)
     per_task.to_csv(out_dir / "per_task.csv", index=False)
-    (out_dir / "per_task.md").write_text(_markdown(per_task))
+    (out_dir / "per_task.md").write_text(markdown(per_task))
     result = {"runs": runs, "excluded": runs[~runs["counted"]].reset_index(drop=True), "per_task": per_task,
               "arms": arms.drop(columns="config"),
               "aggregate": {}, "matrices": {}, "notes": notes, "budgets": budgets, "plots": curve_plots(curves, out_dir)}
@@ -451,7 +449,7 @@ def compare(client: MlflowClient, experiment: str, out_dir: Path, budgets: list[
         notes.extend(matrix_notes)
         table = aggregate_table(matrices, reps=reps)
         table.to_csv(out_dir / f"aggregate_{budget}.csv", index=False)
-        (out_dir / f"aggregate_{budget}.md").write_text(_markdown(table))
+        (out_dir / f"aggregate_{budget}.md").write_text(markdown(table))
         result["aggregate"][budget] = table
         result["matrices"][budget] = matrices
         result["plots"].append(profile_plot(matrices, out_dir / f"performance_profile_{budget}.png", budget,
@@ -484,16 +482,16 @@ def summary_text(result: dict) -> str:
     parts = [f"Runs: {len(runs) - len(excluded)} counted (one {COUNTED_STATUS} run per task, arm, config and seed; "
              f"of duplicates of one config the newest finished), {len(excluded)} excluded."]
     if len(excluded):
-        parts.append(_markdown(excluded[["run", "task", "algorithm", "seed", "status", "reason"]]))
+        parts.append(markdown(excluded[["run", "task", "algorithm", "seed", "status", "reason"]]))
     if "arms" in result:
-        parts.append("Arms: the config each stands for (every key of it in arms.csv):\n\n" + _markdown(result["arms"]))
+        parts.append("Arms: the config each stands for (every key of it in arms.csv):\n\n" + markdown(result["arms"]))
     parts.append(f"Per task: mean and sample std (ddof=1) over seeds at each budget (env steps), beside the paper's "
-                 f"mean±std:\n\n{_markdown(result['per_task'])}")
+                 f"mean±std:\n\n{markdown(result['per_task'])}")
     if result["notes"]:
         parts.append("Notes:\n" + "".join(f"- {note}\n" for note in result["notes"]))
     for budget, table in result["aggregate"].items():
         parts.append(f"Aggregate over tasks at {budget} env steps (normalised scores, 95% stratified bootstrap CIs):\n\n"
-                     + _markdown(table))
+                     + markdown(table))
     if result.get("statistics", {}).get("text"):
         parts.append(result["statistics"]["text"])
     return "\n".join(parts)

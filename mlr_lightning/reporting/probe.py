@@ -31,9 +31,9 @@ import torch
 from torch import Tensor
 
 from mlr_lightning.agents.base import RLAgent
-from mlr_lightning.agents.pretrained import run_checkpoint
 from mlr_lightning.domains import domain_of
 from mlr_lightning.reporting.analysis import encode, load_agent, untrained_like
+from mlr_lightning.training.snapshot import model_checkpoint
 
 BEHAVIOUR = "uniformly random actions"
 FREE, BALL, SLIDE, HINGE = 0, 1, 2, 3  # MuJoCo's mjtJoint
@@ -52,9 +52,9 @@ class StateSamples:
 
 
 def check_probeable(agent: RLAgent) -> None:
-    if agent.cfg.domain != "dmc":
-        raise ProbeError(f"the probe regresses simulator states, which only DMC runs have (this run's domain is "
-                         f"{agent.cfg.domain}); ALE exposes RAM bytes, not physical states")
+    if not domain_of(agent.cfg).has_physics:
+        raise ProbeError(f"the probe regresses dm_control simulator states, which this run's domain "
+                         f"({agent.cfg.domain}) does not have (ALE exposes RAM bytes, not physical states)")
 
 
 @torch.no_grad()
@@ -172,9 +172,10 @@ def probe_agents(agents: dict[str, RLAgent], samples: StateSamples, untrained: i
 
 
 def checkpoint_in(run: str | Path) -> Path:
-    """A run directory (its ``checkpoints/last.ckpt``) or a checkpoint file -> the checkpoint file."""
-    checkpoint, problem = run_checkpoint(run)
-    if problem:
+    """A run directory (its newest weights) or a checkpoint file -> the checkpoint file."""
+    checkpoint = model_checkpoint(run)
+    if checkpoint is None:
+        problem = "a directory without a checkpoint" if Path(run).is_dir() else "not a file"
         raise ProbeError(f"--runs {run} is {problem}; give a run directory that fit wrote, or a checkpoint")
     return checkpoint
 

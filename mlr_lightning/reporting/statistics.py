@@ -21,7 +21,7 @@ import pandas as pd
 from rliable import library as rly
 from rliable import metrics
 
-from mlr_lightning.reporting.plots import aggregate_intervals, learning_curves
+from mlr_lightning.plots import aggregate_intervals, learning_curves
 
 Matrices = dict[str, np.ndarray]  # arm -> normalised scores [runs, tasks] (rliable's layout)
 

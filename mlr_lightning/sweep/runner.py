@@ -28,6 +28,7 @@ from mlr_lightning.sweep.progress import (
     split_finished,
 )
 from mlr_lightning.sweep.spec import SweepError, SweepPlan, Trial
+from mlr_lightning.training.preflight import check_connects
 from mlr_lightning.training.run_dir import RunDirError, RunLock, move_to_previous_attempts
 
 STOP_TIMEOUT_S = 600.0  # after Ctrl-C, how long the driver waits for the stopped trials to save
@@ -101,6 +102,8 @@ def run_on_ray(plan: SweepPlan, address: str | None = None, progress_every_s: fl
     ``notes``: one line per trial that has one (the same text for many trials is printed once)."""
     started = time.monotonic()
     check_tracking_for_cluster(plan, address)
+    if address:
+        check_ray_address(address)
     if not address:
         check_resources(plan, [local_node()], "this machine")
     client = open_store(plan)
@@ -198,6 +201,19 @@ class _NoTunerRestoreHint(logging.Filter):
         return "Tuner.restore" not in record.getMessage()
 
 
+def check_ray_address(address: str) -> None:
+    """``--address``: ``auto``, or a head's ``HOST:PORT`` (``ray://`` for Ray Client) that accepts a
+    connection within seconds; Ray itself would retry for minutes without a word."""
+    if address in ("auto", "local"):
+        return
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        raise SweepError(f"--address {address}: expected auto or HOST:PORT of the Ray head (its GCS port, 6379 "
+                         "unless `ray start --head --port` said otherwise)")
+    check_connects(f"--address {address}", host.strip("[]"), int(port),
+                   "start the head with `ray start --head`, or give its HOST:PORT (or auto on one of its nodes)")
+
+
 def _connect(address: str | None, verbose: bool = False) -> None:
     """A Ray instance on this machine for the sweep's lifetime, or the cluster at ``address``."""
     import ray
@@ -278,12 +294,18 @@ def _wait_for_trial_processes(plan: SweepPlan, trials: list[Trial], timeout_s: f
                     time.sleep(0.5)
 
 
+def compare_by(plan: SweepPlan) -> tuple[str, ...]:
+    """The keys whose values are the end-of-sweep comparison's arms: the sweep's axes (an ablation's
+    values, or MLR on/off); empty for a sweep without axes."""
+    return tuple(plan.sweep.axes)
+
+
 def _compare(plan: SweepPlan, client) -> None:
-    from mlr_lightning.reporting.compare import CompareError, compare
+    from mlr_lightning.reporting.compare import DEFAULT_BY, CompareError, compare
 
     out = compare_dir(plan)
     try:
-        compare(client, plan.experiment, out, plan.budgets)
+        compare(client, plan.experiment, out, plan.budgets, by=compare_by(plan) or DEFAULT_BY)
     except CompareError as err:
         print(f"compare: {err}", file=sys.stderr)
         return

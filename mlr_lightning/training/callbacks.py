@@ -16,9 +16,9 @@ import torch
 
 from mlr_lightning.agents.base import DivergedError, NonFiniteLossError, check_parameters
 from mlr_lightning.data.stream import ExperienceStream
-from mlr_lightning.reporting.plots import episode_gif, learning_curves
+from mlr_lightning.plots import episode_gif, learning_curves
 from mlr_lightning.training.evaluation import PeriodicEvaluation, as_policy, record_episode
-from mlr_lightning.training.snapshot import LAST, MODEL_FILE, CheckpointError, save_rank_state, snapshot_name, write_snapshot
+from mlr_lightning.training.snapshot import CHECKPOINTS, LAST, MODEL_FILE, CheckpointError, save_rank_state, snapshot_name, write_snapshot
 from mlr_lightning.training.tracking import mlflow_logger
 
 
@@ -107,8 +107,8 @@ class HardStop(BaseException):
 
 
 class GracefulInterrupt(pl.Callback):
-    """Ctrl-C takes Lightning's SIGTERM path: finish the running update (or the running evaluation
-    episode), save, stop cleanly.
+    """Ctrl-C and SIGHUP (a closed terminal) take Lightning's SIGTERM path: finish the running update
+    (or the running evaluation episode), save, stop cleanly.
 
     Lightning raises ``SIGTERMException`` at the next batch boundary after a SIGTERM, so the
     snapshot is taken between two updates and the resumed run continues exactly. A second Ctrl-C
@@ -117,11 +117,12 @@ class GracefulInterrupt(pl.Callback):
 
     def __init__(self):
         self.signal_name: str | None = None
-        self._previous = None
+        self._previous = self._previous_hup = None
 
     def on_train_start(self, trainer, pl_module):
         if threading.current_thread() is threading.main_thread():
             self._previous = signal.signal(signal.SIGINT, self._on_sigint)
+            self._previous_hup = signal.signal(signal.SIGHUP, self._on_sighup)
             signal.signal(signal.SIGTERM, self._noting(signal.getsignal(signal.SIGTERM)))
 
     def _noting(self, handler):
@@ -130,6 +131,12 @@ class GracefulInterrupt(pl.Callback):
             if callable(handler):
                 handler(signum, frame)
         return note_sigterm
+
+    def _on_sighup(self, signum, frame):
+        """A closed terminal or ssh session: stop as on SIGTERM (whose default would kill the run
+        without a snapshot). Nothing is printed: the terminal is gone."""
+        self.signal_name = self.signal_name or "SIGHUP"
+        signal.raise_signal(signal.SIGTERM)
 
     def _on_sigint(self, signum, frame):
         if self.signal_name == "SIGINT":
@@ -142,6 +149,7 @@ class GracefulInterrupt(pl.Callback):
     def teardown(self, trainer, pl_module, stage):
         if self._previous is not None:
             signal.signal(signal.SIGINT, self._previous)
+            signal.signal(signal.SIGHUP, self._previous_hup)
             self._previous = None
 
 
@@ -186,7 +194,7 @@ class RunArtifacts(pl.Callback):
             weights = Path(tmp) / LAST
             save_weights_only(ckpt, weights)
             if weights.stat().st_size <= self.max_checkpoint_mb * 2**20:
-                client.log_artifact(run_id, str(weights), artifact_path="checkpoints")
+                client.log_artifact(run_id, str(weights), artifact_path=CHECKPOINTS)
 
 
 def save_weights_only(checkpoint: Path, path: Path) -> None:
@@ -195,13 +203,3 @@ def save_weights_only(checkpoint: Path, path: Path) -> None:
     keep = ("state_dict", "hyper_parameters", "hparams_name", "pytorch-lightning_version", "epoch", "global_step")
     torch.save({k: v for k, v in full.items() if k in keep}, path)
 
-
-class PriorityUpdate(pl.Callback):
-    """Writes the priorities returned by ``training_step`` (``index``, ``priority``) into this
-    rank's prioritized replay. Place it before the checkpoint callback, so that a snapshot holds them."""
-
-    def __init__(self, replay):
-        self.replay = replay
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        self.replay.update_priority(outputs["index"], outputs["priority"])

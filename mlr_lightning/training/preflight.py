@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import shutil
 import socket
 import tempfile
 import threading
@@ -29,15 +30,87 @@ OTHER_SCHEMES = ("databricks", "databricks-uc", "uc")
 STORE_HELP = "use sqlite:///path/mlflow.db, a path, http(s)://host:port, postgresql://, mysql:// or mssql://"
 
 
-def preflight(cfg: DictConfig) -> None:
-    """Raise :class:`ConfigError` if this machine cannot run ``cfg``; creates nothing."""
+def preflight(cfg: DictConfig, resuming: bool = False) -> None:
+    """Raise :class:`ConfigError` if this machine cannot run ``cfg``; creates nothing. A resume restores
+    its own weights, so it does not need ``encoder.init_from``'s source any more."""
+    # Imported here, not at the top: the snapshot helpers it reads with import the domains, whose
+    # environment modules must not load before the CLI has checked the GL backend.
+    from mlr_lightning.training.pretrained import check_pretrained_encoder
+
+    if not resuming:
+        check_pretrained_encoder(cfg)
     check_output_dir(Path(cfg.output_dir), cfg.run_name)
     check_accelerator(cfg.trainer.accelerator, cfg.trainer.devices)
+    check_replay_fits(cfg)
     if cfg.tracking.mlflow:
         if importlib.util.find_spec("mlflow") is None:  # an optional extra (pyproject.toml)
             raise ConfigError("tracking.mlflow=true: MLflow is not installed; pip install 'mlr_lightning[mlflow]' "
                               "or set tracking.mlflow=false")
         check_tracking_uri(*tracking_store(cfg.tracking.uri, cfg.output_dir, "tracking.uri", "output_dir"))
+
+
+def replay_frame_bytes(cfg: DictConfig) -> int:
+    """Bytes of the frames a full replay holds on one rank (uint8; DMC: RGB, Atari: grayscale): a
+    lower bound of its memory and of its part of every snapshot (snapshots write the whole capacity)."""
+    # Imported here, not at the top: the CLI imports preflight before it checks the GL backend, which
+    # the domains' environment modules must not load first.
+    from mlr_lightning.domains import domain_of
+
+    channels = domain_of(cfg).frame_channels
+    return int(cfg.replay.capacity) * channels * int(cfg.env.image_size) ** 2
+
+
+def check_replay_fits(cfg: DictConfig) -> None:
+    """The replay fits in this machine's available memory (when it is kept on the host; a GPU's memory
+    is checked when the replay is placed), and one snapshot of it fits on the disk of ``output_dir``."""
+    frames = replay_frame_bytes(cfg)
+    what = f"replay.capacity={cfg.replay.capacity} frames of {frames // cfg.replay.capacity} bytes"
+    device = cfg.replay.get("device", "cpu")
+    on_host = device == "cpu" or (device == "auto" and (cfg.trainer.accelerator == "cpu" or not cuda_devices()))
+    available = available_memory()
+    if on_host and available is not None and frames * cfg.trainer.devices > available:
+        raise ConfigError(f"replay.capacity={cfg.replay.capacity}: the replay needs {frames * cfg.trainer.devices / 2**30:.1f} "
+                          f"GiB of memory ({what} per rank), and {available / 2**30:.1f} GiB is available; lower "
+                          "replay.capacity")
+    output = Path(cfg.output_dir).expanduser().absolute()
+    existing = next(p for p in (output, *output.parents) if os.access(p, os.F_OK))
+    free = shutil.disk_usage(existing).free
+    if frames * cfg.trainer.devices > free:
+        raise ConfigError(f"output_dir={cfg.output_dir}: one snapshot of this run needs at least "
+                          f"{frames * cfg.trainer.devices / 2**20:.0f} MiB ({what} per rank) and {existing} has "
+                          f"{free / 2**20:.0f} MiB free; free space, choose another output_dir or lower replay.capacity")
+
+
+def available_memory() -> int | None:
+    """The kernel's estimate of memory available to a new process (Linux), else None (not checked)."""
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+# What MuJoCo (MUJOCO_GL) and PyOpenGL (PYOPENGL_PLATFORM) accept on Linux; both are read once, when
+# dm_control is first imported (by TorchRL, while the config loads), so they are checked before anything.
+MUJOCO_GL_VALUES = ("egl", "osmesa", "glfw", "glx", "enable", "enabled", "on", "true", "1", "disable", "disabled",
+                    "off", "false", "0")
+PYOPENGL_PLATFORMS = ("egl", "osmesa", "glx", "x11", "linux", "wayland")
+
+
+def check_render_environment(environ=os.environ) -> None:
+    """``MUJOCO_GL`` and ``PYOPENGL_PLATFORM``, if set, name a rendering backend MuJoCo can use."""
+    gl = environ.get("MUJOCO_GL", "").lower().strip()
+    platform = environ.get("PYOPENGL_PLATFORM", "").lower().strip()
+    if gl and gl not in MUJOCO_GL_VALUES:
+        raise ConfigError(f"MUJOCO_GL={environ['MUJOCO_GL']} is not a MuJoCo rendering backend; use egl, osmesa or "
+                          "glfw, or unset it and fit picks one that works")
+    if platform and (platform not in PYOPENGL_PLATFORMS or (gl in ("egl", "osmesa") and platform != gl)):
+        raise ConfigError(f"PYOPENGL_PLATFORM={environ['PYOPENGL_PLATFORM']} does not go with "
+                          f"MUJOCO_GL={environ.get('MUJOCO_GL') or '(unset)'}; unset PYOPENGL_PLATFORM, or set both "
+                          "to egl (or both to osmesa)")
 
 
 def tracking_store(uri: str | None, output_dir: str, uri_key: str, dir_key: str) -> tuple[str, str]:
@@ -72,10 +145,14 @@ def check_writable_dir(path: Path, where: str) -> None:
                           "write to") from None
 
 
-def check_accelerator(accelerator: str, devices: int) -> None:
+def cuda_devices() -> int:
     from lightning.fabric.accelerators.cuda import num_cuda_devices  # without initialising CUDA (DDP forks later)
 
-    gpus = num_cuda_devices()
+    return num_cuda_devices()
+
+
+def check_accelerator(accelerator: str, devices: int) -> None:
+    gpus = cuda_devices()
     if accelerator in ("gpu", "cuda") and gpus == 0:
         raise ConfigError(f"trainer.accelerator={accelerator} but this machine has no CUDA GPU that PyTorch can use; "
                           "use trainer.accelerator=cpu (or auto)")
@@ -106,10 +183,17 @@ def check_tracking_uri(uri: str, where: str, must_exist: bool = False) -> None:
                               "written to, or the store they used")
         if path.exists() and scheme == "sqlite" and not (path.is_file() and os.access(path, os.W_OK)):
             raise ConfigError(f"{where}: {path} is not a writable sqlite file")
+        if path.is_file() and scheme == "sqlite":  # read-only: a damaged, locked or half-made store
+            from mlr_lightning.training.tracking import TrackingStoreError, check_embedded_store
+
+            try:
+                check_embedded_store(path)
+            except TrackingStoreError as err:
+                raise ConfigError(f"{where}: {err}") from None
         check_writable_dir(path.parent if scheme == "sqlite" else path, where)
     elif scheme in SERVER_PORTS or scheme in DATABASE_PORTS:
         if parts.hostname:  # a database reached through a local socket has none
-            _check_connects(where, parts.hostname, _port(parts) or {**SERVER_PORTS, **DATABASE_PORTS}[scheme])
+            check_connects(where, parts.hostname, _port(parts) or {**SERVER_PORTS, **DATABASE_PORTS}[scheme])
     elif scheme not in OTHER_SCHEMES:
         raise ConfigError(f"{where}: unknown MLflow store scheme {parts.scheme!r}; {STORE_HELP}")
 
@@ -130,8 +214,9 @@ def _port(parts) -> int | None:
         return None
 
 
-def _check_connects(where: str, host: str, port: int) -> None:
-    """A TCP connection to ``host:port`` within the timeout; name resolution is bounded too (in a thread)."""
+def check_connects(where: str, host: str, port: int, fix: str = "start the tracking server or fix the URI") -> None:
+    """A TCP connection to ``host:port`` within the timeout; name resolution is bounded too (in a thread).
+    ``where`` starts the one-line message, ``fix`` ends it."""
     outcome: list[BaseException | None] = []
 
     def connect() -> None:
@@ -147,5 +232,4 @@ def _check_connects(where: str, host: str, port: int) -> None:
     if outcome and outcome[0] is None:
         return
     reason = (outcome[0].strerror or str(outcome[0])) if outcome else "no answer"
-    raise ConfigError(f"{where}: cannot reach {host}:{port} within {CONNECT_TIMEOUT_S:.0f} s ({reason}); start the "
-                      "tracking server or fix the URI")
+    raise ConfigError(f"{where}: cannot reach {host}:{port} within {CONNECT_TIMEOUT_S:.0f} s ({reason}); {fix}")

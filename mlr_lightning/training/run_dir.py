@@ -18,7 +18,7 @@ from typing import Callable
 from omegaconf import DictConfig
 
 from mlr_lightning.config import write_config
-from mlr_lightning.training.snapshot import latest_snapshot
+from mlr_lightning.training.snapshot import checkpoints_dir, latest_snapshot, runs_of_config
 from mlr_lightning.training.tracking import mark_run
 
 LOCK_FILE = ".lock"
@@ -34,7 +34,11 @@ class RunLock:
 
     def __init__(self, run_dir: Path):
         self.path = Path(run_dir) / LOCK_FILE
-        self.handle = open(self.path, "a+")
+        try:
+            self.handle = open(self.path, "a+")
+        except OSError as err:  # a read-only copy, say
+            raise RunDirError(f"cannot write in {run_dir} ({err.strerror}): a run directory must be writable; copy it "
+                              "to a writable output_dir and resume the copy") from None
         try:
             fcntl.flock(self.handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -52,6 +56,20 @@ class RunLock:
         if not self.handle.closed:
             fcntl.flock(self.handle, fcntl.LOCK_UN)
             self.handle.close()
+
+
+def in_use(run_dir: Path) -> bool:
+    """Whether a process trains in ``run_dir`` now (holds its lock)."""
+    path = Path(run_dir) / LOCK_FILE
+    if not path.exists():
+        return False
+    with open(path) as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(handle, fcntl.LOCK_UN)
+    return False
 
 
 def lock_and_check(run_dir: Path, check: Callable[[], None]) -> RunLock:
@@ -73,7 +91,8 @@ def default_run_name(cfg: DictConfig) -> str:
 def new_run_dir(cfg: DictConfig, restart: bool) -> tuple[Path, RunLock]:
     """A locked directory for a new run, holding its ``config.yaml``.
 
-    With ``run_name`` the directory may exist already. Holding a complete snapshot, it is refused (the
+    With ``run_name`` the directory may exist already; without it, ``restart`` reuses this config's
+    newest directory when no process holds it. Holding a complete snapshot, it is refused (the
     run goes on with ``--resume``). Holding only an attempt that stopped before its first complete
     snapshot, it is restarted from scratch when ``restart`` (``--resume auto``): that attempt's files
     move to ``previous-attempts/<n>/`` and its MLflow run is marked FAILED with the reason.
@@ -82,6 +101,9 @@ def new_run_dir(cfg: DictConfig, restart: bool) -> tuple[Path, RunLock]:
     if cfg.run_name:
         run_dir = output / cfg.run_name
         run_dir.mkdir(parents=True, exist_ok=True)
+        lock = lock_and_check(run_dir, lambda: _clear_for_new_run(cfg, run_dir, restart))
+    elif restart and (earlier := _earlier_attempt(cfg)) is not None:  # a requeued --resume auto: the same directory
+        run_dir = earlier
         lock = lock_and_check(run_dir, lambda: _clear_for_new_run(cfg, run_dir, restart))
     else:  # never mix two runs started in the same second
         name, suffix = default_run_name(cfg), 1
@@ -97,11 +119,17 @@ def new_run_dir(cfg: DictConfig, restart: bool) -> tuple[Path, RunLock]:
     return run_dir, lock
 
 
+def _earlier_attempt(cfg: DictConfig) -> Path | None:
+    """Without ``run_name``: the newest directory of this config that no process holds (an attempt
+    that stopped before its first complete snapshot, since ``--resume auto`` found no snapshot)."""
+    return next((run_dir for run_dir in runs_of_config(cfg) if not in_use(run_dir)), None)
+
+
 def _clear_for_new_run(cfg: DictConfig, run_dir: Path, restart: bool) -> None:
     leftovers = [p for p in run_dir.iterdir() if p.name not in (LOCK_FILE, PREVIOUS_ATTEMPTS)]
     if not leftovers:
         return
-    if latest_snapshot(run_dir / "checkpoints") is not None:
+    if latest_snapshot(checkpoints_dir(run_dir)) is not None:
         raise RunDirError(f"run_name={cfg.run_name!r}: {run_dir} already holds a run; continue it with "
                           "--resume auto, or choose another run_name")
     attempts = run_dir / PREVIOUS_ATTEMPTS

@@ -17,6 +17,7 @@ MLflow needs no server: the default store is an embedded sqlite database at
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import fcntl
 import io
@@ -33,6 +34,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from mlr_lightning.config import RESUMABLE_CHANGES, flatten
+from mlr_lightning.domains import domain_of
 from mlr_lightning.run_identity import HASH_TAG, config_hash
 
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -41,6 +43,7 @@ PACKAGE_DIR = Path(__file__).resolve().parent
 # URI of whatever run came before in this process.
 USER_TRACKING_URI = os.environ.get("MLFLOW_TRACKING_URI")
 METRICS_FILE = "metrics.csv"
+EVAL_KEY = "eval/return_mean"  # in every evaluation's record
 RUN_ID_FILE = "mlflow_run.json"
 # MLflow's HTTP client retries 7 times with exponential backoff by default (minutes against a dead
 # server); a few seconds is enough to ride out a restart, after which the CSV goes on alone.
@@ -73,17 +76,56 @@ def read_metrics(path: Path, through_step: int | None = None) -> list[dict]:
     return rows
 
 
+def check_metrics_file(path: Path) -> None:
+    """Before a resume rewrites ``metrics.csv`` with the rows it keeps: a file whose header is gone,
+    that is empty or holds NUL bytes would lose rows silently; it is refused, naming what to do."""
+    path = Path(path)
+    if not path.exists():
+        return
+    data = path.read_bytes()
+    first = data.split(b"\n", 1)[0]
+    problem = ("it is empty" if not data else "it holds NUL bytes" if b"\0" in data
+               else "its header line is missing" if b"step" not in [name.strip() for name in first.split(b",")]
+               else None)
+    if problem:
+        raise TrackingStoreError(f"{path} is damaged ({problem}): move it aside (mv {path} {path}.damaged) and resume "
+                                 f"with --resume {path.parent}; the resumed run writes a new one, the MLflow run "
+                                 "keeps the rows logged so far")
+
+
 def write_metrics(path: Path, rows: list[dict]) -> None:
-    """Replace ``path`` with ``rows`` atomically: a crash leaves the old file or the new one."""
+    """Replace ``path`` with ``rows`` atomically: a crash or a full disk leaves the old file or the new one."""
     keys = sorted(set().union(*rows)) if rows else ["step"]
     tmp = Path(path).with_name(f".{Path(path).name}.tmp")
-    with open(tmp, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=keys)
-        writer.writeheader()
-        writer.writerows(rows)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=keys)
+            writer.writeheader()
+            writer.writerows(rows)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except OSError:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def append_metrics(path: Path, keys: list[str], rows: list[dict]) -> None:
+    """Append ``rows`` whole or not at all: a write refused midway (a full disk) is cut back off."""
+    text = io.StringIO(newline="")
+    csv.DictWriter(text, fieldnames=keys).writerows(rows)
+    data = text.getvalue().encode()
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND)
+    try:
+        start = os.fstat(fd).st_size
+        try:
+            while data:
+                data = data[os.write(fd, data):]
+        except OSError:
+            os.ftruncate(fd, start)
+            raise
+    finally:
+        os.close(fd)
 
 
 class MetricsWriter(ExperimentWriter):
@@ -99,17 +141,31 @@ class MetricsWriter(ExperimentWriter):
     def _check_log_dir_exists(self) -> None:
         pass  # the run directory holds config.yaml and the kept history: nothing to delete
 
+    _rewrite = False  # a write failed: the next save rewrites the whole file
+    _warned = False
+
     def save(self) -> None:
+        """Write the pending rows. A full disk never cuts a row: a failed write leaves the file as it
+        was, warns once, and the rows wait in memory for the next save."""
         if not self.metrics:
             return
-        rows, self.metrics = self.metrics, []
-        self.history.extend(rows)
+        rows = self.metrics
         new_keys = self._record_new_keys_of(rows)
-        if new_keys or not os.path.isfile(self.metrics_file_path):
-            write_metrics(Path(self.metrics_file_path), self.history)
+        path = Path(self.metrics_file_path)
+        try:
+            if new_keys or self._rewrite or not path.is_file():
+                write_metrics(path, self.history + rows)
+            else:
+                append_metrics(path, self.metrics_keys, rows)
+        except OSError as err:
+            self._rewrite = True
+            if not self._warned:
+                self._warned = True
+                warnings.warn(f"could not write {path} ({err.strerror or err}); its rows are kept in memory and "
+                              "written at the next save: free disk space")
             return
-        with open(self.metrics_file_path, "a", newline="") as handle:
-            csv.DictWriter(handle, fieldnames=self.metrics_keys).writerows(rows)
+        self._rewrite, self.metrics = False, []
+        self.history.extend(rows)
 
     def _record_new_keys_of(self, rows: list[dict]) -> set[str]:
         new_keys = set().union(*rows) - set(self.metrics_keys)
@@ -121,8 +177,10 @@ class EnvStepAxis:
     """Mixin for Lightning loggers: use the logged ``env_steps`` value as the step of each record.
 
     ``skip_through_step``: records up to this step are dropped. A run resumed from a snapshot
-    replays the steps between that snapshot and the interruption; they were logged already. A record
-    equal to the previous one (same step, same values) is dropped too.
+    replays the steps between that snapshot and the interruption; they were logged already. An
+    evaluation is never dropped: the snapshot holds which evaluations are done, so one it repeats
+    (stopped midway, at the snapshot's own step) was never logged. A record equal to the previous
+    one (same step, same values) is dropped too.
     """
 
     skip_through_step: int = -1
@@ -131,7 +189,7 @@ class EnvStepAxis:
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
         if "env_steps" in metrics:
             step = int(metrics["env_steps"])
-        if step is not None and step <= self.skip_through_step:
+        if step is not None and step <= self.skip_through_step and EVAL_KEY not in metrics:
             return
         record = (step, sorted((k, float(v)) for k, v in metrics.items()))
         if record == self._last_record:
@@ -153,6 +211,7 @@ class EnvStepCSVLogger(EnvStepAxis, CSVLogger):
         self._history: list[dict] = []
         if keep_through_step is not None and rank_zero_only.rank == 0:
             path = Path(run_dir) / METRICS_FILE
+            check_metrics_file(path)
             self._history = read_metrics(path, keep_through_step)
             write_metrics(path, self._history)
 
@@ -187,23 +246,46 @@ def ensure_embedded_store(path: Path) -> None:
     with open(path.with_name(f".{path.name}.lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, or by the OS if we die
         if path.exists():
-            engine = create_engine(f"sqlite:///{path}")
-            try:
-                current = _get_schema_version(engine)
-            finally:
-                engine.dispose()
-            head = _get_latest_schema_revision()
-            if current != head:
-                raise TrackingStoreError(
-                    f"the MLflow store {path} is incomplete (schema {current or 'none'}, expected {head}): a first "
-                    f"run was interrupted while creating it. If it holds no runs you need, delete it; otherwise "
-                    f"migrate it with `mlflow db upgrade sqlite:///{path}`")
+            check_embedded_store(path)
             return
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         tmp.unlink(missing_ok=True)
         store = SqlAlchemyStore(f"sqlite:///{tmp}", (path.parent / "mlartifacts").as_uri())
         store.engine.dispose()
         os.replace(tmp, path)
+
+
+def check_embedded_store(path: Path) -> None:
+    """An existing sqlite store opened read-only: a database, not locked, its schema complete; else
+    :class:`TrackingStoreError` naming the file and what to do."""
+    import sqlite3
+
+    from mlflow.store.db.utils import _get_latest_schema_revision
+
+    path, head = Path(path), _get_latest_schema_revision()
+    try:
+        with contextlib.closing(sqlite3.connect(f"{path.absolute().as_uri()}?mode=ro", uri=True, timeout=5)) as db:
+            tables = {name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            current = db.execute("SELECT version_num FROM alembic_version").fetchone()[0] \
+                if "alembic_version" in tables else None
+    except sqlite3.OperationalError as err:
+        if "locked" in str(err):
+            raise TrackingStoreError(f"the MLflow store {path} is locked by another process ({err}): wait for it to "
+                                     "finish, or stop it") from None
+        raise _damaged_store(path, err) from None
+    except sqlite3.DatabaseError as err:  # not a database, or a malformed (truncated) one
+        raise _damaged_store(path, err) from None
+    if current != head:
+        raise TrackingStoreError(
+            f"the MLflow store {path} is incomplete (schema {current or 'none'}, expected {head}): a first "
+            f"run was interrupted while creating it. If it holds no runs you need, delete it; otherwise "
+            f"migrate it with `mlflow db upgrade sqlite:///{path}`")
+
+
+def _damaged_store(path: Path, err: Exception) -> TrackingStoreError:
+    return TrackingStoreError(f"the MLflow store {path} is damaged ({err}): move it aside (mv {path} {path}.damaged); "
+                              "the next run creates a new one, and `python -m mlr_lightning sync RUN_DIR` refills it "
+                              "from each run's metrics.csv")
 
 
 def git_commit() -> str:
@@ -216,8 +298,6 @@ def git_commit() -> str:
 
 def run_tags(cfg: DictConfig) -> dict[str, str]:
     """The tags ``compare`` selects and groups runs by."""
-    from mlr_lightning.domains import domain_of
-
     agent = domain_of(cfg).agent_name
     return {
         "domain": cfg.domain,
@@ -349,6 +429,9 @@ def make_loggers(cfg: DictConfig, run_dir: Path, resume_step: int | None = None)
         warnings.warn(f"{run_dir / RUN_ID_FILE} is missing: continuing in the MLflow run named {run_dir.name!r} "
                       "if there is one, else in a new run")
         run_id = find_run_by_name(uri, cfg.tracking.experiment, run_dir.name)
+    superseded = None
+    if resume_step is not None and run_id is not None and rank_zero_only.rank == 0:
+        run_id, superseded = resumable_run(uri, run_id, run_dir, resume_step, forgets=embedded)
     # With the embedded store, keep artifacts beside the database rather than in ./mlruns of the CWD.
     artifacts = (Path(uri.removeprefix("sqlite:///")).parent / "mlartifacts").as_uri() if embedded else None
     logger = EnvStepMLFlowLogger(cfg, run_dir, experiment_name=cfg.tracking.experiment, run_name=run_dir.name,
@@ -361,10 +444,67 @@ def make_loggers(cfg: DictConfig, run_dir: Path, resume_step: int | None = None)
     write_run_record(run_dir, logger.run_id, uri)
     if resume_step is not None:
         client = logger.experiment
+        if superseded is not None and superseded != logger.run_id:
+            logger.call("linking the runs", link_runs, client, superseded, logger.run_id, resume_step)
         logger.call("reopening the run", client.update_run, logger.run_id, status="RUNNING")
-        synced = logger.call("filling in MLflow", sync_metrics, client, logger.run_id, run_dir / METRICS_FILE)
-        logger.skip_through_step = max(resume_step, synced if synced is not None else -1)
+        if embedded:
+            logger.call("dropping what the resume replays", forget_after, uri, logger.run_id, resume_step)
+        logger.call("filling in MLflow", sync_metrics, client, logger.run_id, run_dir / METRICS_FILE)
+        logger.skip_through_step = resume_step
     return loggers
+
+
+def forget_after(uri: str, run_id: str, step: int) -> None:
+    """Remove the run's metric points past ``step`` from an embedded store: a resume replays those
+    steps (identically after an interruption, differently after a divergence recovery from an older
+    snapshot or a changed setting) and logs them again, so MLflow holds what ``metrics.csv`` holds.
+
+    Plain SQL on MLflow's own tables, because MLflow has no API that deletes metric points;
+    ``latest_metrics`` (what ``search_runs`` shows) is recomputed the way MLflow orders points
+    (step, then timestamp, then value)."""
+    import sqlite3
+
+    with contextlib.closing(sqlite3.connect(uri.removeprefix("sqlite:///"), timeout=30)) as db, db:
+        db.execute("DELETE FROM metrics WHERE run_uuid = ? AND step > ?", (run_id, step))
+        db.execute("DELETE FROM latest_metrics WHERE run_uuid = ?", (run_id,))
+        db.execute("""INSERT OR REPLACE INTO latest_metrics (key, value, timestamp, step, is_nan, run_uuid)
+            SELECT key, value, timestamp, step, is_nan, run_uuid FROM metrics AS m WHERE run_uuid = ? AND NOT EXISTS (
+              SELECT 1 FROM metrics AS n WHERE n.run_uuid = m.run_uuid AND n.key = m.key AND (n.step > m.step
+                OR (n.step = m.step AND (n.timestamp > m.timestamp OR (n.timestamp = m.timestamp AND n.value > m.value)))))
+            """, (run_id,))
+
+
+def resumable_run(uri: str, run_id: str, run_dir: Path, step: int, forgets: bool) -> tuple[str | None, str | None]:
+    """The MLflow run a resume from env step ``step`` continues, and the run it supersedes: ``(None,
+    None)`` for a new run when the store lacks the recorded one (a run directory moved to another
+    output_dir); ``(None, run_id)`` when a store that cannot forget points (a server, see
+    :func:`forget_after`; ``forgets`` False) holds points past ``step``, which the resume replays."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client = MlflowClient(uri)
+        client.get_run(run_id)
+        if forgets or last_logged_step(client, run_id) <= step:
+            return run_id, None
+    except MlflowException as err:
+        if err.error_code != "RESOURCE_DOES_NOT_EXIST":
+            return run_id, None  # MLflow down: make_loggers' own calls warn about it
+        warnings.warn(f"{run_dir / RUN_ID_FILE} names MLflow run {run_id}, which {uri} does not hold (was the run "
+                      "directory moved from another output_dir?): continuing in a new MLflow run there, filled in "
+                      "from metrics.csv")
+        return None, None
+    except Exception:  # noqa: BLE001  (MLflow down: make_loggers' own calls warn about it)
+        return run_id, None
+    return None, run_id
+
+
+def link_runs(client, old_run_id: str, new_run_id: str, step: int) -> None:
+    client.set_tag(new_run_id, "resumed_from_run", old_run_id)
+    client.set_tag(old_run_id, "continued_in_run", new_run_id)
+    client.set_tag(old_run_id, "status_reason", f"resumed from env step {step} in run {new_run_id}; its points past "
+                                                "that step belong to an abandoned trajectory")
+    client.set_terminated(old_run_id, "KILLED")
 
 
 def find_run_by_name(uri: str, experiment_name: str, name: str) -> str | None:
@@ -410,8 +550,11 @@ def ensure_store_for(cfg: DictConfig) -> None:
         ensure_store(resolve_tracking_uri(cfg.tracking.uri, cfg.output_dir))
 
 
-def sync_run(run_dir: Path, uri: str | None = None) -> tuple[str, int]:
-    """``python -m mlr_lightning sync``: fill the run's MLflow run in from its ``metrics.csv``."""
+def sync_run(run_dir: Path, uri: str | None = None, in_use: bool = False) -> tuple[str, int, str | None]:
+    """``python -m mlr_lightning sync``: fill the run's MLflow run in from its ``metrics.csv`` and,
+    unless a process still trains in it (``in_use``), give it the status its run directory recorded
+    (KILLED when none was: the process died without a word, a SIGKILL or a power loss). Returns the
+    run id, the last step MLflow holds and the status set (None: left as it was)."""
     from mlflow import MlflowClient
 
     run_dir = Path(run_dir)
@@ -421,13 +564,38 @@ def sync_run(run_dir: Path, uri: str | None = None) -> tuple[str, int]:
     uri = uri or record["tracking_uri"]
     ensure_store(uri)
     client = MlflowClient(uri)
-    return record["run_id"], sync_metrics(client, record["run_id"], run_dir / METRICS_FILE)
+    run_id = record["run_id"]
+    last = sync_metrics(client, run_id, run_dir / METRICS_FILE)
+    status = None if in_use else record.get("status")
+    if not in_use and status is None and client.get_run(run_id).info.status == "RUNNING":
+        status = "KILLED"
+        record["status_reason"] = ("the training process ended without recording an outcome (killed, or the machine "
+                                   f"went down); continue it with --resume {run_dir}")
+    if status is not None:
+        client.set_tag(run_id, "status_reason", record.get("status_reason", "")[:5000])
+        client.set_terminated(run_id, status)
+    return run_id, last, status
+
+
+def record_status(run_dir: Path, status: str, reason: str = "") -> None:
+    """Write the run's outcome into its run record, where ``sync`` finds it when MLflow was down."""
+    path = Path(run_dir) / RUN_ID_FILE
+    try:
+        record = json.loads(path.read_text())
+        record |= {"status": status, "status_reason": reason}
+        tmp = path.with_name(f".{RUN_ID_FILE}.tmp")
+        tmp.write_text(json.dumps(record))
+        os.replace(tmp, path)
+    except (OSError, ValueError):  # no record (MLflow off or never reached) or an unwritable disk
+        pass
 
 
 def mark_run(run_dir: Path, status: str, reason: str) -> None:
-    """Set the recorded MLflow run's status with the reason as a tag (best effort: MLflow may be down)."""
+    """Set the recorded MLflow run's status with the reason as a tag (best effort: MLflow may be
+    down; the run record keeps the status for ``sync``)."""
     from mlflow import MlflowClient
 
+    record_status(run_dir, status, reason)
     record = read_run_record(run_dir)
     if "run_id" not in record:
         return
