@@ -44,7 +44,7 @@ def test_latent_cosine_similarity_notebook_on_atari_runs(tiny_atari_experiment):
     runs, summary, reconstruction = [t["data"]["text/html"] for t in outputs(nb, "text/html")]
     assert "pong" in runs and "atari" in runs and "untrained" in reconstruction
     printed = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs)
-    assert "No probe: the probe regresses simulator states, which only DMC runs have" in printed
+    assert "No probe: the probe regresses dm_control simulator states, which this run's domain (atari) does not have" in printed
 
 
 @pytest.mark.slow
