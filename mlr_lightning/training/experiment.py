@@ -27,6 +27,7 @@ from mlr_lightning.data.stream import ExperienceStream, make_collector
 from mlr_lightning.domains import Domain, domain_of
 from mlr_lightning.run_identity import write_config_hash
 from mlr_lightning.training.callbacks import GracefulInterrupt, HardStop, RunArtifacts, UpdateCheckpoint
+from mlr_lightning.training.cost import RunCost
 from mlr_lightning.training.evaluation import PeriodicEvaluation
 from mlr_lightning.training.progress import EnvStepProgressBar
 from mlr_lightning.training.run_dir import lock_and_check, new_run_dir
@@ -164,11 +165,14 @@ def _train(cfg: DictConfig, run_dir: Path, snapshot: Path | None) -> Path:
     checkpoint = UpdateCheckpoint(run_dir / "checkpoints", cfg.trainer.checkpoint_every_updates,
                                   cfg.trainer.keep_checkpoints, stream, cfg.trainer.max_abs_weight)
     interrupt = GracefulInterrupt()
+    cost = RunCost(run_dir, stream.stopwatch, lambda: stream.env_steps)
     loggers = make_loggers(cfg, run_dir, resume_step)  # creates (or reopens) the MLflow run on rank 0
     trainer = make_trainer(cfg, run_dir, loggers, [
+        cost,  # first: it times the hooks that follow (see RunCost)
         EnvStepProgressBar(cfg.train.num_env_steps, refresh_updates=cfg.trainer.log_every_updates),
         *domain.callbacks(cfg, replay),  # before the snapshot, which holds what they change (priorities)
         evaluation,
+        cost.after_evaluation,
         checkpoint,
         interrupt,
         RunArtifacts(run_dir, evaluation, checkpoint, cfg.tracking.video, cfg.tracking.max_checkpoint_artifact_mb),
