@@ -294,7 +294,16 @@ def test_compare_on_real_runs(tiny_experiment, tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "Runs: 4 counted" in printed and "0 excluded" in printed
     assert "| cartpole_swingup | MLR | 320 | 2 | 1,2 |" in printed and "Optimality gap" in printed
-    for name in ("runs.csv", "per_task.csv", "per_task.md", "aggregate_320.csv", "curves_cartpole_swingup.png",
+    # The cost table: one row per arm and task, every run with its logged cost, numbers that are rates.
+    cost_rows = [line for line in printed.split("Cost per arm and task", 1)[1].splitlines() if "| cartpole_swingup |" in line]
+    assert sorted(row.split(" | ")[1] for row in cost_rows) == ["Baseline", "MLR"]
+    for row in cost_rows:
+        cells = row.strip("| ").split(" | ")
+        runs, with_cost, wall_hours, gpu_hours, updates_per_s, env_steps_per_s = cells[2:]
+        assert runs == with_cost == "2", row
+        assert float(wall_hours) > 0 and float(gpu_hours) == 0 and float(updates_per_s) > 0, row  # CPU: no GPU-hours
+        assert float(env_steps_per_s) > float(updates_per_s), row  # 8 env steps per agent step, 1 update per step
+    for name in ("runs.csv", "per_task.csv", "per_task.md", "cost.csv", "aggregate_320.csv", "curves_cartpole_swingup.png",
                  "performance_profile_320.png"):
         assert (tmp_path / name).stat().st_size > 0, name
     result = compare(MlflowClient(tiny_experiment["uri"]), "tiny", tmp_path, reps=100)

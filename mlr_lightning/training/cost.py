@@ -29,6 +29,7 @@ from lightning.pytorch.accelerators import CUDAAccelerator
 from mlr_lightning.data.stopwatch import Stopwatch
 
 COST_FILE = "cost.json"
+COST_PREFIX = "cost/"  # of the logged metrics
 PHASES = ("acting", "sampling", "updating", "evaluating")
 
 
@@ -103,7 +104,7 @@ class RunCost(pl.Callback):
         counters = self.state(trainer, pl_module)
         if not trainer.is_global_zero:
             return
-        metrics = {f"cost/{name}": value for name, value in counters.metrics().items()}
+        metrics = {COST_PREFIX + name: value for name, value in counters.metrics().items()}
         for logger in trainer.loggers:
             logger.log_metrics(metrics | {"env_steps": float(counters.env_steps)}, step=counters.env_steps)
         write_cost(self.run_dir, counters)
