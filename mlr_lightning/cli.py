@@ -11,7 +11,7 @@ import sys
 import time
 from pathlib import Path
 
-from mlr_lightning.config import ConfigError, load_config, to_yaml
+from mlr_lightning.config import ConfigError, to_yaml
 from mlr_lightning.mlr.warmup import warmup_shortfall
 from mlr_lightning.training.preflight import check_render_environment
 
@@ -178,6 +178,8 @@ def run_fit(args) -> int:
     from mlr_lightning.training.console import fit_summary, quiet_libraries
 
     quiet_libraries(verbose=getattr(args, "verbose", False))
+    from mlr_lightning.domains import domain_of, load_config
+
     cfg = load_config(args.config, args.overrides)
     if getattr(args, "print_config", False):
         print(to_yaml(cfg), end="")
@@ -193,8 +195,6 @@ def run_fit(args) -> int:
     from mlr_lightning.training.run_dir import RunDirError
     from mlr_lightning.training.snapshot import CheckpointError
     from mlr_lightning.training.tracking import TrackingStoreError
-
-    from mlr_lightning.domains import domain_of
 
     started = time.monotonic()
     try:
@@ -270,6 +270,7 @@ def run_sync(args) -> int:
 
 def run_grid(args) -> int:
     """The sweep's trials (one code path for expanding them), run one after the other in this process."""
+    from mlr_lightning.domains import load_config
     from mlr_lightning.sweep.mlflow_store import open_store
     from mlr_lightning.sweep.runner import settle_existing_runs
     from mlr_lightning.sweep.spec import expand, grid_sweep
@@ -298,6 +299,7 @@ def run_sweep(args) -> int:
     from mlr_lightning.training.console import quiet_libraries
 
     quiet_libraries(verbose=args.verbose)  # before MLflow is imported: it reads its log level then
+    from mlr_lightning.domains import load_config
     from mlr_lightning.sweep.runner import format_plan, run_on_ray
     from mlr_lightning.sweep.spec import expand, load_sweep
     from mlr_lightning.training.preflight import preflight

@@ -17,7 +17,7 @@ from mlflow import MlflowClient
 
 from mlr_lightning.agents.sac_mlr import SACMLRAgent
 from mlr_lightning.cli import main
-from mlr_lightning.config import load_config
+from mlr_lightning.domains import load_config
 from mlr_lightning.training import callbacks, evaluation
 from mlr_lightning.training.experiment import RunFailed, RunInterrupted, fit
 from mlr_lightning.training.snapshot import snapshot_name, snapshots

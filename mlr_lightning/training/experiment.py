@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -34,6 +35,7 @@ from mlr_lightning.training.run_dir import lock_and_check, new_run_dir
 from mlr_lightning.training.snapshot import (
     MODEL_FILE,
     accept_resumed_config,
+    checkpoints_dir,
     find_resumable,
     load_rank_state,
     run_dir_of,
@@ -93,6 +95,40 @@ def collector_factory(cfg: DictConfig, domain: Domain, stream: ExperienceStream,
     return collector_from
 
 
+@dataclass
+class RunCallbacks:
+    """The run's callbacks. Lightning calls each hook on them in list order, and that order matters:
+    see :meth:`in_order` (``tests/test_experiment_wiring.py`` checks it on the built Trainer)."""
+
+    cost: RunCost
+    progress: EnvStepProgressBar
+    domain: list[pl.Callback]
+    evaluation: PeriodicEvaluation
+    checkpoint: UpdateCheckpoint
+    interrupt: GracefulInterrupt
+    artifacts: RunArtifacts
+
+    @classmethod
+    def of(cls, cfg: DictConfig, domain: Domain, replay: Replay, stream: ExperienceStream, run_dir: Path) -> RunCallbacks:
+        evaluation = PeriodicEvaluation(cfg.eval.every_env_steps or None, cfg.eval.num_episodes,
+                                        cfg.train.num_env_steps, extra_metrics=domain.eval_metrics(cfg))
+        checkpoint = UpdateCheckpoint(checkpoints_dir(run_dir), cfg.trainer.checkpoint_every_updates,
+                                      cfg.trainer.keep_checkpoints, stream, cfg.trainer.max_abs_weight)
+        return cls(RunCost(run_dir, stream.stopwatch, lambda: stream.env_steps),
+                   EnvStepProgressBar(cfg.train.num_env_steps, refresh_updates=cfg.trainer.log_every_updates),
+                   domain.callbacks(cfg, replay), evaluation, checkpoint, GracefulInterrupt(),
+                   RunArtifacts(run_dir, evaluation, checkpoint, cfg.tracking.video,
+                                cfg.tracking.max_checkpoint_artifact_mb))
+
+    def in_order(self) -> list[pl.Callback]:
+        """The domain's callbacks change what a snapshot holds (Atari: priorities), and the evaluation
+        history is part of it: both run before the checkpoint. The artifacts read the evaluation and
+        the last snapshot, so they come after both. The cost comes first and its end-of-evaluation mark
+        right after the evaluation: between them lies the evaluating interval (see :class:`RunCost`)."""
+        return [self.cost, self.progress, *self.domain, self.evaluation, self.cost.after_evaluation, self.checkpoint,
+                self.interrupt, self.artifacts]
+
+
 def make_trainer(cfg: DictConfig, run_dir: Path, loggers, callbacks) -> pl.Trainer:
     # find_unused_parameters: each of the 3-4 backward passes of an update reaches only part of the
     # agent (critic, actor, temperature, MLR), which DDP's reducer must be told about.
@@ -122,7 +158,7 @@ def make_trainer(cfg: DictConfig, run_dir: Path, loggers, callbacks) -> pl.Train
 def fit(cfg: DictConfig, resume: str | None = None, allow_change: Sequence[str] = ()) -> Path:
     """Train one agent as configured (or continue a snapshot, ``resume``); returns the run directory.
 
-    ``allow_change``: optimiser keys (:data:`~mlr_lightning.config.OPTIMIZER_KEYS`) that a resume may
+    ``allow_change``: optimiser keys (the domain's ``optimizer_keys``) that a resume may
     change, e.g. a smaller learning rate after a divergence.
     """
     domain_of(cfg).check_task(cfg)
@@ -132,7 +168,7 @@ def fit(cfg: DictConfig, resume: str | None = None, allow_change: Sequence[str] 
     snapshot = find_resumable(cfg, resume) if resume else None
     if snapshot is not None:
         run_dir = run_dir_of(snapshot)
-        lock = lock_and_check(run_dir, lambda: accept_resumed_config(cfg, run_dir, allow_change))
+        lock = lock_and_check(run_dir, lambda: accept_resumed_config(cfg, run_dir, domain_of(cfg), allow_change))
     else:
         ensure_store_for(cfg)  # an unusable store stops a new run before its directory exists
         run_dir, lock = new_run_dir(cfg, restart=resume == "auto")
@@ -160,23 +196,10 @@ def _train(cfg: DictConfig, run_dir: Path, snapshot: Path | None) -> Path:
 
     replay = domain.make_replay(cfg)
     stream = make_stream(cfg, domain, replay)
-    evaluation = PeriodicEvaluation(cfg.eval.every_env_steps or None, cfg.eval.num_episodes, cfg.train.num_env_steps,
-                                    extra_metrics=domain.eval_metrics(cfg))
-    checkpoint = UpdateCheckpoint(run_dir / "checkpoints", cfg.trainer.checkpoint_every_updates,
-                                  cfg.trainer.keep_checkpoints, stream, cfg.trainer.max_abs_weight)
-    interrupt = GracefulInterrupt()
-    cost = RunCost(run_dir, stream.stopwatch, lambda: stream.env_steps)
+    callbacks = RunCallbacks.of(cfg, domain, replay, stream, run_dir)
+    evaluation, checkpoint, interrupt = callbacks.evaluation, callbacks.checkpoint, callbacks.interrupt
     loggers = make_loggers(cfg, run_dir, resume_step)  # creates (or reopens) the MLflow run on rank 0
-    trainer = make_trainer(cfg, run_dir, loggers, [
-        cost,  # first: it times the hooks that follow (see RunCost)
-        EnvStepProgressBar(cfg.train.num_env_steps, refresh_updates=cfg.trainer.log_every_updates),
-        *domain.callbacks(cfg, replay),  # before the snapshot, which holds what they change (priorities)
-        evaluation,
-        cost.after_evaluation,
-        checkpoint,
-        interrupt,
-        RunArtifacts(run_dir, evaluation, checkpoint, cfg.tracking.video, cfg.tracking.max_checkpoint_artifact_mb),
-    ])
+    trainer = make_trainer(cfg, run_dir, loggers, callbacks.in_order())
 
     pl.seed_everything(cfg.seed, workers=True, verbose=False)  # the same initial networks on every rank
     env_seed = rank_seed(cfg, trainer.global_rank)

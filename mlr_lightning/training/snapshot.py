@@ -38,17 +38,29 @@ from typing import Callable, Sequence
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from mlr_lightning.config import OPTIMIZER_KEYS, ConfigError, config_differences, to_yaml, write_config
+from mlr_lightning.config import ConfigError, config_differences, to_yaml, write_config
+from mlr_lightning.domains import Domain
 
+CHECKPOINTS = "checkpoints"  # <run_dir>/checkpoints, and the MLflow artifact folder of the final weights
 MODEL_FILE = "model.ckpt"
 MANIFEST = "MANIFEST.json"
 LAST = "last.ckpt"
+LAST_ARTIFACT = f"{CHECKPOINTS}/{LAST}"  # the final weights' MLflow artifact path
 SNAPSHOT = re.compile(r"^update-(\d+)$")
 HASHED_MAX_BYTES = 256 * 2**20  # files up to this size are hashed; larger ones (replay) are size-checked
 
 
 class CheckpointError(RuntimeError):
     """A checkpoint that cannot be used or written, with what to do about it."""
+
+
+def checkpoints_dir(run_dir: Path) -> Path:
+    return Path(run_dir) / CHECKPOINTS
+
+
+def has_snapshot(run_dir: Path) -> bool:
+    """Whether the run directory holds a published snapshot (complete or not, unverified)."""
+    return bool(snapshots(checkpoints_dir(run_dir)))
 
 
 def snapshot_name(num_updates: int) -> str:
@@ -249,6 +261,12 @@ def snapshot_agent_steps(snapshot: Path) -> int:
     return torch.load(stream_file(snapshot, 0), weights_only=False)["counters"]["agent_steps"]
 
 
+def latest_run_agent_steps(run_dir: Path) -> int | None:
+    """Agent steps of the run directory's newest snapshot (unverified); None without one."""
+    snapshot = latest_snapshot(checkpoints_dir(run_dir), verify=False)
+    return None if snapshot is None else int(snapshot_agent_steps(snapshot))
+
+
 # ----------------------------------------------------------------------------- resume policy
 def find_resumable(cfg: DictConfig, resume: str) -> Path | None:
     """``--resume PATH`` -> that snapshot. ``--resume auto`` -> the newest snapshot of this config's
@@ -300,15 +318,16 @@ def run_dir_of(snapshot: Path) -> Path:
     return Path(snapshot).parent.parent
 
 
-def accept_resumed_config(cfg: DictConfig, run_dir: Path, allow_change: Sequence[str] = ()) -> None:
+def accept_resumed_config(cfg: DictConfig, run_dir: Path, domain: Domain, allow_change: Sequence[str] = ()) -> None:
     """A resumed run must be the same experiment: only bookkeeping keys may change, and optimiser keys
-    the user names (``--allow-change``). An allowed change is written into the run's config.yaml."""
-    unknown = [key for key in allow_change if key not in OPTIMIZER_KEYS]
+    (the domain's ``optimizer_keys``) the user names (``--allow-change``). An allowed change is written
+    into the run's config.yaml."""
+    unknown = [key for key in allow_change if key not in domain.optimizer_keys]
     if unknown:
         raise ConfigError(f"--allow-change {unknown[0]}: only optimiser settings may change on resume: "
-                          f"{', '.join(OPTIMIZER_KEYS)}")
+                          f"{', '.join(domain.optimizer_keys)}")
     saved = load_run_config(run_dir)
-    changed = config_differences(saved, cfg, allowed=allow_change)
+    changed = config_differences(saved, cfg, domain.schema, allowed=allow_change)
     if changed:
         raise ConfigError(f"--resume continues {run_dir}, whose config differs in: {'; '.join(changed)}. "
                           f"Resume with --config {run_dir / 'config.yaml'}, or start a new run"
