@@ -298,14 +298,14 @@ def cost_table(curves: list[RunCurve]) -> pd.DataFrame:
     """What each arm cost on each task (:mod:`mlr_lightning.training.cost`): runs, mean wall hours,
     total GPU-hours, mean updates/s and env steps/s over its runs that logged a cost."""
     rows = []
-    for (task, arm), group in sorted(_groups(curves).items()):
+    for (task, arm), group in sorted(_groups(curves).items(), key=lambda item: item[0][::-1]):
         costed = [c.cost for c in group if "wall_hours" in c.cost]
         mean = lambda key: float(np.mean([c[key] for c in costed])) if costed else float("nan")  # noqa: E731
-        rows.append({"task": task, "algorithm": arm, "runs": len(group), "with cost": len(costed),
+        rows.append({"algorithm": arm, "task": task, "runs": len(group), "with cost": len(costed),
                      "wall hours (mean)": mean("wall_hours"),
                      "GPU-hours (total)": float(sum(c["device_hours"] for c in costed)) if costed else float("nan"),
                      "updates/s (mean)": mean("updates_per_s"), "env steps/s (mean)": mean("env_steps_per_s")})
-    return pd.DataFrame(rows, columns=["task", "algorithm", "runs", "with cost", "wall hours (mean)", "GPU-hours (total)",
+    return pd.DataFrame(rows, columns=["algorithm", "task", "runs", "with cost", "wall hours (mean)", "GPU-hours (total)",
                                        "updates/s (mean)", "env steps/s (mean)"])
 
 
@@ -499,7 +499,7 @@ def summary_text(result: dict) -> str:
         parts.append("Arms: the config each stands for (every key of it in arms.csv):\n\n" + _markdown(result["arms"]))
     parts.append(f"Per task: mean and sample std (ddof=1) over seeds at each budget (env steps), beside the paper's "
                  f"mean±std:\n\n{_markdown(result['per_task'])}")
-    if "cost" in result:
+    if "cost" in result and result["cost"]["with cost"].any():  # runs logged before fit measured cost have none
         parts.append("Cost per arm and task (over all attempts of each counted run; GPU-hours are wall hours x GPUs, "
                      f"0 on CPU):\n\n{_markdown(result['cost'])}")
     if result["notes"]:
