@@ -35,7 +35,9 @@ from mlr_lightning.training.run_dir import lock_and_check, new_run_dir
 from mlr_lightning.training.snapshot import (
     MODEL_FILE,
     accept_resumed_config,
+    check_snapshot_belongs,
     checkpoints_dir,
+    ensure_run_uid,
     find_resumable,
     load_rank_state,
     run_dir_of,
@@ -167,12 +169,14 @@ def fit(cfg: DictConfig, resume: str | None = None, allow_change: Sequence[str] 
         return _train(cfg, Path(os.environ[RUN_DIR_ENV]), snapshot)
     snapshot = find_resumable(cfg, resume) if resume else None
     if snapshot is not None:
+        check_snapshot_belongs(snapshot, cfg.run_name)
         run_dir = run_dir_of(snapshot)
         lock = lock_and_check(run_dir, lambda: accept_resumed_config(cfg, run_dir, domain_of(cfg), allow_change))
     else:
         ensure_store_for(cfg)  # an unusable store stops a new run before its directory exists
         run_dir, lock = new_run_dir(cfg, restart=resume == "auto")
-    write_config_hash(cfg, run_dir)  # the run's identity, beside its config.yaml
+    write_config_hash(cfg, run_dir)  # what the run computes, beside its config.yaml
+    ensure_run_uid(run_dir)  # which run this is: every snapshot records it
     os.environ[RUN_DIR_ENV], os.environ[SNAPSHOT_ENV] = str(run_dir), str(snapshot or "")
     try:
         _train(cfg, run_dir, snapshot)
