@@ -1,4 +1,4 @@
-"""Command line: ``python -m mlr_lightning {fit,grid,sweep,compare,sync,atari-table} ...``.
+"""Command line: ``python -m mlr_lightning {fit,grid,sweep,compare,sync,atari-table,probe} ...``.
 
 Knows about files, arguments and messages; nothing about tensors.
 """
@@ -48,6 +48,10 @@ SYNC_EXAMPLES = """\
 TABLE_EXAMPLES = """\
   python -m mlr_lightning atari-table                                       # the paper's numbers only
   python -m mlr_lightning atari-table --runs runs                           # beside your finished runs
+"""
+PROBE_EXAMPLES = """\
+  python -m mlr_lightning probe --runs runs/cartpole_swingup-mlr-s1-<time> runs/cartpole_swingup-baseline-s1-<time>
+  python -m mlr_lightning probe --runs runs/<run> --episodes 16 --out probe.csv
 """
 
 
@@ -122,7 +126,9 @@ def build_parser() -> argparse.ArgumentParser:
     cmp = command("compare", COMPARE_EXAMPLES, help="tables and plots from an MLflow experiment",
                   description="Counts one FINISHED run per task, algorithm and seed (lists the rest). "
                               "Per-task mean ± sample std at step budgets beside the paper's numbers, "
-                              "aggregate IQM/median/mean/optimality gap with bootstrap CIs, plots.")
+                              "aggregate IQM/median/mean/optimality gap with bootstrap CIs, the probability of "
+                              "improvement between arms, IQM curves, score matrices (CSV, .npz), plots; the report "
+                              "is logged to MLflow as an analysis run.")
     cmp.add_argument("--experiment", default="mlr_lightning")
     cmp.add_argument("--filter", default="", help="MLflow filter, e.g. \"tags.task = 'walker_walk'\" or "
                      "\"params.`mlr.mask_ratio` = '0.5'\" (string values in single quotes, dotted names in backticks)")
@@ -143,6 +149,20 @@ def build_parser() -> argparse.ArgumentParser:
                     description="Raw and human-normalised scores per game: random, human, the paper's "
                                 "Baseline and MLR, and the final evaluations of the runs under --runs.")
     table.add_argument("--runs", default=None, help="directory of run directories (e.g. runs); omit for the paper only")
+
+    probe = command("probe", PROBE_EXAMPLES, help="how much physical state each run's encoder makes linearly readable (DMC)",
+                    description="Frames and simulator states (joint positions, hinge angles as cos/sin, velocities) "
+                                "from episodes of uniformly random actions; a ridge regression from each encoder's "
+                                "latents (and untrained ones') to the standardised states; held-out R² per state "
+                                "dimension and averaged, with a bootstrap CI. See docs/analysis.md.")
+    probe.add_argument("--runs", nargs="+", required=True, metavar="RUN",
+                       help="run directories (or checkpoints) of one DMC task, e.g. an MLR and a Baseline run")
+    probe.add_argument("--seed", type=int, default=0, help="seed of the behaviour policy and the environment")
+    probe.add_argument("--episodes", type=int, default=8, help="episodes collected; the last quarter is held out")
+    probe.add_argument("--untrained", type=int, default=3, help="untrained encoders (initialisations) as references")
+    probe.add_argument("--alpha", type=float, default=1.0, help="ridge penalty on standardised latents")
+    probe.add_argument("--reps", type=int, default=1000, help="bootstrap repetitions")
+    probe.add_argument("--out", default=None, help="also write the table to this CSV file")
     return parser
 
 
@@ -167,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         check_render_environment()  # before anything imports dm_control
         return {"fit": run_fit, "grid": run_grid, "sweep": run_sweep, "compare": run_compare, "sync": run_sync,
-                "atari-table": run_atari_table}[args.command](args)
+                "atari-table": run_atari_table, "probe": run_probe}[args.command](args)
     except ConfigError as err:
         print("config error: " + " ".join(str(err).split("\n")), file=sys.stderr)  # one line, whoever raised it
         return 2
@@ -200,7 +220,8 @@ def run_fit(args) -> int:
         return 0
     from mlr_lightning.training.preflight import preflight
 
-    preflight(cfg)  # this machine can run it: before a run directory or an MLflow run exists
+    # This machine can run it: before a run directory or an MLflow run exists.
+    preflight(cfg, resuming=bool(getattr(args, "resume", None)))
     from mlr_lightning.data.stream import EnvironmentFailure
     from mlr_lightning.envs.atari import UnknownGameError
     from mlr_lightning.envs.dmc import UnknownTaskError
@@ -359,12 +380,12 @@ def run_compare(args) -> int:
 
     client = MlflowClient(uri)
     try:
-        compare(client, args.experiment, out, args.budgets, args.filter, reps=args.reps, common_seeds=args.common_seeds,
-                by=tuple(args.by or DEFAULT_BY))
+        result = compare(client, args.experiment, out, args.budgets, args.filter, reps=args.reps,
+                         common_seeds=args.common_seeds, by=tuple(args.by or DEFAULT_BY))
     except CompareError as err:
         return usage_error(str(err))
     print((out / "summary.md").read_text())
-    print(f"Tables and plots: {out}")
+    print(f"Tables and plots: {out} (also the artifacts of MLflow analysis run {result['analysis_run']})")
     return 0
 
 
@@ -378,4 +399,27 @@ def run_atari_table(args) -> int:
         return usage_error(f"no finished Atari runs under {args.runs} (run directories with domain: atari in "
                            "config.yaml and a final evaluation in metrics.csv)")
     print(format_table(atari_table(runs), with_runs=bool(args.runs)))
+    return 0
+
+
+def run_probe(args) -> int:
+    for name, value, low in (("--episodes", args.episodes, 2), ("--untrained", args.untrained, 1), ("--reps", args.reps, 1)):
+        if value < low:
+            return usage_error(f"{name} must be >= {low}, got {value}")
+    if args.alpha < 0:
+        return usage_error(f"--alpha is a ridge penalty and must be >= 0, got {args.alpha}")
+    from mlr_lightning.training.console import quiet_libraries
+
+    quiet_libraries()
+    from mlr_lightning.reporting.probe import BEHAVIOUR, ProbeError, probe_runs
+
+    try:
+        table = probe_runs(args.runs, args.seed, args.episodes, args.untrained, args.alpha, args.reps)
+    except ProbeError as err:
+        return usage_error(str(err))
+    if args.out:
+        table.to_csv(args.out)
+    print(f"Held-out R² of a ridge probe latents -> standardised physical state ({BEHAVIOUR}, seed {args.seed}, "
+          f"{args.episodes} episodes, the last quarter held out; 95% bootstrap CI over held-out frames):")
+    print(table.to_string(float_format=lambda v: f"{v:.3f}"))
     return 0

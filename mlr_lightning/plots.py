@@ -1,4 +1,4 @@
-"""Figures: learning curves with confidence bands, performance profiles, episode GIFs."""
+"""Figures: learning curves with confidence bands, performance profiles, aggregate intervals, episode GIFs."""
 
 from __future__ import annotations
 
@@ -44,5 +44,24 @@ def performance_profiles(profiles: Mapping[str, np.ndarray], cis: Mapping[str, n
         ax.set_title(title)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def aggregate_intervals(table, path: Path, title: str | None = None) -> Path:
+    """rliable's interval plot: one panel per metric (IQM, median, mean, optimality gap), a bar per arm.
+    ``table`` rows: algorithm, metric, value, ci_low, ci_high (``compare``'s aggregate table)."""
+    from rliable import plot_utils
+
+    metrics = list(dict.fromkeys(table["metric"]))
+    arms = list(dict.fromkeys(table["algorithm"]))
+    rows = {arm: table[table["algorithm"] == arm].set_index("metric").loc[metrics] for arm in arms}
+    points = {arm: r["value"].to_numpy(float) for arm, r in rows.items()}
+    intervals = {arm: np.stack([r["ci_low"].to_numpy(float), r["ci_high"].to_numpy(float)]) for arm, r in rows.items()}
+    fig, _ = plot_utils.plot_interval_estimates(points, intervals, metric_names=metrics, algorithms=arms,
+                                                xlabel="normalised score")
+    if title:
+        fig.suptitle(title, y=1.02)
+    fig.savefig(path, dpi=100, bbox_inches="tight")
     plt.close(fig)
     return path

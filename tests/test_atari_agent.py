@@ -108,7 +108,7 @@ def test_cli_prints_the_per_game_table(capsys):
 
     assert main(["atari-table"]) == 0
     out = capsys.readouterr().out
-    assert "| pong | -20.700 | 14.600 | -3.100 | 0.499 |" in out  # HNS of the paper's Baseline on Pong
+    assert "| pong | -20.700 | 14.600 | -3.100 | 11.500 | 0.499 |" in out  # the paper's Baseline on Pong: std, HNS
     assert "| mean HNS |" in out and "0.679" in out  # the paper's MLR mean HNS over the 26 games
 
 

@@ -10,7 +10,7 @@ from mlr_lightning.mlr.warmup import inverse_sqrt_schedule
 
 
 def test_the_quickstart_note_gives_the_mean_rate_and_the_key():
-    cfg = load_config("conf/quickstart.yaml")
+    cfg = load_config("conf/quickstart.yaml", ["mlr.warmup_steps=6000"])  # the paper's warm-up on the quickstart
     assert mlr_updates(cfg) == 600  # 8800 env steps / action repeat 8 = 1100 agent steps, 500 of them random
     factor = inverse_sqrt_schedule(6000, cfg.mlr.warmup_init_factor)
     mean = sum(factor(s) for s in range(600)) / 600
@@ -25,6 +25,7 @@ def test_the_quickstart_note_gives_the_mean_rate_and_the_key():
     ("conf/dmc/walker_walk.yaml", []),  # 49,000 updates: longer than the warm-up
     ("conf/quickstart.yaml", ["mlr.enabled=false"]),  # a Baseline has no MLR
     ("conf/quickstart.yaml", ["mlr.warmup_steps=600"]),  # exactly as long as the run
+    ("conf/quickstart.yaml", []),  # the quickstart's own warm-up (300) fits its 600 updates
     ("conf/atari/quickstart.yaml", []),  # the Atari MLR loss shares one Adam without a warm-up
 ])
 def test_no_note_where_the_warmup_does_not_outlast_the_run(config, overrides):
@@ -43,7 +44,13 @@ def test_fit_prints_the_note_before_it_starts(tmp_path, capsys):
     # A run directory holding an unfinished attempt stops fit before anything is trained, after the note.
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "metrics.csv").write_text("step\n0\n")
-    code = main(["fit", "--config", "conf/quickstart.yaml", "run_name=run", f"output_dir={tmp_path}"])
+    code = main(["fit", "--config", "conf/quickstart.yaml", "mlr.warmup_steps=6000", "run_name=run", f"output_dir={tmp_path}"])
     assert code == 2
     err = capsys.readouterr().err
     assert err.startswith("note: this run makes 600 MLR updates") and "--resume auto" in err
+
+
+def test_the_quickstart_trains_mlr_at_two_thirds_of_its_rate_on_average():
+    cfg = load_config("conf/quickstart.yaml")
+    factor = inverse_sqrt_schedule(cfg.mlr.warmup_steps, cfg.mlr.warmup_init_factor)
+    assert sum(factor(s) for s in range(mlr_updates(cfg))) / mlr_updates(cfg) == pytest.approx(0.66, abs=0.01)

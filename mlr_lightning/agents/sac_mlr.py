@@ -53,6 +53,12 @@ class SACPolicy(nn.Module):
         return action[0] if unbatched else action
 
 
+def make_pixel_encoder(cfg: DictConfig) -> PixelEncoder:
+    """The configured encoder of the stacked, cropped frames."""
+    e = cfg.encoder
+    return PixelEncoder(3 * cfg.env.frame_stack, cfg.env.crop_size, e.num_layers, e.num_filters, e.feature_dim)
+
+
 class SACMLRAgent(RLAgent):
     optimizer_names = ("critic", "actor", "alpha", "mlr")
     progress_bar_metrics = ("train/critic_loss", "train/actor_loss", "train/mlr_loss")
@@ -61,13 +67,8 @@ class SACMLRAgent(RLAgent):
         super().__init__(cfg, action_dim=action_dim)
         cfg = self.cfg
         self.sac, self.mlr = cfg.sac, cfg.mlr
-        in_channels = 3 * cfg.env.frame_stack
-
-        def make_encoder() -> PixelEncoder:
-            return PixelEncoder(in_channels, cfg.env.crop_size, **cfg.encoder)
-
-        self.critic = Critic(make_encoder(), action_dim, self.sac.hidden_dim)
-        self.actor = Actor(make_encoder(), action_dim, self.sac.hidden_dim, self.sac.actor_log_std_min, self.sac.actor_log_std_max)
+        self.critic = Critic(make_pixel_encoder(cfg), action_dim, self.sac.hidden_dim)
+        self.actor = Actor(make_pixel_encoder(cfg), action_dim, self.sac.hidden_dim, self.sac.actor_log_std_min, self.sac.actor_log_std_max)
         self.critic.apply(orthogonal_init)
         self.actor.apply(orthogonal_init)
         self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
@@ -76,6 +77,9 @@ class SACMLRAgent(RLAgent):
         self.target_entropy = -float(action_dim)
         if self.mlr.enabled:
             self._build_mlr(action_dim)
+        if cfg.encoder.get("freeze", False):  # pretraining evaluation: no optimiser sees the encoder
+            self.critic.encoder.requires_grad_(False)
+            self.actor.encoder.requires_grad_(False)
 
     @property
     def policy(self) -> SACPolicy:
@@ -124,9 +128,10 @@ class SACMLRAgent(RLAgent):
     def configure_optimizers(self):
         sac = self.sac
         tied = {id(p) for p in self.critic.encoder.convs.parameters()}
-        actor_params = [p for p in self.actor.parameters() if id(p) not in tied]  # convs get no actor gradient
+        actor_params = [p for p in self.actor.parameters() if id(p) not in tied and p.requires_grad]  # convs get no actor gradient
         optimizers = [
-            self.adam(self.critic.parameters(), lr=sac.critic_lr, betas=(sac.critic_beta, ADAM_BETA2)),
+            self.adam([p for p in self.critic.parameters() if p.requires_grad], lr=sac.critic_lr,
+                      betas=(sac.critic_beta, ADAM_BETA2)),
             self.adam(actor_params, lr=sac.actor_lr, betas=(sac.actor_beta, ADAM_BETA2)),
             self.adam([self.log_alpha], lr=sac.alpha_lr, betas=(sac.alpha_beta, ADAM_BETA2)),
         ]

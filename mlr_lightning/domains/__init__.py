@@ -33,6 +33,7 @@ class Domain(Protocol):
     frame_channels: int  # channels of one stored frame (RGB 3, grayscale 1)
     agent_name: str  # the RL algorithm, for run tags ("sac", "rainbow")
     agent_class: type[RLAgent]  # to load a trained agent from a checkpoint
+    has_physics: bool  # its environments expose a dm_control simulator state (reporting/probe.py regresses it)
 
     def validate(self, cfg: DictConfig) -> None:
         """Cross-field checks of a loaded config; raise ConfigError naming the key."""

@@ -38,6 +38,12 @@ class EncoderConfig:
     num_layers: int = 4
     num_filters: int = 64
     feature_dim: int = 50
+    # Pretraining evaluation (not in the paper's RL runs): start from this run directory's (or
+    # checkpoint's) trained critic encoder instead of a fresh initialisation (training/pretrained.py).
+    init_from: str | None = None
+    # Keep the encoder fixed: its weights never change; the actor, the Q heads and the temperature still
+    # train. Needs mlr.enabled=false (MLR trains the encoder).
+    freeze: bool = False
 
 
 @dataclass
@@ -142,6 +148,8 @@ def validate_dmc(cfg: DictConfig) -> None:
     require(first >= 1, "env.crop_size", f"({env.crop_size}) must be >= 3 for the encoder's first 3x3 convolution")
     require(size >= 1, "encoder.num_layers", f"({enc.num_layers}) leaves no pixels of the {env.crop_size}-px crop "
              f"(each layer trims 2); use at most {(first - 1) // 2 + 1} layers or a larger env.crop_size")
+    require(not (enc.freeze and cfg.mlr.enabled), "encoder.freeze",
+            "leaves MLR nothing to train (its loss trains the encoder); set mlr.enabled=false")
     require(cfg.sac.actor_log_std_min < cfg.sac.actor_log_std_max, "sac.actor_log_std_min",
              f"({cfg.sac.actor_log_std_min}) must be < sac.actor_log_std_max ({cfg.sac.actor_log_std_max})")
     require(not cfg.mlr.enabled or enc.feature_dim % cfg.mlr.num_heads == 0, "mlr.num_heads",
@@ -174,6 +182,7 @@ class DMCDomain:
     frame_channels = 3  # RGB
     agent_name = "sac"
     agent_class = SACMLRAgent
+    has_physics = True  # env.game._env.physics: dm_control's simulator under the pixel wrapper
 
     def validate(self, cfg: DictConfig) -> None:
         validate_dmc(cfg)

@@ -123,6 +123,7 @@ class GymPixelsDomain(DMCDomain):
     name = "gym_pixels"
     schema = GymPixelsConfig
     bounds = {key: bound for key, bound in DMC_BOUNDS.items() if key != "env.camera_id"}
+    has_physics = False  # a gymnasium state, not a dm_control simulator
 
     def validate(self, cfg: DictConfig) -> None:
         validate_dmc(cfg)

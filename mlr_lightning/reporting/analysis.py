@@ -49,8 +49,9 @@ from mlr_lightning.training.evaluation import as_policy
 from mlr_lightning.training.snapshot import CHECKPOINTS, LAST_ARTIFACT
 
 
-def find_run(client: MlflowClient, experiment: str, mlr: bool, run_id: str | None = None, task: str | None = None) -> Run:
-    """``run_id`` if given, else the newest finished run with the ``mlr`` tag on/off (and ``task``)."""
+def find_run(client: MlflowClient, experiment: str, mlr: bool, run_id: str | None = None, task: str | None = None,
+             seed: str | int | None = None) -> Run:
+    """``run_id`` if given, else the newest finished run with the ``mlr`` tag on/off (and ``task``, ``seed``)."""
     if run_id:
         return client.get_run(run_id)
     exp = client.get_experiment_by_name(experiment)
@@ -59,6 +60,8 @@ def find_run(client: MlflowClient, experiment: str, mlr: bool, run_id: str | Non
     query = f"tags.mlr = '{'on' if mlr else 'off'}' and attributes.status = 'FINISHED'"
     if task:
         query += f" and tags.task = '{task}'"
+    if seed is not None:
+        query += f" and tags.seed = '{seed}'"
     runs = client.search_runs([exp.experiment_id], filter_string=query, order_by=["attributes.start_time DESC"], max_results=1)
     if not runs:
         raise ValueError(f"no finished {'MLR' if mlr else 'Baseline'} run in experiment {experiment!r} ({query})")

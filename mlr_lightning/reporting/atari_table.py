@@ -3,7 +3,8 @@
 Our runs are read from run directories (``config.yaml`` with ``domain: atari`` and the final
 ``eval/return_mean`` in ``metrics.csv``), so the table needs no tracking server. Scores are raw game
 scores and human-normalised scores, HNS = (score - random) / (human - random); the last rows give the
-mean and median HNS over the games present.
+mean and median HNS over the games present. Beside the paper's mean stands its std over 3 seeds
+(``—`` where the paper's value is not transcribed in ``domains.atari.STD``).
 """
 
 from __future__ import annotations
@@ -16,8 +17,8 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from mlr_lightning.reporting.compare import _markdown
-from mlr_lightning.domains.atari import ATARI, REFERENCE, RESULTS, human_normalized_score
+from mlr_lightning.domains.atari import ATARI, REFERENCE, RESULTS, STD, human_normalized_score
+from mlr_lightning.reporting.statistics import markdown
 
 
 def collect_runs(root: Path) -> dict[tuple[str, str], list[float]]:
@@ -45,6 +46,7 @@ def atari_table(runs: dict[tuple[str, str], list[float]] | None = None) -> pd.Da
         for algorithm in ("Baseline", "MLR"):
             paper = RESULTS[algorithm][game]
             row[f"paper {algorithm}"] = paper
+            row[f"paper {algorithm} std"] = STD[algorithm].get(game, "—")
             row[f"paper {algorithm} HNS"] = human_normalized_score(game, paper)
             ours = runs.get((game, algorithm))
             row[f"ours {algorithm}"] = statistics.fmean(ours) if ours else math.nan
@@ -61,4 +63,4 @@ def atari_table(runs: dict[tuple[str, str], list[float]] | None = None) -> pd.Da
 
 def format_table(table: pd.DataFrame, with_runs: bool) -> str:
     columns = [c for c in table.columns if with_runs or not c.startswith("ours")]
-    return _markdown(table[columns])
+    return markdown(table[columns])

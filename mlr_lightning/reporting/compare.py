@@ -16,7 +16,6 @@ Nothing is dropped silently: every run left out of a table is named in the notes
 
 from __future__ import annotations
 
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,6 +26,8 @@ from mlflow.exceptions import MlflowException
 
 from mlr_lightning.domains import DEFAULT_DOMAIN, DOMAINS
 from mlr_lightning.plots import learning_curves, performance_profiles
+from mlr_lightning.reporting.analysis_run import ANALYSIS_TAG, log_report
+from mlr_lightning.reporting.statistics import markdown, seeded_numpy, write_statistics
 from mlr_lightning.run_identity import NON_RESULT_KEYS, REPLACED_TAG
 from mlr_lightning.training.cost import COST_PREFIX
 
@@ -123,6 +124,8 @@ def fetch_runs(client: MlflowClient, experiment: str, filter_string: str = "") -
     curves = []
     for run in runs:
         tags, info = run.data.tags, run.info
+        if ANALYSIS_TAG in tags:  # a report of an earlier compare, not a training run
+            continue
         history = sorted(client.get_metric_history(info.run_id, EVAL_METRIC), key=lambda m: m.step)
         curves.append(RunCurve(
             run_id=info.run_id,
@@ -362,18 +365,6 @@ def _common_seeds(runs: dict[str, dict[str, RunCurve]], algorithm: str, budget: 
     return {t: {s: c for s, c in seeds.items() if s in common} for t, seeds in runs.items()}
 
 
-@contextmanager
-def _seeded_numpy(seed: int):
-    """rliable draws its bootstrap indices from NumPy's global generator (``np.random.choice``), not
-    from the ``random_state`` it accepts: seed that, and restore it afterwards."""
-    state = np.random.get_state()
-    np.random.seed(seed)
-    try:
-        yield
-    finally:
-        np.random.set_state(state)
-
-
 def aggregate_table(matrices: dict[str, np.ndarray], reps: int = 2000, seed: int = 0) -> pd.DataFrame:
     from rliable import library as rly
     from rliable import metrics
@@ -382,7 +373,7 @@ def aggregate_table(matrices: dict[str, np.ndarray], reps: int = 2000, seed: int
         return np.array([metrics.aggregate_iqm(x), metrics.aggregate_median(x), metrics.aggregate_mean(x),
                          metrics.aggregate_optimality_gap(x)])
 
-    with _seeded_numpy(seed):
+    with seeded_numpy(seed):
         points, intervals = rly.get_interval_estimates(matrices, all_aggregates, reps=reps)
     rows = []
     for algorithm in matrices:
@@ -425,7 +416,7 @@ def profile_plot(matrices: dict[str, np.ndarray], path: Path, budget: int, reps:
     from rliable import library as rly
 
     taus = np.linspace(0.0, 1.0, 51)
-    with _seeded_numpy(seed):
+    with seeded_numpy(seed):
         profiles, cis = rly.create_performance_profile(matrices, taus, reps=reps)
     runs = ", ".join(f"{a} {m.shape[0]} runs" for a, m in matrices.items())
     tasks = next(iter(matrices.values())).shape[1]
@@ -462,13 +453,13 @@ def compare(client: MlflowClient, experiment: str, out_dir: Path, budgets: list[
     _config_rows(arms).to_csv(out_dir / "arms.csv", index=False)
     per_task = per_task_table(curves, budgets)
     per_task.to_csv(out_dir / "per_task.csv", index=False)
-    (out_dir / "per_task.md").write_text(_markdown(per_task))
+    (out_dir / "per_task.md").write_text(markdown(per_task))
     cost = cost_table(curves)
     cost.to_csv(out_dir / "cost.csv", index=False)
     result = {"runs": runs, "excluded": runs[~runs["counted"]].reset_index(drop=True), "per_task": per_task,
               "cost": cost,
               "arms": arms.drop(columns="config"),
-              "aggregate": {}, "notes": notes, "budgets": budgets, "plots": curve_plots(curves, out_dir)}
+              "aggregate": {}, "matrices": {}, "notes": notes, "budgets": budgets, "plots": curve_plots(curves, out_dir)}
     for budget in budgets:
         if not any(c.reaches(budget) for c in curves):
             continue
@@ -480,12 +471,31 @@ def compare(client: MlflowClient, experiment: str, out_dir: Path, budgets: list[
         notes.extend(matrix_notes)
         table = aggregate_table(matrices, reps=reps)
         table.to_csv(out_dir / f"aggregate_{budget}.csv", index=False)
-        (out_dir / f"aggregate_{budget}.md").write_text(_markdown(table))
+        (out_dir / f"aggregate_{budget}.md").write_text(markdown(table))
         result["aggregate"][budget] = table
+        result["matrices"][budget] = matrices
         result["plots"].append(profile_plot(matrices, out_dir / f"performance_profile_{budget}.png", budget,
                                             reps=min(reps, 1000)))
+    result["statistics"] = arm_statistics(curves, result, out_dir, reps, common_seeds)
     (out_dir / "summary.md").write_text(summary_text(result))
+    result["analysis_run"] = log_report(client, experiment, out_dir)
     return result
+
+
+def arm_statistics(curves: list[RunCurve], result: dict, out_dir: Path, reps: int, common_seeds: bool) -> dict:
+    """Probability of improvement, IQM curves over the evaluation steps every counted run shares, aggregate
+    intervals and the score matrices (:mod:`mlr_lightning.reporting.statistics`)."""
+    shared = sorted(set.intersection(*(set(c.steps.tolist()) for c in curves)))
+    by_step = {}
+    for step in shared:
+        try:
+            by_step[step] = score_matrices(curves, step, common_seeds)[0]
+        except CompareError:  # no task has every arm at this step: no point on the curve
+            continue
+    reached = {b: {(c.task, c.algorithm) for c in curves if c.reaches(b)} for b in result["matrices"]}
+    tasks = {b: sorted(t for t in {c.task for c in curves} if all((t, a) in reached[b] for a in arms))
+             for b, arms in result["matrices"].items()}  # the matrices' columns, as score_matrices picks them
+    return write_statistics(result["matrices"], tasks, result["aggregate"], by_step, out_dir, reps)
 
 
 def summary_text(result: dict) -> str:
@@ -494,19 +504,21 @@ def summary_text(result: dict) -> str:
     parts = [f"Runs: {len(runs) - len(excluded)} counted (one {COUNTED_STATUS} run per task, arm, config and seed; "
              f"of duplicates of one config the newest finished), {len(excluded)} excluded."]
     if len(excluded):
-        parts.append(_markdown(excluded[["run", "task", "algorithm", "seed", "status", "reason"]]))
+        parts.append(markdown(excluded[["run", "task", "algorithm", "seed", "status", "reason"]]))
     if "arms" in result:
-        parts.append("Arms: the config each stands for (every key of it in arms.csv):\n\n" + _markdown(result["arms"]))
+        parts.append("Arms: the config each stands for (every key of it in arms.csv):\n\n" + markdown(result["arms"]))
     parts.append(f"Per task: mean and sample std (ddof=1) over seeds at each budget (env steps), beside the paper's "
-                 f"mean±std:\n\n{_markdown(result['per_task'])}")
+                 f"mean±std:\n\n{markdown(result['per_task'])}")
     if "cost" in result and result["cost"]["with cost"].any():  # runs logged before fit measured cost have none
         parts.append("Cost per arm and task (over all attempts of each counted run; GPU-hours are wall hours x GPUs, "
-                     f"0 on CPU):\n\n{_markdown(result['cost'])}")
+                     f"0 on CPU):\n\n{markdown(result['cost'])}")
     if result["notes"]:
         parts.append("Notes:\n" + "".join(f"- {note}\n" for note in result["notes"]))
     for budget, table in result["aggregate"].items():
         parts.append(f"Aggregate over tasks at {budget} env steps (normalised scores, 95% stratified bootstrap CIs):\n\n"
-                     + _markdown(table))
+                     + markdown(table))
+    if result.get("statistics", {}).get("text"):
+        parts.append(result["statistics"]["text"])
     return "\n".join(parts)
 
 
@@ -530,13 +542,3 @@ def _seed_key(seed: str) -> tuple:
 
 def _seed_list(seeds) -> str:
     return ",".join(sorted(seeds, key=_seed_key))
-
-
-def _markdown(table: pd.DataFrame) -> str:
-    header = "| " + " | ".join(table.columns) + " |\n|" + "---|" * len(table.columns) + "\n"
-    body = "".join("| " + " | ".join(_fmt(v) for v in row) + " |\n" for row in table.itertuples(index=False))
-    return header + body
-
-
-def _fmt(value) -> str:
-    return f"{value:.3f}" if isinstance(value, float) else str(value)

@@ -31,6 +31,7 @@ from mlr_lightning.training.callbacks import GracefulInterrupt, HardStop, RunArt
 from mlr_lightning.training.cost import RunCost
 from mlr_lightning.training.evaluation import PeriodicEvaluation
 from mlr_lightning.training.progress import EnvStepProgressBar
+from mlr_lightning.training.pretrained import check_pretrained_encoder, load_pretrained_encoder
 from mlr_lightning.training.run_dir import lock_and_check, new_run_dir
 from mlr_lightning.training.snapshot import (
     MODEL_FILE,
@@ -174,6 +175,7 @@ def fit(cfg: DictConfig, resume: str | None = None, allow_change: Sequence[str] 
         lock = lock_and_check(run_dir, lambda: accept_resumed_config(cfg, run_dir, domain_of(cfg), allow_change))
     else:
         ensure_store_for(cfg)  # an unusable store stops a new run before its directory exists
+        check_pretrained_encoder(cfg)  # encoder.init_from's source (a resume restores its own weights)
         run_dir, lock = new_run_dir(cfg, restart=resume == "auto")
     write_config_hash(cfg, run_dir)  # what the run computes, beside its config.yaml
     ensure_run_uid(run_dir)  # which run this is: every snapshot records it
@@ -210,6 +212,8 @@ def _train(cfg: DictConfig, run_dir: Path, snapshot: Path | None) -> Path:
     env = domain.make_env(cfg, env_seed)
     replay.place(cfg.replay.device, trainer.strategy.root_device, env.observation_spec["pixels"].shape)
     agent = domain.make_agent(cfg, env)
+    if snapshot is None:  # a resume restores its own weights
+        load_pretrained_encoder(cfg, agent)  # encoder.init_from, if set
     pl.seed_everything(env_seed, workers=True, verbose=False)  # each rank explores and samples its own way
     if trainer.is_global_zero:  # evaluation and logging happen once
         evaluation.rebuild_env = lambda: domain.make_env(cfg, cfg.seed + cfg.eval.seed_offset, train=False)

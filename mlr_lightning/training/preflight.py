@@ -30,8 +30,15 @@ OTHER_SCHEMES = ("databricks", "databricks-uc", "uc")
 STORE_HELP = "use sqlite:///path/mlflow.db, a path, http(s)://host:port, postgresql://, mysql:// or mssql://"
 
 
-def preflight(cfg: DictConfig) -> None:
-    """Raise :class:`ConfigError` if this machine cannot run ``cfg``; creates nothing."""
+def preflight(cfg: DictConfig, resuming: bool = False) -> None:
+    """Raise :class:`ConfigError` if this machine cannot run ``cfg``; creates nothing. A resume restores
+    its own weights, so it does not need ``encoder.init_from``'s source any more."""
+    # Imported here, not at the top: the snapshot helpers it reads with import the domains, whose
+    # environment modules must not load before the CLI has checked the GL backend.
+    from mlr_lightning.training.pretrained import check_pretrained_encoder
+
+    if not resuming:
+        check_pretrained_encoder(cfg)
     check_output_dir(Path(cfg.output_dir), cfg.run_name)
     check_accelerator(cfg.trainer.accelerator, cfg.trainer.devices)
     check_replay_fits(cfg)

@@ -62,6 +62,16 @@ def checkpoints_dir(run_dir: Path) -> Path:
     return Path(run_dir) / CHECKPOINTS
 
 
+def model_checkpoint(path: str | Path) -> Path | None:
+    """A run directory (its newest published weights) or a checkpoint file -> the checkpoint file; None if
+    ``path`` is neither. For reading a trained agent, not for resuming (that is :func:`resolve_snapshot`)."""
+    path = Path(path)
+    if path.is_file():
+        return path
+    last = checkpoints_dir(path) / LAST
+    return last if path.is_dir() and last.is_file() else None
+
+
 def has_snapshot(run_dir: Path) -> bool:
     """Whether the run directory holds a published snapshot (complete or not, unverified)."""
     return bool(snapshots(checkpoints_dir(run_dir)))
