@@ -292,6 +292,55 @@ def test_sigterm_during_an_evaluation_stops_after_one_episode_and_the_evaluation
     assert run.info.status == "FINISHED"
 
 
+@pytest.fixture(scope="module")
+def uninterrupted_eval(tmp_path_factory, tiny_base_overrides):
+    """The tiny run with 3 evaluation episodes per evaluation, never stopped."""
+    out = tmp_path_factory.mktemp("uninterrupted_eval")
+    fit(load_config(None, tiny_base_overrides + [f"output_dir={out}", "tracking.video=false", "run_name=run",
+                                                 "eval.num_episodes=3"]))
+    return out / "run"
+
+
+@pytest.mark.parametrize("stop_at_episode, stopped_step", [(5, 160), (8, 320)], ids=["intermediate", "final"])
+def test_sigterm_during_an_evaluation_then_resume_is_identical_to_an_uninterrupted_run(
+        stop_at_episode, stopped_step, uninterrupted_eval, tiny_overrides, tmp_path, monkeypatch):
+    """Evaluations at 0, 160 and 320, 3 episodes each: a SIGTERM during the 2nd episode at 160 (the
+    5th episode of the run) or at 320, the final one. The resumed run evaluates that point again
+    with the weights it had, and ends with the same weights, optimiser, metrics.csv and returns."""
+    real_episode = evaluation.record_episode
+    episodes = []
+
+    def sigterm_during_an_episode(env, policy):
+        episodes.append(1)
+        if len(episodes) == stop_at_episode:
+            signal.raise_signal(signal.SIGTERM)
+        return real_episode(env, policy)
+
+    monkeypatch.setattr(evaluation, "record_episode", sigterm_during_an_episode)
+    with pytest.raises(RunInterrupted):
+        fit(tiny(tiny_overrides, "eval.num_episodes=3"))
+    run_dir = tmp_path / "runs" / "run"
+    logged = [int(r["step"]) for r in rows(run_dir) if r.get("eval/return_mean")]
+    assert stopped_step not in logged and logged == [s for s in (0, 160) if s < stopped_step]
+    monkeypatch.setattr(evaluation, "record_episode", real_episode)
+    fit(tiny(tiny_overrides, "eval.num_episodes=3"), resume="auto")
+
+    reference, resumed = (torch.load(d / "checkpoints" / "last.ckpt", weights_only=False)
+                          for d in (uninterrupted_eval, run_dir))
+    assert int(resumed["state_dict"]["num_updates"]) == UPDATES
+    assert [k for k in reference["state_dict"] if not torch.equal(reference["state_dict"][k],
+                                                                  resumed["state_dict"][k])] == []
+    for opt_a, opt_b in zip(reference["optimizer_states"], resumed["optimizer_states"]):
+        assert all(torch.equal(s["exp_avg"], opt_b["state"][p]["exp_avg"]) for p, s in opt_a["state"].items())
+    histories = [[(h["env_steps"], h["returns"]) for h in ckpt["callbacks"]["PeriodicEvaluation"]["history"]]
+                 for ckpt in (reference, resumed)]
+    assert [step for step, _ in histories[1]] == [0, 160, 320], "the final evaluation is missing or repeated"
+    assert histories[1] == histories[0], "the evaluations' returns differ from the uninterrupted run's"
+    assert rows(run_dir) == rows(uninterrupted_eval), "metrics.csv differs from the uninterrupted run's"
+    _, (run,) = mlflow_runs(tmp_path / "runs")
+    assert run.info.status == "FINISHED"
+
+
 def test_a_crash_at_start_up_marks_the_mlflow_run_failed_with_its_reason(tiny_overrides, tmp_path, monkeypatch, recwarn):
     def broken_agent(*args, **kwargs):
         raise RuntimeError("the agent could not be built")

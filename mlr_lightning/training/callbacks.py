@@ -17,7 +17,7 @@ import torch
 from mlr_lightning.agents.base import DivergedError, NonFiniteLossError, check_parameters
 from mlr_lightning.data.stream import ExperienceStream
 from mlr_lightning.reporting.plots import episode_gif, learning_curves
-from mlr_lightning.training.evaluation import PeriodicEvaluation, as_policy, record_episode
+from mlr_lightning.training.evaluation import FinalEvaluationInterrupted, PeriodicEvaluation, as_policy, record_episode
 from mlr_lightning.training.snapshot import LAST, MODEL_FILE, CheckpointError, save_rank_state, snapshot_name, write_snapshot
 from mlr_lightning.training.tracking import mlflow_logger
 
@@ -58,7 +58,10 @@ class UpdateCheckpoint(pl.Callback):
                               barrier=trainer.strategy.barrier)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        if int(pl_module.num_updates) % self.every == 0:
+        # Also after the last update: the state before the end-of-training evaluations, which a stop
+        # during them resumes from (the snapshot of on_train_end has Lightning's loop finished).
+        updates = int(pl_module.num_updates)
+        if updates % self.every == 0 or updates == len(self.stream):
             flush_logs(trainer)
             try:
                 self.save(trainer, pl_module)
@@ -74,9 +77,11 @@ class UpdateCheckpoint(pl.Callback):
             warnings.warn(f"the final snapshot failed; the run is complete and resumable from the last one: {err}")
 
     def on_exception(self, trainer, pl_module, exception):
-        if isinstance(exception, (NonFiniteLossError, DivergedError, CheckpointError, HardStop)):
-            # non-finite or diverged weights, a disk that just refused a snapshot, or a second Ctrl-C
-            # that may have landed mid-update: keep the last good snapshot as it is.
+        if isinstance(exception, (NonFiniteLossError, DivergedError, CheckpointError, HardStop,
+                                  FinalEvaluationInterrupted)):
+            # non-finite or diverged weights, a disk that just refused a snapshot, a second Ctrl-C
+            # that may have landed mid-update, or a stop in the final evaluation (the snapshot of the
+            # last update is the state before it): keep the last good snapshot as it is.
             return
         if self.stream.counters.agent_steps == 0:
             return  # failed before collecting anything: there is nothing to save

@@ -160,6 +160,7 @@ def _train(cfg: DictConfig, run_dir: Path, snapshot: Path | None) -> Path:
     replay = domain.make_replay(cfg)
     stream = make_stream(cfg, domain, replay)
     evaluation = PeriodicEvaluation(cfg.eval.every_env_steps or None, cfg.eval.num_episodes, cfg.train.num_env_steps,
+                                    seed=cfg.seed + cfg.eval.seed_offset,
                                     extra_metrics=domain.eval_metrics(cfg))
     checkpoint = UpdateCheckpoint(run_dir / "checkpoints", cfg.trainer.checkpoint_every_updates,
                                   cfg.trainer.keep_checkpoints, stream, cfg.trainer.max_abs_weight)
