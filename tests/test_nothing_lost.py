@@ -267,16 +267,16 @@ def test_a_tracking_server_that_disappears_costs_seconds_and_sync_fills_mlflow_i
 # ------------------------------------------------------------------------------------- 8, 13
 def test_sigterm_during_an_evaluation_stops_after_one_episode_and_the_evaluation_is_repeated(tiny_overrides, tmp_path,
                                                                                               monkeypatch):
-    real_episode = evaluation.record_episode
+    real_seed = evaluation.episode_seed  # asked once as each episode starts
     episodes = []
 
-    def sigterm_during_the_second_evaluation(env, policy):
+    def sigterm_during_the_second_evaluation(seed, env_steps, episode):
         episodes.append(1)
         if len(episodes) == 12:  # 10 episodes at step 0, then the 2nd of the evaluation at 160
             signal.raise_signal(signal.SIGTERM)
-        return real_episode(env, policy)
+        return real_seed(seed, env_steps, episode)
 
-    monkeypatch.setattr(evaluation, "record_episode", sigterm_during_the_second_evaluation)
+    monkeypatch.setattr(evaluation, "episode_seed", sigterm_during_the_second_evaluation)
     with pytest.raises(RunInterrupted):
         fit(tiny(tiny_overrides, "eval.num_episodes=10"))
     assert len(episodes) == 12, "the stop waited for the whole evaluation"
@@ -285,7 +285,7 @@ def test_sigterm_during_an_evaluation_stops_after_one_episode_and_the_evaluation
     _, (run,) = mlflow_runs(tmp_path / "runs")
     assert run.info.status == "KILLED" and "SIGTERM" in run.data.tags["status_reason"]
 
-    monkeypatch.setattr(evaluation, "record_episode", real_episode)
+    monkeypatch.setattr(evaluation, "episode_seed", real_seed)
     fit(tiny(tiny_overrides, "eval.num_episodes=10"), resume="auto")
     assert [r["step"] for r in rows(run_dir) if r.get("eval/return_mean")] == ["0", "160", "320"]
     _, (run,) = mlflow_runs(tmp_path / "runs")
@@ -307,22 +307,22 @@ def test_sigterm_during_an_evaluation_then_resume_is_identical_to_an_uninterrupt
     """Evaluations at 0, 160 and 320, 3 episodes each: a SIGTERM during the 2nd episode at 160 (the
     5th episode of the run) or at 320, the final one. The resumed run evaluates that point again
     with the weights it had, and ends with the same weights, optimiser, metrics.csv and returns."""
-    real_episode = evaluation.record_episode
+    real_seed = evaluation.episode_seed  # asked once as each episode starts
     episodes = []
 
-    def sigterm_during_an_episode(env, policy):
+    def sigterm_during_an_episode(seed, env_steps, episode):
         episodes.append(1)
         if len(episodes) == stop_at_episode:
             signal.raise_signal(signal.SIGTERM)
-        return real_episode(env, policy)
+        return real_seed(seed, env_steps, episode)
 
-    monkeypatch.setattr(evaluation, "record_episode", sigterm_during_an_episode)
+    monkeypatch.setattr(evaluation, "episode_seed", sigterm_during_an_episode)
     with pytest.raises(RunInterrupted):
         fit(tiny(tiny_overrides, "eval.num_episodes=3"))
     run_dir = tmp_path / "runs" / "run"
     logged = [int(r["step"]) for r in rows(run_dir) if r.get("eval/return_mean")]
     assert stopped_step not in logged and logged == [s for s in (0, 160) if s < stopped_step]
-    monkeypatch.setattr(evaluation, "record_episode", real_episode)
+    monkeypatch.setattr(evaluation, "episode_seed", real_seed)
     fit(tiny(tiny_overrides, "eval.num_episodes=3"), resume="auto")
 
     reference, resumed = (torch.load(d / "checkpoints" / "last.ckpt", weights_only=False)

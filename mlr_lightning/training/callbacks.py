@@ -24,8 +24,8 @@ from mlr_lightning.training.tracking import mlflow_logger
 
 class UpdateCheckpoint(pl.Callback):
     """Full-state snapshots (see :mod:`mlr_lightning.training.snapshot`) of the agent and this rank's
-    ``stream`` every ``every_updates`` agent updates, at the end of training, on SIGTERM/Ctrl-C and
-    on a crash.
+    ``stream`` every ``every_updates`` agent updates, after the last update (before the final
+    evaluation), at the end of training, on SIGTERM/Ctrl-C and on a crash.
 
     Lightning's ``ModelCheckpoint(every_n_train_steps=...)`` counts optimizer steps, which under
     manual optimization with 3-4 optimizers per update is not a meaningful unit here; and it saves
@@ -181,7 +181,7 @@ class RunArtifacts(pl.Callback):
                  learning_curves({self.run_dir.name: (steps, mean, mean - std, mean + std)},
                                  self.run_dir / "learning_curve.png", title="evaluation return (mean ± std over episodes)")]
         if self.video:
-            _, frames = record_episode(self.evaluation.env, as_policy(pl_module))
+            _, frames = record_episode(self.evaluation.envs[0], as_policy(pl_module))
             files.append(episode_gif(frames.numpy(), self.run_dir / "eval_episode.gif"))
         logger = mlflow_logger(trainer.loggers)
         if logger is None:

@@ -182,8 +182,10 @@ def _train(cfg: DictConfig, run_dir: Path, snapshot: Path | None) -> Path:
     agent = domain.make_agent(cfg, env)
     pl.seed_everything(env_seed, workers=True, verbose=False)  # each rank explores and samples its own way
     if trainer.is_global_zero:  # evaluation and logging happen once
-        evaluation.rebuild_env = lambda: domain.make_env(cfg, cfg.seed + cfg.eval.seed_offset, train=False)
-        evaluation.env = evaluation.rebuild_env()
+        # Every episode seeds its environment (evaluation.episode_seed): the seed here is a placeholder.
+        evaluation.rebuild_envs = lambda: [domain.make_env(cfg, cfg.seed + cfg.eval.seed_offset, train=False)
+                                           for _ in range(cfg.eval.num_envs)]
+        evaluation.envs = evaluation.rebuild_envs()
     stream.make_collector = collector_factory(cfg, domain, stream, agent, env, env_seed)
     if snapshot is not None:
         load_rank_state(snapshot, trainer.global_rank, stream)
