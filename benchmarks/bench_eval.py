@@ -1,6 +1,6 @@
 """Benchmark (prints figures; not a test): evaluation wall time on 1 vs N environments stepped together.
 
-    .venv/bin/python benchmarks/bench_eval.py                       # DMC cartpole_swingup, paper-size agent
+    .venv/bin/python benchmarks/bench_eval.py                       # DMC cartpole_swingup, the paper's agent
     .venv/bin/python benchmarks/bench_eval.py --episodes 10 --num-envs 1 5 10 --device cuda
 
 An untrained paper-size agent (the returns do not matter, the cost does) evaluates ``--episodes``
@@ -27,13 +27,13 @@ from mlr_lightning.training.evaluation import evaluate
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--task", default="cartpole_swingup")
+    parser.add_argument("--config", default="conf/dmc/cartpole_swingup.yaml")
     parser.add_argument("--episodes", type=int, default=10)
     parser.add_argument("--num-envs", type=int, nargs="+", default=[1, 5, 10])
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
 
-    cfg = load_config(None, [f"env.task={args.task}"])
+    cfg = load_config(args.config, ["trainer.accelerator=cpu"])
     domain = domain_of(cfg)
     device = torch.device(args.device)
     envs = [domain.make_env(cfg, cfg.seed, train=False) for _ in range(max(args.num_envs))]
@@ -50,7 +50,7 @@ def main() -> None:
         return actions
 
     print(json.dumps({"name": "machine", "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-                      "loadavg_1min": os.getloadavg()[0], "device": str(device), "task": args.task,
+                      "loadavg_1min": os.getloadavg()[0], "device": str(device), "config": args.config,
                       "episodes": args.episodes}))
     for num_envs in args.num_envs:
         policy_seconds = 0.0
