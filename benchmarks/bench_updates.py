@@ -37,7 +37,7 @@ from torch.utils.data import DataLoader
 from torchrl import timeit
 
 from mlr_lightning.agents.sac_mlr import SACMLRAgent
-from mlr_lightning.config import load_config
+from mlr_lightning.domains import load_config
 from mlr_lightning.data.frames import assemble_stacks
 from mlr_lightning.data.replay import UniformReplay
 from mlr_lightning.data.stream import ExperienceStream, make_collector

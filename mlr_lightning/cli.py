@@ -11,7 +11,7 @@ import sys
 import time
 from pathlib import Path
 
-from mlr_lightning.config import ConfigError, load_config, to_yaml
+from mlr_lightning.config import ConfigError, to_yaml
 from mlr_lightning.mlr.warmup import warmup_shortfall
 from mlr_lightning.training.preflight import check_render_environment
 
@@ -93,6 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
                       help="an override axis, repeatable, e.g. --vary mlr.enabled=true,false")
     grid.add_argument("--experiment", help="MLflow experiment name (tracking.experiment)")
     grid.add_argument("--print-only", action="store_true", help="print one fit command per run and exit")
+    grid.add_argument("--restart-changed", action="store_true",
+                      help="runs whose existing run has another config start afresh with this one (as sweep's)")
     grid.add_argument("overrides", nargs="*", metavar="key=value", help="overrides shared by every run")
 
     sweep = command("sweep", SWEEP_EXAMPLES,
@@ -155,6 +157,11 @@ def parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.N
     return args
 
 
+# The optional parts (pyproject's extras): a command that needs a missing one says which extra to install.
+OPTIONAL_PACKAGES = {"mlflow": "mlflow", "sqlalchemy": "mlflow", "alembic": "mlflow", "rliable": "analysis",
+                     "arch": "analysis", "pandas": "analysis", "ray": "sweep"}
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse(build_parser(), argv)
     try:
@@ -163,6 +170,13 @@ def main(argv: list[str] | None = None) -> int:
                 "atari-table": run_atari_table}[args.command](args)
     except ConfigError as err:
         print("config error: " + " ".join(str(err).split("\n")), file=sys.stderr)  # one line, whoever raised it
+        return 2
+    except ModuleNotFoundError as err:
+        extra = OPTIONAL_PACKAGES.get((err.name or "").split(".")[0])
+        if extra is None:
+            raise
+        print(f"error: {args.command} needs {err.name}, which is not installed here: "
+              f"pip install 'mlr_lightning[{extra}]' (or 'mlr_lightning[all]')", file=sys.stderr)
         return 2
     except KeyboardInterrupt:  # before training started (training handles its own Ctrl-C): nothing to keep
         print(f"interrupted during start-up: {args.command} trained nothing yet; run the same command again", file=sys.stderr)
@@ -178,6 +192,8 @@ def run_fit(args) -> int:
     from mlr_lightning.training.console import fit_summary, quiet_libraries
 
     quiet_libraries(verbose=getattr(args, "verbose", False))
+    from mlr_lightning.domains import domain_of, load_config
+
     cfg = load_config(args.config, args.overrides)
     if getattr(args, "print_config", False):
         print(to_yaml(cfg), end="")
@@ -193,8 +209,6 @@ def run_fit(args) -> int:
     from mlr_lightning.training.run_dir import RunDirError
     from mlr_lightning.training.snapshot import CheckpointError
     from mlr_lightning.training.tracking import TrackingStoreError
-
-    from mlr_lightning.domains import domain_of
 
     started = time.monotonic()
     try:
@@ -270,6 +284,7 @@ def run_sync(args) -> int:
 
 def run_grid(args) -> int:
     """The sweep's trials (one code path for expanding them), run one after the other in this process."""
+    from mlr_lightning.domains import load_config
     from mlr_lightning.sweep.mlflow_store import open_store
     from mlr_lightning.sweep.runner import settle_existing_runs
     from mlr_lightning.sweep.spec import expand, grid_sweep
@@ -281,7 +296,7 @@ def run_grid(args) -> int:
         return 0
     for trial in plan.trials[:1]:  # the trials share output_dir, tracking and accelerator
         preflight(load_config(trial.config, list(trial.overrides)))
-    finished, todo = settle_existing_runs(plan, open_store(plan), restart_changed=False)
+    finished, todo = settle_existing_runs(plan, open_store(plan), restart_changed=args.restart_changed)
     print(f"{len(plan.trials)} runs into MLflow experiment {plan.experiment!r}, one after the other"
           + (f" ({len(finished)} finished earlier)" if finished else "") + ". To run them in parallel, on this "
           "machine or a Ray cluster, use sweep; to hand them to your own launcher (a SLURM array, GNU parallel), "
@@ -298,6 +313,7 @@ def run_sweep(args) -> int:
     from mlr_lightning.training.console import quiet_libraries
 
     quiet_libraries(verbose=args.verbose)  # before MLflow is imported: it reads its log level then
+    from mlr_lightning.domains import load_config
     from mlr_lightning.sweep.runner import format_plan, run_on_ray
     from mlr_lightning.sweep.spec import expand, load_sweep
     from mlr_lightning.training.preflight import preflight

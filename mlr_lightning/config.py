@@ -1,8 +1,9 @@
-"""Typed experiment configuration.
+"""Configuration: the strict loader, the schema every domain shares, and the checks of shared keys.
 
-The dataclasses below are the schema *and* the defaults: every default is the value of the official
-MLR code (microsoft/Mask-based-Latent-Reconstruction, DMControl part) unless a comment names a
-deliberate deviation. Task files under ``conf/dmc/`` only override what differs per task.
+This module knows no domain. Each domain (:mod:`mlr_lightning.domains`) owns its schema dataclass
+(built on :class:`RunConfig` and the shared sections below), its bounds and its cross-field checks;
+the loader is handed the registry of domains and picks the schema by the ``domain`` key. Every default
+is the value of the official MLR code unless a comment names a deliberate deviation.
 
 Loading is strict: an unknown key, a value of the wrong type or an inconsistent combination raises
 :class:`ConfigError` naming the key and what is allowed, before anything is built.
@@ -12,9 +13,10 @@ from __future__ import annotations
 
 import io
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Protocol, Sequence
 
 import yaml
 from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
@@ -24,50 +26,6 @@ from omegaconf.errors import (ConfigAttributeError, ConfigKeyError, MissingManda
 
 class ConfigError(ValueError):
     """A configuration problem, phrased for the person who wrote the config."""
-
-
-@dataclass
-class EnvConfig:
-    # "<domain>_<task>" of the dm_control suite, e.g. cartpole_swingup, ball_in_cup_catch.
-    task: str = MISSING
-    # Physics steps per agent step; per task in the paper (cartpole 8, finger/walker 2, others 4).
-    action_repeat: int = MISSING
-    image_size: int = 100  # rendered frame, before the crop
-    crop_size: int = 84  # random crop for training, centre crop for acting and evaluation
-    camera_id: int = 0
-    frame_stack: int = 3
-    # Faster renderer (no shadow map, no MSAA, persistent camera; 7-10x faster on CPU). The paper
-    # used dm_control's default renderer, so this is off by default.
-    fast_render: bool = False
-
-
-@dataclass
-class EncoderConfig:
-    num_layers: int = 4
-    num_filters: int = 64
-    feature_dim: int = 50
-
-
-@dataclass
-class SACConfig:
-    hidden_dim: int = 1024
-    discount: float = 0.99
-    init_temperature: float = 0.1
-    alpha_lr: float = 1e-4
-    alpha_beta: float = 0.5
-    actor_lr: float = 1e-3
-    actor_beta: float = 0.9
-    actor_log_std_min: float = -10.0
-    actor_log_std_max: float = 2.0
-    actor_update_freq: int = 2
-    critic_lr: float = 1e-3
-    critic_beta: float = 0.9
-    critic_tau: float = 0.01  # moving-average rate of the target Q heads
-    encoder_tau: float = 0.05  # moving-average rate of the target critic's encoder
-    critic_target_update_freq: int = 2
-    # Deviation switch. false (ours): the RL batch's random crop draws offsets 0..16 (every 84-px window
-    # of the 100-px frame, as the MLR crop does). true (official SAC sampler): 0..15.
-    official_crop_range: bool = False
 
 
 @dataclass
@@ -97,44 +55,11 @@ class MLRBaseConfig:
     loss: str = "cosine"  # cosine (2 - 2 cos) | mse, between the projections (latent target)
 
 
-@dataclass
-class MLRConfig(MLRBaseConfig):
-    patch_size: int = 10  # 10x10 grid on the 100x100 frame
-    momentum_tau: float = 0.05  # walker_walk: 0.1
-    batch_size: int = 128  # sequences per MLR update
-    latent_dim: int = 100  # hidden width of the projection and prediction MLPs
-    lr: float = 5e-4  # 0.5 x auxiliary_task_lr of the official configs (cheetah_run: 1e-4)
-    warmup_steps: int = 6000
-    warmup_init_factor: float = 5e-4  # LR factor at update 0, rising linearly to 1 at warmup_steps
-    grad_clip: float = 10.0
-    intensity_scale: float = 0.05  # image *= 1 + scale * clip(N(0,1), -2, 2)
-    init_std: float = 0.02  # truncated-normal std of every Linear layer of the MLR module
-    # Deviation switch. false (ours): B windows of K consecutive steps of one episode, which may end at
-    # its last step. true (official sampler): 2B candidate starts, the first B without an
-    # episode-final transition kept (a batch may be smaller), no wrap-around of a full buffer.
-    official_windows: bool = False
-    # Deviation switch. false (ours): target encoder/projection start as copies of the online ones.
-    # true (official): MLR's init re-initialises the critic encoder's fc and the MLR target
-    # encoder's fc, and initialises the target projection independently.
-    official_init: bool = False
-
-
-@dataclass
-class ReplayConfig:
-    capacity: int = 100_000
-    # Where the frames live: "cpu", "auto" (the training device, or the host when the device lacks the
-    # free memory) or a device such as "cuda:0" (checked against its free memory up front). Results do
-    # not depend on it: the rows drawn are the same (the index arithmetic always runs on the host).
-    device: str = "auto"
-    # Prepare the next batch in a background thread while the update runs. Off (paper order): the
-    # batch of the update after agent step t is drawn once step t is stored. On: it is drawn one agent
-    # step earlier, from a dedicated checkpointed generator (runs stay reproducible and resumable).
-    prefetch: bool = False
 
 
 @dataclass
 class TrainConfig:
-    num_env_steps: int = 100_000  # the x-axis: DMC environment steps (agent steps x action_repeat)
+    num_env_steps: int = 100_000  # the x-axis, in the domain's environment steps (DMC: agent steps x action_repeat)
     init_steps: int = 1000  # agent steps of uniformly random actions before the first update
     batch_size: int = 512  # transitions per RL update
     updates_per_step: int = 1  # updates after each agent step
@@ -198,133 +123,6 @@ class RunConfig:
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
 
-@dataclass
-class ExperimentConfig(RunConfig):
-    domain: str = "dmc"  # "atari" selects AtariExperimentConfig
-    env: EnvConfig = field(default_factory=EnvConfig)
-    encoder: EncoderConfig = field(default_factory=EncoderConfig)
-    sac: SACConfig = field(default_factory=SACConfig)
-    mlr: MLRConfig = field(default_factory=MLRConfig)
-    replay: ReplayConfig = field(default_factory=ReplayConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    eval: EvalConfig = field(default_factory=EvalConfig)
-
-
-# ------------------------------------------------------------------------------------------- Atari
-# Atari-100k (data-efficient Rainbow + MLR): a separate schema, chosen by ``domain: atari`` in the
-# file or on the command line. Defaults are the official MLR Atari code (SPR's data-efficient Rainbow
-# on rlpyt, MLR's scripts/run.py) unless a comment names a deliberate deviation.
-
-
-@dataclass
-class AtariEnvConfig:
-    task: str = MISSING  # ale-py game id, snake_case: pong, ms_pacman, up_n_down, ...
-    frame_skip: int = 4  # max-pooled over the last two raw frames
-    image_size: int = 84  # grayscale, bilinear resize, no crop
-    frame_stack: int = 4
-    noop_max: int = 30  # up to this many random no-ops at a game's start
-    repeat_action_probability: float = 0.0  # no sticky actions
-    max_episode_frames: int = 108_000  # raw frames (27k agent steps); the cap is a truncation
-    terminal_on_life_loss: bool = True  # training only; evaluation episodes end at game over
-    clip_rewards: bool = True  # sign(r), training only
-    # Resize of the max-pooled screen: "linear" (official, cv2.INTER_LINEAR) or "area" (gymnasium's default).
-    resize: str = "linear"
-
-
-@dataclass
-class RainbowConfig:
-    num_atoms: int = 51
-    v_min: float = -10.0
-    v_max: float = 10.0
-    hidden_dim: int = 256  # of each dueling stream
-    dueling: bool = True
-    double_q: bool = True
-    noisy_std: float = 0.1  # sigma_0 of the factorised noisy layers (SPR's default is 0.5)
-    head_grad_scale: float = 0.7071067811865476  # 2^-1/2: gradient scale from the head into the encoder
-    conv_channels: list[int] = field(default_factory=lambda: [32, 64, 64])
-    conv_kernels: list[int] = field(default_factory=lambda: [8, 4, 3])
-    conv_strides: list[int] = field(default_factory=lambda: [4, 2, 1])
-    renormalize: bool = True  # SPR min-max normalisation of the conv output
-    # Floor of (max - min) in that normalisation. The official code has none (a constant map divides
-    # by zero); 1e-8 changes nothing otherwise.
-    renormalize_eps: float = 1e-8
-    n_step: int = 10
-    discount: float = 0.99
-    lr: float = 1e-4
-    adam_eps: float = 1.5e-4
-    grad_clip: float = 10.0  # norm clip, separately for the stem (conv + Q head) and the MLR decoder
-    target_update_interval: int = 1  # updates between target-network updates
-    target_update_tau: float = 1.0  # 1: the target is a copy of the online network
-    shift_pad: int = 4  # random shift of up to +-4 px (replicate padding)
-    intensity_scale: float = 0.05
-    target_augmentation: bool = True  # augment the target network's input too
-    eval_epsilon: float = 0.001  # evaluation: epsilon-greedy over the mean (noise-free) weights
-    # Deviation switch. false (ours): a termination inside the n steps stops the bootstrap. true (the
-    # rlpyt commit the official code pins): only a termination at the first step does; a sample whose
-    # episode terminates later bootstraps from the last state before the terminal with gamma^n.
-    official_nstep_bootstrap: bool = False
-
-
-@dataclass
-class AtariMLRConfig(MLRBaseConfig):
-    patch_size: int = 12  # 7x7 grid on 84x84
-    momentum_tau: float = 1.0  # 1 = target encoder/projection copied from the online ones at every update
-    # Deviation switch. false (ours): exactly int(ratio * patches) = 24/49 patches masked, as DMC.
-    # true (official Atari): the patches drawn are *kept*, so 25/49 are masked.
-    official_mask_keep: bool = False
-    # Deviation switch. false (ours): the masked branch is scaled to [0, 1] like every other input.
-    # true (official): the masked frames reach the encoder in [0, 255] (an input-scaling bug that
-    # the min-max renormalisation hides).
-    official_input_scaling: bool = False
-    # Transformer width. null: the flattened conv map (64*7*7 = 3136, the paper; ~157M parameters);
-    # a smaller value adds linear maps conv map -> width -> conv map around the transformer.
-    decoder_dim: int | None = None
-    weight: float = 1.0  # loss = RL loss + weight * MLR loss, one optimiser
-
-
-@dataclass
-class PrioritizedReplayConfig:
-    capacity: int = 1_000_000  # more than 100k steps: nothing is evicted
-    alpha: float = 0.5
-    beta_start: float = 0.4  # annealed linearly to beta_end over training (from the agent-step counter)
-    beta_end: float = 1.0
-    priority_eps: float = 1e-6  # TorchRL's PrioritizedSampler eps: priorities are (p + eps)^alpha
-    # Where the frames live: "cpu", "auto" (the training device, or the host when it lacks the free
-    # memory) or a device such as "cuda:0"; as for DMC, results do not depend on it.
-    device: str = "auto"
-    kl_clamp: float = 1e-6  # priorities are the per-sample KL clamped to [kl_clamp, 1 / kl_clamp] (rlpyt EPS)
-    # Priority of new rows: "max" (ours, PER and TorchRL: the running maximum) or a number (the
-    # official rlpyt value is 1).
-    new_priority: str = "max"
-
-
-@dataclass
-class AtariTrainConfig(TrainConfig):
-    num_env_steps: int = 100_000  # agent steps (the "100k" of Atari-100k; 400k frames)
-    init_steps: int = 2000  # uniformly random actions (epsilon = 1) before the first update
-    batch_size: int = 32
-    updates_per_step: int = 2  # replay ratio 64 at batch 32
-
-
-@dataclass
-class AtariEvalConfig(EvalConfig):
-    every_env_steps: int = 0  # 0: only at the end (--final-eval-only 1); otherwise also every this many agent steps
-    num_episodes: int = 100
-    # Evaluation episodes stop after this many agent steps (null: the environment's 108k-frame cap).
-    max_steps: int | None = None
-
-
-@dataclass
-class AtariExperimentConfig(RunConfig):
-    domain: str = "atari"
-    env: AtariEnvConfig = field(default_factory=AtariEnvConfig)
-    rainbow: RainbowConfig = field(default_factory=RainbowConfig)
-    mlr: AtariMLRConfig = field(default_factory=AtariMLRConfig)
-    replay: PrioritizedReplayConfig = field(default_factory=PrioritizedReplayConfig)
-    train: AtariTrainConfig = field(default_factory=AtariTrainConfig)
-    eval: AtariEvalConfig = field(default_factory=AtariEvalConfig)
-
-
 PRECISIONS = ("32-true", "bf16-mixed", "16-mixed")
 STRATEGIES = ("auto", "ddp")
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps")
@@ -332,16 +130,30 @@ ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps")
 RESUMABLE_CHANGES = ("run_name", "output_dir", "trainer.checkpoint_every_updates", "trainer.keep_checkpoints",
                      "trainer.log_every_updates", "trainer.compile", "trainer.cudagraphs", "trainer.finite_check_every",
                      "replay.device")
-# Optimiser settings a resume may change when the user names them (``fit --resume ... --allow-change
-# KEY``), e.g. to continue a diverging run with a smaller learning rate.
-OPTIMIZER_KEYS = ("sac.critic_lr", "sac.actor_lr", "sac.alpha_lr", "sac.critic_beta", "sac.actor_beta",
-                  "sac.alpha_beta", "mlr.lr", "mlr.grad_clip", "rainbow.lr", "rainbow.adam_eps", "rainbow.grad_clip")
+# Optimiser settings a resume may change when the user names them (``fit --resume ... --allow-change KEY``)
+# are the domain's ``optimizer_keys``, e.g. to continue a diverging run with a smaller learning rate.
 MAX_SEED = 2**32 - 1  # numpy's (and so Lightning's) seed range
 COMPILE_MODES = (False, True, "default", "max-autotune")
 
 
-def load_config(paths: str | Path | Sequence[str | Path] | None = None, overrides: Sequence[str] = ()) -> DictConfig:
-    """Schema defaults <- YAML files (merged in order) <- ``key=value`` overrides, then :func:`validate`."""
+class DomainSchema(Protocol):
+    """What the loader needs of a domain (:class:`mlr_lightning.domains.Domain` has more)."""
+
+    name: str
+    schema: type  # a dataclass built on RunConfig: every key with its paper default
+    bounds: Mapping[str, tuple]  # bounds of the domain's own keys, as in COMMON_BOUNDS
+
+    def validate(self, cfg: DictConfig) -> None:
+        """Cross-field checks of the domain's keys; raise ConfigError naming the key."""
+
+
+def load_config(domains: Mapping[str, DomainSchema], default_domain: str,
+                paths: str | Path | Sequence[str | Path] | None = None, overrides: Sequence[str] = ()) -> DictConfig:
+    """Schema defaults <- YAML files (merged in order) <- ``key=value`` overrides, then :func:`validate`.
+
+    ``domains`` maps each ``domain`` value to its schema; the last ``domain`` key of the sources picks
+    it (``default_domain`` when none names one). :func:`mlr_lightning.domains.load_config` passes the registry.
+    """
     if paths is None:
         paths = []
     elif isinstance(paths, (str, Path)):
@@ -349,7 +161,8 @@ def load_config(paths: str | Path | Sequence[str | Path] | None = None, override
     sources: list[tuple[str, Any]] = [(str(path), read_yaml(Path(path))) for path in paths]
     if overrides:
         sources.append(("command line", _parse_overrides(overrides)))
-    schema = _schema(sources)
+    domain = domains[_domain_name(sources, domains, default_domain)]
+    schema = domain.schema
     cfg = OmegaConf.structured(schema)
     for origin, source in sources:
         _check_sections(cfg, source, origin)
@@ -360,7 +173,7 @@ def load_config(paths: str | Path | Sequence[str | Path] | None = None, override
         except ValidationError as err:
             raise ConfigError(_type_message(err, origin)) from None
     try:
-        validate(cfg)
+        validate(cfg, domain)
     except OmegaConfBaseException as err:  # an interpolation such as ${oc.env:NAME} that does not resolve
         raise ConfigError(f"{getattr(err, 'full_key', None) or 'config'}: {str(err).splitlines()[0]}") from None
     return cfg
@@ -436,32 +249,29 @@ def _check_sections(node: DictConfig, source: DictConfig, origin: str, prefix: s
             _check_sections(node[key], value, origin, f"{prefix}{key}.")
 
 
-def _schema(sources: list[tuple[str, Any]]) -> type:
-    """The schema of the domain named by the last ``domain`` key of the sources (default dmc)."""
-    from mlr_lightning.domains import DOMAINS
-
-    domain = "dmc"
+def _domain_name(sources: list[tuple[str, Any]], domains: Mapping[str, DomainSchema], default: str) -> str:
+    """The domain named by the last ``domain`` key of the sources (``default`` if none)."""
+    name = default
     for origin, source in sources:
         if isinstance(source, DictConfig) and "domain" in source:
-            domain = source.domain
-            if domain not in DOMAINS:
-                raise ConfigError(f"domain={domain!r} (from {origin}) is not one of {tuple(DOMAINS)}")
-    return DOMAINS[domain].schema
+            name = source.domain
+            if name not in domains:
+                raise ConfigError(f"domain={name!r} (from {origin}) is not one of {tuple(domains)}")
+    return name
 
 
-def validate(cfg: DictConfig) -> None:
-    """Bounds of single keys, then cross-field checks (the domain's own checks)."""
-    from mlr_lightning.domains import domain_of
-
+def validate(cfg: DictConfig, domain: DomainSchema) -> None:
+    """Bounds of single keys (shared, then the domain's), then the domain's cross-field checks."""
     missing = sorted(_missing_keys(cfg))
     if missing:
         raise ConfigError(f"missing value for {', '.join(missing)}: set it in the config file or as key=value")
-    validate_bounds(cfg)
-    domain_of(cfg).validate(cfg)
+    validate_bounds(cfg, COMMON_BOUNDS)
+    validate_bounds(cfg, domain.bounds)
+    domain.validate(cfg)
 
 
-# Bounds of single keys, of both domains' schemas (a key a domain lacks is skipped; a null value of an
-# optional key is allowed). They are checked before the cross-field checks, which divide by these values.
+# Bounds of single keys (a null value of an optional key is allowed). They are checked before the
+# cross-field checks, which divide by these values. Domains name theirs with the same predicates.
 AT_LEAST_1 = (lambda v: v >= 1, ">= 1")
 AT_LEAST_0 = (lambda v: v >= 0, ">= 0")
 POSITIVE = (lambda v: v > 0, "> 0")
@@ -470,43 +280,20 @@ UNIT_ABOVE_0 = (lambda v: 0 < v <= 1, "in (0, 1]")
 ADAM_BETA = (lambda v: 0 <= v < 1, "in [0, 1)")
 # An optimiser's step size: finite, positive, at most 1 (inf, NaN or 1e308 would fail the run at its first update).
 RATE = (lambda v: 0 < v <= 1, "> 0 and at most 1 (a finite learning rate)")
-BOUNDS: dict[str, tuple] = {
+COMMON_BOUNDS: dict[str, tuple] = {
     "seed": (lambda v: 0 <= v <= MAX_SEED, f"in [0, {MAX_SEED}]"),
-    **dict.fromkeys(["env.action_repeat", "env.frame_skip", "env.frame_stack", "env.image_size", "env.crop_size",
-                     "env.max_episode_frames"], AT_LEAST_1),
-    "env.camera_id": (lambda v: v >= -1, ">= 0 (or -1, the free camera)"),
-    "env.noop_max": AT_LEAST_0,
-    "env.repeat_action_probability": UNIT,
-    **dict.fromkeys(["encoder.num_layers", "encoder.num_filters", "encoder.feature_dim", "sac.hidden_dim",
-                     "sac.actor_update_freq", "sac.critic_target_update_freq"], AT_LEAST_1),
-    **dict.fromkeys(["sac.alpha_lr", "sac.actor_lr", "sac.critic_lr", "rainbow.lr", "mlr.lr"], RATE),
-    "sac.init_temperature": POSITIVE,
-    **dict.fromkeys(["sac.alpha_beta", "sac.actor_beta", "sac.critic_beta"], ADAM_BETA),
-    **dict.fromkeys(["sac.critic_tau", "sac.encoder_tau"], UNIT_ABOVE_0),
-    "sac.discount": UNIT,
-    "rainbow.num_atoms": (lambda v: v >= 2, ">= 2"),
-    **dict.fromkeys(["rainbow.hidden_dim", "rainbow.conv_channels", "rainbow.conv_kernels", "rainbow.conv_strides",
-                     "rainbow.n_step", "rainbow.target_update_interval"], AT_LEAST_1),
-    **dict.fromkeys(["rainbow.noisy_std", "rainbow.head_grad_scale", "rainbow.renormalize_eps", "rainbow.adam_eps",
-                     "rainbow.shift_pad", "rainbow.intensity_scale"], AT_LEAST_0),
-    "rainbow.grad_clip": POSITIVE,
-    **dict.fromkeys(["rainbow.discount", "rainbow.eval_epsilon"], UNIT),
-    "rainbow.target_update_tau": UNIT_ABOVE_0,
-    **dict.fromkeys(["mlr.seq_len", "mlr.patch_size", "mlr.block_size", "mlr.num_heads", "mlr.max_seq_positions",
-                     "mlr.batch_size", "mlr.latent_dim", "mlr.warmup_steps", "mlr.decoder_dim"], AT_LEAST_1),
+    **dict.fromkeys(["env.image_size", "env.frame_stack"], AT_LEAST_1),
+    **dict.fromkeys(["mlr.seq_len", "mlr.patch_size", "mlr.block_size", "mlr.num_heads", "mlr.max_seq_positions"],
+                    AT_LEAST_1),
     "mlr.mask_ratio": (lambda v: 0 < v < 1, "in the open interval (0, 1)"),
-    **dict.fromkeys(["mlr.num_attn_layers", "mlr.intensity_scale", "mlr.weight"], AT_LEAST_0),
-    **dict.fromkeys(["mlr.mlp_ratio", "mlr.normalize_eps", "mlr.grad_clip", "mlr.init_std"], POSITIVE),
+    "mlr.num_attn_layers": AT_LEAST_0,
+    **dict.fromkeys(["mlr.mlp_ratio", "mlr.normalize_eps"], POSITIVE),
     "mlr.momentum_tau": UNIT_ABOVE_0,
-    "mlr.warmup_init_factor": UNIT,
     "replay.capacity": AT_LEAST_1,
-    **dict.fromkeys(["replay.alpha", "replay.priority_eps"], AT_LEAST_0),
-    **dict.fromkeys(["replay.beta_start", "replay.beta_end"], UNIT),
-    "replay.kl_clamp": UNIT_ABOVE_0,
     **dict.fromkeys(["train.num_env_steps", "train.batch_size", "train.updates_per_step"], AT_LEAST_1),
     **dict.fromkeys(["train.init_steps", "train.max_env_restarts"], AT_LEAST_0),
     "eval.every_env_steps": (lambda v: v >= 0, ">= 0 (0: only at the end)"),
-    **dict.fromkeys(["eval.num_episodes", "eval.max_steps", "eval.num_envs"], AT_LEAST_1),
+    **dict.fromkeys(["eval.num_episodes", "eval.num_envs"], AT_LEAST_1),
     "eval.seed_offset": AT_LEAST_0,
     **dict.fromkeys(["trainer.devices", "trainer.num_nodes", "trainer.checkpoint_every_updates",
                      "trainer.keep_checkpoints", "trainer.log_every_updates", "trainer.finite_check_every"], AT_LEAST_1),
@@ -516,66 +303,16 @@ BOUNDS: dict[str, tuple] = {
 }
 
 
-def validate_bounds(cfg: DictConfig) -> None:
-    for key, (ok, what) in BOUNDS.items():
+def validate_bounds(cfg: DictConfig, bounds: Mapping[str, tuple]) -> None:
+    for key, (ok, what) in bounds.items():
         value = OmegaConf.select(cfg, key, default=None)
         if isinstance(value, ListConfig):
-            _require(all(ok(v) for v in value), key, f"entries must each be {what}, got {list(value)}")
+            require(all(ok(v) for v in value), key, f"entries must each be {what}, got {list(value)}")
         elif value is not None:
-            _require(ok(value), key, f"must be {what}, got {value}")
+            require(ok(value), key, f"must be {what}, got {value}")
 
 
-def validate_dmc(cfg: DictConfig) -> None:
-    env, train, enc = cfg.env, cfg.train, cfg.encoder
-    _require(env.crop_size <= env.image_size, "env.crop_size", f"({env.crop_size}) must be <= env.image_size ({env.image_size})")
-    # The encoder: a 3x3 conv of stride 2, then num_layers - 1 of stride 1, on the crop.
-    size = _conv_size(env.crop_size, [3] + [3] * (enc.num_layers - 1), [2] + [1] * (enc.num_layers - 1))
-    first = _conv_size(env.crop_size, [3], [2])
-    _require(first >= 1, "env.crop_size", f"({env.crop_size}) must be >= 3 for the encoder's first 3x3 convolution")
-    _require(size >= 1, "encoder.num_layers", f"({enc.num_layers}) leaves no pixels of the {env.crop_size}-px crop "
-             f"(each layer trims 2); use at most {(first - 1) // 2 + 1} layers or a larger env.crop_size")
-    _require(cfg.sac.actor_log_std_min < cfg.sac.actor_log_std_max, "sac.actor_log_std_min",
-             f"({cfg.sac.actor_log_std_min}) must be < sac.actor_log_std_max ({cfg.sac.actor_log_std_max})")
-    _require(not cfg.mlr.enabled or enc.feature_dim % cfg.mlr.num_heads == 0, "mlr.num_heads",
-             f"({cfg.mlr.num_heads}) must divide encoder.feature_dim ({enc.feature_dim}), the decoder's width")
-    _require(train.num_env_steps % env.action_repeat == 0, "train.num_env_steps",
-             f"({train.num_env_steps}) must be a multiple of env.action_repeat ({env.action_repeat})")
-    _require(cfg.eval.every_env_steps % env.action_repeat == 0, "eval.every_env_steps",
-             f"({cfg.eval.every_env_steps}) must be a multiple of env.action_repeat ({env.action_repeat})")
-    validate_common(cfg, agent_steps=train.num_env_steps // env.action_repeat)
-
-
-def new_priority(value: str) -> float | None:
-    """``replay.new_priority``: None for "max", else the number (NaN if it is neither)."""
-    if value == "max":
-        return None
-    try:
-        return float(value)
-    except ValueError:
-        return float("nan")
-
-
-def validate_atari(cfg: DictConfig) -> None:
-    env, rb, mlr = cfg.env, cfg.rainbow, cfg.mlr
-    _require(env.resize in ("linear", "area"), "env.resize", f"must be 'linear' or 'area', got {env.resize!r}")
-    _require(new_priority(cfg.replay.new_priority) is None or new_priority(cfg.replay.new_priority) > 0,
-             "replay.new_priority", f"must be 'max' or a positive number (the official value is 1), got "
-                                    f"{cfg.replay.new_priority!r}")
-    _require(rb.v_min < rb.v_max, "rainbow.v_min", f"({rb.v_min}) must be < rainbow.v_max ({rb.v_max})")
-    _require(len(rb.conv_channels) == len(rb.conv_kernels) == len(rb.conv_strides) >= 1, "rainbow.conv_channels",
-             "conv_channels, conv_kernels and conv_strides must be non-empty lists of the same length")
-    size = _conv_size(env.image_size, rb.conv_kernels, rb.conv_strides)
-    _require(size >= 1, "rainbow.conv_kernels", f"/ conv_strides {list(rb.conv_kernels)} / {list(rb.conv_strides)} "
-             f"leave no pixels of the {env.image_size}-px frame (env.image_size); use smaller kernels or strides")
-    width = mlr.decoder_dim or rb.conv_channels[-1] * size * size  # null: the flattened conv map
-    _require(not mlr.enabled or width % mlr.num_heads == 0, "mlr.num_heads",
-             f"({mlr.num_heads}) must divide the decoder's width ({width}: mlr.decoder_dim, or the conv map if null)")
-    _require(cfg.replay.beta_start <= cfg.replay.beta_end, "replay.beta_start",
-             f"({cfg.replay.beta_start}) must be <= replay.beta_end ({cfg.replay.beta_end})")
-    validate_common(cfg, agent_steps=cfg.train.num_env_steps)
-
-
-def _conv_size(size: int, kernels: Sequence[int], strides: Sequence[int]) -> int:
+def conv_size(size: int, kernels: Sequence[int], strides: Sequence[int]) -> int:
     """Side of the map left by unpadded convolutions (<= 0: nothing is left)."""
     for kernel, stride in zip(kernels, strides):
         if size < kernel:
@@ -588,9 +325,9 @@ def validate_common(cfg: DictConfig, agent_steps: int) -> None:
     """Checks every domain shares: MLR, training length, replay, trainer, run."""
     validate_mlr(cfg.mlr, cfg.env.image_size, cfg.trainer.compile)
     train = cfg.train
-    _require(agent_steps > train.init_steps, "train.num_env_steps",
+    require(agent_steps > train.init_steps, "train.num_env_steps",
              f"must leave updates after the {train.init_steps} random agent steps (train.init_steps)")
-    _require(cfg.replay.capacity >= train.batch_size, "replay.capacity", "must be >= train.batch_size")
+    require(cfg.replay.capacity >= train.batch_size, "replay.capacity", "must be >= train.batch_size")
     validate_replay_device(cfg.replay.device)
     validate_trainer(cfg)
     validate_run(cfg)
@@ -603,55 +340,55 @@ MLR_SWITCHES = {"mask_strategy": ("cube", "spatial", "temporal", "tube"), "mask_
 
 def validate_mlr(mlr: DictConfig, image_size: int, compile_mode: bool | str = False) -> None:
     for key, values in MLR_SWITCHES.items():
-        _require(mlr[key] in values, f"mlr.{key}", f"must be one of {', '.join(values)}; got {mlr[key]!r}")
-    _require(mlr.mask_strategy != "temporal" or int(mlr.mask_ratio * mlr.seq_len) >= 1, "mlr.mask_ratio",
+        require(mlr[key] in values, f"mlr.{key}", f"must be one of {', '.join(values)}; got {mlr[key]!r}")
+    require(mlr.mask_strategy != "temporal" or int(mlr.mask_ratio * mlr.seq_len) >= 1, "mlr.mask_ratio",
              f"({mlr.mask_ratio}) x mlr.seq_len ({mlr.seq_len}) masks no frame under mlr.mask_strategy=temporal "
              "(int(ratio * K) frames are masked); raise either")
-    _require(mlr.target == "latent" or mlr.loss == "cosine", "mlr.loss",
+    require(mlr.target == "latent" or mlr.loss == "cosine", "mlr.loss",
              f"({mlr.loss}) applies to the latent target; mlr.target=pixel always uses MSE on pixels: leave mlr.loss=cosine")
-    _require(mlr.target == "latent" or mlr.target_encoder == "momentum", "mlr.target_encoder",
+    require(mlr.target == "latent" or mlr.target_encoder == "momentum", "mlr.target_encoder",
              f"({mlr.target_encoder}) chooses the latent target's encoder; mlr.target=pixel has none: leave it momentum")
-    _require(mlr.mask_space == "pixel" or compile_mode is False, "mlr.mask_space",
+    require(mlr.mask_space == "pixel" or compile_mode is False, "mlr.mask_space",
              "(feature) masks the conv map through a forward hook, which trainer.compile does not trace; "
              "set trainer.compile=false")
-    _require(mlr.seq_len % mlr.block_size == 0, "mlr.seq_len",
+    require(mlr.seq_len % mlr.block_size == 0, "mlr.seq_len",
              f"({mlr.seq_len}) must be divisible by mlr.block_size ({mlr.block_size}): the cube mask is built per "
              "temporal block. Choose e.g. seq_len=16 with block_size 4 or 8")
-    _require(image_size % mlr.patch_size == 0, "mlr.patch_size", f"({mlr.patch_size}) must divide env.image_size ({image_size})")
-    _require(mlr.seq_len <= mlr.max_seq_positions, "mlr.seq_len", f"must be <= mlr.max_seq_positions ({mlr.max_seq_positions})")
+    require(image_size % mlr.patch_size == 0, "mlr.patch_size", f"({mlr.patch_size}) must divide env.image_size ({image_size})")
+    require(mlr.seq_len <= mlr.max_seq_positions, "mlr.seq_len", f"must be <= mlr.max_seq_positions ({mlr.max_seq_positions})")
 
 
 def validate_trainer(cfg: DictConfig) -> None:
     trainer = cfg.trainer
-    _require(trainer.precision in PRECISIONS, "trainer.precision", f"must be one of {PRECISIONS}")
-    _require(trainer.strategy in STRATEGIES, "trainer.strategy", f"must be one of {STRATEGIES}")
-    _require(trainer.accelerator in ACCELERATORS, "trainer.accelerator",
+    require(trainer.precision in PRECISIONS, "trainer.precision", f"must be one of {PRECISIONS}")
+    require(trainer.strategy in STRATEGIES, "trainer.strategy", f"must be one of {STRATEGIES}")
+    require(trainer.accelerator in ACCELERATORS, "trainer.accelerator",
              f"must be one of {ACCELERATORS}, got {trainer.accelerator!r}")
     ranks = trainer.devices * trainer.num_nodes
-    _require(ranks == 1 or trainer.strategy == "ddp", "trainer.strategy",
+    require(ranks == 1 or trainer.strategy == "ddp", "trainer.strategy",
              f"must be 'ddp' to train on {ranks} devices (trainer.devices x trainer.num_nodes)")
-    _require(trainer.compile in COMPILE_MODES, "trainer.compile",
+    require(trainer.compile in COMPILE_MODES, "trainer.compile",
              f"must be false, default or max-autotune, got {trainer.compile!r}")
     if trainer.cudagraphs:
         import torch
 
-        _require(trainer.accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available(), "trainer.cudagraphs",
+        require(trainer.accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available(), "trainer.cudagraphs",
                  "needs a CUDA GPU (none is available here, or trainer.accelerator is not a GPU); set it to false")
-        _require(trainer.compile not in (False,), "trainer.cudagraphs",
+        require(trainer.compile not in (False,), "trainer.cudagraphs",
                  "needs trainer.compile=default or max-autotune (CUDA graphs come with torch.compile)")
 
 
 def validate_run(cfg: DictConfig) -> None:
     """Where the run goes and how it is seeded."""
     name = cfg.run_name
-    _require(name is None or (name not in ("", ".", "..") and not any(c in name for c in "/\\\0") and len(name) <= 200),
+    require(name is None or (name not in ("", ".", "..") and not any(c in name for c in "/\\\0") and len(name) <= 200),
              "run_name", f"({name!r}) must be a plain directory name (no '/', '\\' or '..'), as the run goes to "
              "<output_dir>/<run_name>")
-    _require(bool(cfg.output_dir.strip()), "output_dir", "must name a directory, e.g. output_dir=runs")
-    _require(bool(cfg.tracking.experiment.strip()), "tracking.experiment", "must be a non-empty name")
+    require(bool(cfg.output_dir.strip()), "output_dir", "must name a directory, e.g. output_dir=runs")
+    require(bool(cfg.tracking.experiment.strip()), "tracking.experiment", "must be a non-empty name")
     last_rank = cfg.trainer.devices * cfg.trainer.num_nodes - 1
     highest = cfg.seed + max(cfg.eval.seed_offset, last_rank * cfg.trainer.rank_seed_stride + cfg.train.max_env_restarts)
-    _require(highest <= MAX_SEED, "seed", f"({cfg.seed}) plus eval.seed_offset or the rank and restart offsets reaches "
+    require(highest <= MAX_SEED, "seed", f"({cfg.seed}) plus eval.seed_offset or the rank and restart offsets reaches "
              f"{highest}; seeds must stay <= {MAX_SEED}")
 
 
@@ -665,12 +402,12 @@ def validate_replay_device(device: str) -> None:
         parsed = torch.device(device)
     except (RuntimeError, TypeError):
         raise ConfigError(f"replay.device must be cpu, auto or a device such as cuda:0, got {device!r}") from None
-    _require(parsed.type == "cpu" or (parsed.type == "cuda" and torch.cuda.is_available()
+    require(parsed.type == "cpu" or (parsed.type == "cuda" and torch.cuda.is_available()
                                       and (parsed.index or 0) < torch.cuda.device_count()),
              "replay.device", f"({device}) is not a device of this machine; use cpu or auto")
 
 
-def _require(ok: bool, key: str, what: str) -> None:
+def require(ok: bool, key: str, what: str) -> None:
     if not ok:
         raise ConfigError(f"{key} {what}")
 
@@ -705,12 +442,13 @@ def _type_message(err: ValidationError, origin: str) -> str:
     )
 
 
-def config_differences(saved: DictConfig, current: DictConfig, allowed: Sequence[str] = ()) -> list[str]:
-    """Dotted keys whose values differ between two configs, except :data:`RESUMABLE_CHANGES` and ``allowed``."""
+def config_differences(saved: DictConfig, current: DictConfig, schema: type, allowed: Sequence[str] = ()) -> list[str]:
+    """Dotted keys whose values differ between two configs of the dataclass ``schema``, except
+    :data:`RESUMABLE_CHANGES` and ``allowed``."""
     flat = [flatten(OmegaConf.to_container(c, resolve=True)) for c in (saved, current)]
     # A key added to the schema after the run was saved (the mlr ablation switches, say) had its
     # default then: every new key defaults to the behaviour before it existed.
-    defaults = flatten(OmegaConf.to_container(OmegaConf.structured(_schema([("saved config", saved)]))))
+    defaults = flatten(OmegaConf.to_container(OmegaConf.structured(schema)))
     flat[0] = {**{k: v for k, v in defaults.items() if k in flat[1]}, **flat[0]}
     keys = sorted(set(flat[0]) | set(flat[1]))
     return [f"{k}: {flat[0].get(k)!r} -> {flat[1].get(k)!r}" for k in keys

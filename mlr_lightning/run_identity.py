@@ -40,9 +40,9 @@ def config_hash(cfg: DictConfig) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def result_differences(saved: DictConfig, current: DictConfig) -> list[str]:
-    """``"key: old -> new"`` for the result-affecting keys whose values differ."""
-    return [d for d in config_differences(saved, current) if d.split(":", 1)[0] not in NON_RESULT_KEYS]
+def result_differences(saved: DictConfig, current: DictConfig, schema: type) -> list[str]:
+    """``"key: old -> new"`` for the result-affecting keys whose values differ (``schema``: the domain's)."""
+    return [d for d in config_differences(saved, current, schema) if d.split(":", 1)[0] not in NON_RESULT_KEYS]
 
 
 def write_config_hash(cfg: DictConfig, run_dir: Path) -> None:

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from mlr_lightning.config import load_config
+from mlr_lightning.domains import load_config
 from mlr_lightning.domains import domain_of
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -12,7 +12,7 @@ from torchrl.envs.utils import ExplorationType, set_exploration_type
 from mlr_lightning.agents.rainbow_mlr import RainbowMLRAgent
 from mlr_lightning.agents.sac_mlr import SACMLRAgent
 from mlr_lightning.cli import main
-from mlr_lightning.config import load_config
+from mlr_lightning.domains import domain_of, load_config
 from mlr_lightning.data.augment import center_crop
 from mlr_lightning.mlr.masking import feature_mask
 
@@ -273,6 +273,6 @@ def test_a_run_saved_before_the_switches_existed_resumes_without_a_difference(ti
     saved = OmegaConf.create(OmegaConf.to_container(current))
     for key in ("mask_strategy", "mask_space", "target", "action_tokens", "target_encoder", "loss"):
         del saved.mlr[key]  # as config.yaml was written before these keys existed
-    assert config_differences(saved, current) == []
+    assert config_differences(saved, current, domain_of(current).schema) == []
     changed = load_config("conf/quickstart.yaml", [*tiny_overrides, "mlr.mask_strategy=tube"])
-    assert config_differences(saved, changed) == ["mlr.mask_strategy: 'cube' -> 'tube'"]
+    assert config_differences(saved, changed, domain_of(changed).schema) == ["mlr.mask_strategy: 'cube' -> 'tube'"]

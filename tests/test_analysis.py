@@ -8,7 +8,7 @@ import torch
 from mlr_lightning.reporting import analysis
 from mlr_lightning.agents.rainbow_mlr import RainbowMLRAgent
 from mlr_lightning.agents.sac_mlr import SACMLRAgent
-from mlr_lightning.config import load_config
+from mlr_lightning.domains import load_config
 
 
 def test_cosine_similarity_is_taken_on_centred_latents():

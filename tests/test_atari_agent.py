@@ -8,8 +8,8 @@ from omegaconf import OmegaConf
 from torchrl.envs.utils import ExplorationType, set_exploration_type
 
 from mlr_lightning.agents.rainbow_mlr import RainbowMLRAgent, categorical_projection
-from mlr_lightning.config import load_config
-from mlr_lightning.reporting.reference_scores import human_normalized_score
+from mlr_lightning.domains import load_config
+from mlr_lightning.domains.atari import human_normalized_score
 
 TINY_ATARI = ["domain=atari", "env.task=pong", "mlr.seq_len=4", "mlr.block_size=2", "mlr.decoder_dim=16",
               "rainbow.hidden_dim=32", "rainbow.num_atoms=11"]

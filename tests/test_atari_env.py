@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from mlr_lightning.config import load_config
+from mlr_lightning.domains import load_config
 from mlr_lightning.envs.atari import UnknownGameError, available_games, check_game, make_atari_env
-from mlr_lightning.reporting.reference_scores import ATARI_REFERENCE
+from mlr_lightning.domains.atari import REFERENCE as ATARI_REFERENCE
 
 CONF = Path(__file__).resolve().parents[1] / "conf" / "atari"
 
@@ -89,7 +89,7 @@ def test_game_configs_set_only_the_game_and_print_config_shows_every_paper_defau
     from omegaconf import OmegaConf
 
     from mlr_lightning.cli import main
-    from mlr_lightning.config import AtariExperimentConfig
+    from mlr_lightning.domains.atari import AtariExperimentConfig
 
     for path in CONF.glob("*.yaml"):
         if path.stem not in ("quickstart", "official"):

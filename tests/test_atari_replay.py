@@ -14,12 +14,12 @@ from torchrl.envs.utils import ExplorationType, set_exploration_type
 
 from mlr_lightning.agents.rainbow_mlr import RainbowMLRAgent
 from mlr_lightning.cli import main
-from mlr_lightning.config import load_config
+from mlr_lightning.domains import load_config
 from mlr_lightning.data.frames import assemble_stacks
 from mlr_lightning.data.prioritized import PrioritizedReplay
 from mlr_lightning.data.stream import ExperienceStream, make_collector
 from mlr_lightning.domains.atari import ATARI
-from mlr_lightning.training.callbacks import PriorityUpdate
+from mlr_lightning.domains.atari import PriorityUpdate
 from tensordict.nn import TensorDictModule
 
 

@@ -104,3 +104,20 @@ def test_grid_validates_every_run_before_starting(capsys):
     code = main(["grid", "--config", str(ROOT / "conf/dmc/walker_walk.yaml"), "--vary", "mlr.seq_len=16,12", "--print-only"])
     assert code == 2
     assert "mlr.seq_len (12) must be divisible by mlr.block_size (8)" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("missing, extra", [("rliable", "analysis"), ("ray", "sweep")])
+def test_a_command_whose_optional_package_is_missing_names_the_extra_in_one_line(missing, extra, tiny_experiment,
+                                                                                  tmp_path):
+    """A bare install (no extras) runs fit; compare and sweep say which extra they need, not a traceback."""
+    command = {"rliable": ["compare", "--experiment", tiny_experiment["experiment"], "--tracking-uri",
+                           tiny_experiment["uri"], "--output-dir", str(tmp_path)],
+               "ray": ["sweep", "--config", "conf/sweeps/quickstart.yaml", f"output_dir={tmp_path}"]}[missing]
+    code = (f"import sys; sys.modules[{missing!r}] = None\n"  # import {missing} now raises ModuleNotFoundError
+            f"from mlr_lightning.cli import main; sys.exit(main({command!r}))")
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                            env=with_repo_on_path(dict(os.environ)), timeout=300)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert result.stderr.strip().splitlines() == [result.stderr.strip()] and "Traceback" not in result.stderr
+    assert f"mlr_lightning[{extra}]" in result.stderr and missing in result.stderr

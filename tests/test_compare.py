@@ -16,7 +16,8 @@ from mlr_lightning.reporting.compare import (
     per_task_table,
     score_matrices,
 )
-from mlr_lightning.reporting.reference_scores import human_normalized_score, normalized_score, paper_reference
+from mlr_lightning.domains import DOMAINS
+from mlr_lightning.domains.atari import human_normalized_score
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -29,14 +30,14 @@ def test_human_normalized_score_formula():
     assert human_normalized_score("pong", -20.7) == 0.0
     assert human_normalized_score("pong", 14.6) == pytest.approx(1.0)
     assert human_normalized_score("breakout", 16.1) == pytest.approx((16.1 - 1.7) / (30.5 - 1.7))
-    assert normalized_score("dmc", "walker_walk", 643.0) == pytest.approx(0.643)
+    assert DOMAINS["dmc"].normalized_score("walker_walk", 643.0) == pytest.approx(0.643)
 
 
 def test_paper_reference_column():
-    assert paper_reference("dmc", "walker_walk", "MLR", 100_000) == "643±114"
-    assert paper_reference("dmc", "cheetah_run", "Baseline", 500_000) == "602±67"
-    assert paper_reference("atari", "pong", "MLR", 100_000) == "4.9"
-    assert paper_reference("dmc", "walker_walk", "MLR", 123) == ""
+    assert DOMAINS["dmc"].paper_reference("walker_walk", "MLR", 100_000) == "643±114"
+    assert DOMAINS["dmc"].paper_reference("cheetah_run", "Baseline", 500_000) == "602±67"
+    assert DOMAINS["atari"].paper_reference("pong", "MLR", 100_000) == "4.9"
+    assert DOMAINS["dmc"].paper_reference("walker_walk", "MLR", 123) == ""
 
 
 def test_score_at_takes_the_last_evaluation_within_the_budget():
@@ -186,7 +187,7 @@ def test_compare_says_which_budgets_the_runs_reach(store, tmp_path, capsys):
 # ------------------------------------------------------------- runs of different configs: never pooled
 def log_configured_run(client, experiment_id, overrides, returns, end_time, name=None, task="cartpole_swingup"):
     """A run tagged and with its config logged by fit's own tracking code (run_tags, log_config)."""
-    from mlr_lightning.config import load_config
+    from mlr_lightning.domains import load_config
     from mlr_lightning.training.tracking import log_config, run_tags
 
     cfg = load_config("conf/quickstart.yaml", [f"env.task={task}", *overrides])

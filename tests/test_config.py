@@ -4,7 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from mlr_lightning.config import ConfigError, load_config
+from mlr_lightning.config import ConfigError
+from mlr_lightning.domains import load_config
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 PAPER_TASKS = ["finger_spin", "cartpole_swingup", "reacher_easy", "cheetah_run", "walker_walk", "ball_in_cup_catch"]

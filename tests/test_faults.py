@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from mlr_lightning.training.snapshot import LAST, snapshot_name, snapshots, verify_snapshot
-from mlr_lightning.config import load_config
+from mlr_lightning.domains import load_config
 from mlr_lightning.data.replay import UniformReplay
 from mlr_lightning.data.stream import EnvironmentFailure
 from mlr_lightning.envs.dmc_pixels import ActionRepeatPixels

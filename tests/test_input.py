@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from mlr_lightning.cli import main
-from mlr_lightning.config import BOUNDS, AtariExperimentConfig, ExperimentConfig
+from mlr_lightning.config import COMMON_BOUNDS
+from mlr_lightning.domains import DOMAINS
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICKSTART = str(ROOT / "conf" / "quickstart.yaml")
@@ -171,12 +172,20 @@ def test_sqlite_store_in_an_unwritable_place(tmp_path, capsys):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["blocker"]
 
 
-def test_every_numeric_key_of_both_schemas_has_a_bound():
-    """A new numeric key gets a bound in config.BOUNDS, or is named here as checked against another key."""
+@pytest.mark.parametrize("domain", sorted(DOMAINS))
+def test_every_numeric_key_of_every_schema_has_a_bound(domain):
+    """A new numeric key gets a bound in config.COMMON_BOUNDS or its domain's ``bounds``, or is named here
+    as checked against another key."""
     checked_elsewhere = {"sac.actor_log_std_min", "sac.actor_log_std_max", "rainbow.v_min", "rainbow.v_max"}
-    numeric = set(numeric_keys(ExperimentConfig)) | set(numeric_keys(AtariExperimentConfig))
-    assert numeric - checked_elsewhere - set(BOUNDS) == set()
-    assert set(BOUNDS) - numeric == set(), "a bound for a key that no schema has (a typo?)"
+    bounds = set(COMMON_BOUNDS) | set(DOMAINS[domain].bounds)
+    numeric = set(numeric_keys(DOMAINS[domain].schema))
+    assert numeric - checked_elsewhere - bounds == set()
+    assert set(DOMAINS[domain].bounds) - numeric == set(), "a bound for a key that the schema lacks (a typo?)"
+
+
+def test_every_shared_bound_names_a_key_of_some_schema():
+    numeric = set().union(*(numeric_keys(domain.schema) for domain in DOMAINS.values()))
+    assert set(COMMON_BOUNDS) - numeric == set(), "a bound for a key that no schema has (a typo?)"
 
 
 def numeric_keys(schema: type, prefix: str = ""):

@@ -28,7 +28,7 @@ import torch
 
 from mlr_lightning.agents.sac_mlr import SACMLRAgent
 from mlr_lightning.data.augment import center_crop
-from mlr_lightning.config import load_config
+from mlr_lightning.domains import load_config
 from mlr_lightning.training.experiment import fit
 
 GRID_POINTS = 21

@@ -8,11 +8,11 @@ import torch
 
 from mlr_lightning.agents.sac_mlr import SACMLRAgent
 from mlr_lightning.data.augment import random_crop
-from mlr_lightning.config import load_config
+from mlr_lightning.domains import load_config
 from mlr_lightning.mlr.decoder import PredictiveLatentDecoder
 from mlr_lightning.mlr.objective import latent_loss
 from mlr_lightning.mlr.warmup import inverse_sqrt_schedule
-from mlr_lightning.models.targets import soft_update
+from mlr_lightning.models.weights import soft_update
 
 ACTION_DIM = 2
 

@@ -17,7 +17,7 @@ from torchrl.envs.utils import ExplorationType, set_exploration_type
 
 from mlr_lightning.agents.rainbow_mlr import RainbowMLRAgent
 from mlr_lightning.agents.sac_mlr import SACMLRAgent
-from mlr_lightning.config import load_config
+from mlr_lightning.domains import load_config
 
 FIXTURE = Path(__file__).parent / "data" / "mlr_default_objective.pt"
 

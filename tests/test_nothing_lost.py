@@ -17,7 +17,7 @@ from mlflow import MlflowClient
 
 from mlr_lightning.agents.sac_mlr import SACMLRAgent
 from mlr_lightning.cli import main
-from mlr_lightning.config import load_config
+from mlr_lightning.domains import load_config
 from mlr_lightning.training import callbacks, evaluation
 from mlr_lightning.training.experiment import RunFailed, RunInterrupted, fit
 from mlr_lightning.training.snapshot import snapshot_name, snapshots
@@ -527,6 +527,19 @@ def test_a_read_only_copy_of_a_run_is_one_line(finished, tmp_path, run_cli):
         assert "cannot" in line and str(read_only) in line
     finally:
         subprocess.run(["umount", "-l", str(read_only)])
+
+
+def test_a_snapshot_of_another_run_is_refused_in_one_line(finished, tmp_path, run_cli):
+    """A snapshot copied in from another run (its manifest names another run_uid) is not resumed as this
+    run's; nor is ``--resume`` of one run under another ``run_name``. Nothing is changed by either."""
+    run_dir = copy_without_newest_snapshot(finished, tmp_path / "out")
+    (run_dir / "run_uid").write_text("f" * 32 + "\n")  # this directory is another run than the snapshots' writer
+    line = resume_line(run_cli, run_dir)
+    assert "written by another run" in line and str(run_dir / "checkpoints") in line
+    line = resume_line(run_cli, run_dir, None, "run_name=another")
+    assert "belongs to run run" in line and "run_name='another'" in line
+    assert [s.name for s in snapshots(run_dir / "checkpoints")] == [snapshot_name(10)]
+    assert not (tmp_path / "out" / "another").exists()
 
 
 def test_a_requeued_resume_auto_without_run_name_restarts_its_own_earlier_attempt(tiny_overrides, tmp_path, monkeypatch):

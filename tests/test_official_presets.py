@@ -8,7 +8,8 @@ import pytest
 from omegaconf import OmegaConf
 
 from mlr_lightning.cli import main
-from mlr_lightning.config import flatten, load_config
+from mlr_lightning.config import flatten
+from mlr_lightning.domains import load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -9,7 +9,7 @@ from mlflow import MlflowClient
 
 from mlr_lightning.agents import sac_mlr
 from mlr_lightning.training.snapshot import LAST, snapshots
-from mlr_lightning.config import load_config
+from mlr_lightning.domains import load_config
 from mlr_lightning.data.frames import FrameStore
 from mlr_lightning.training.experiment import fit
 

@@ -215,6 +215,36 @@ def stop(proc: subprocess.Popen) -> None:
 # --------------------------------------------------------------------- real runs: local Ray instance
 
 
+@pytest.mark.parametrize("path, by", [("conf/sweeps/ablations/mask_ratio.yaml", ("mlr.mask_ratio",)),
+                                      ("conf/sweeps/dmc100k.yaml", ("mlr.enabled",))])
+def test_the_end_of_sweep_comparison_takes_the_sweeps_axes_as_its_arms(path, by, in_repo):
+    from mlr_lightning.sweep.runner import compare_by
+    from mlr_lightning.sweep.spec import expand, load_sweep
+
+    assert compare_by(expand(*load_sweep(path, []))) == by
+
+
+@pytest.mark.slow
+def test_grid_refuses_a_changed_config_and_restart_changed_starts_it_afresh(tmp_path, in_repo, capsys):
+    """grid goes through the sweep's changed-config check: a rerun with another mlr.mask_ratio stops in
+    one line (exit 2) and runs nothing; with --restart-changed the old files move to previous-attempts/."""
+    from tests.conftest import TINY_OVERRIDES
+
+    grid = ["grid", "--config", "conf/quickstart.yaml", "--seeds", "1", "--experiment", "g", *TINY_OVERRIDES,
+            f"output_dir={tmp_path}", "tracking.video=false"]
+    assert main(grid) == 0
+    run_dir = tmp_path / "g-cartpole_swingup-mlr-s1"
+    metrics = (run_dir / "metrics.csv").read_text()
+    capsys.readouterr()
+    assert main(grid + ["mlr.mask_ratio=0.25"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "mlr.mask_ratio" in err and "--restart-changed" in err
+    assert (run_dir / "metrics.csv").read_text() == metrics and not (run_dir / "previous-attempts").exists()
+    assert main(grid[:1] + ["--restart-changed"] + grid[1:] + ["mlr.mask_ratio=0.25"]) == 0
+    assert (run_dir / "previous-attempts").is_dir()
+    assert "mask_ratio: 0.25" in (run_dir / "config.yaml").read_text()
+
+
 @pytest.mark.slow
 def test_quickstart_sweep_on_the_local_instance_stops_on_ctrl_c_and_the_same_command_finishes_it(tmp_path):
     """The shipped quickstart sweep with one seed (MLR and Baseline, side by side), 3,200 environment

@@ -11,7 +11,8 @@ from omegaconf import OmegaConf
 from tensordict.nn import TensorDictModule
 
 from mlr_lightning.agents.base import FiniteGuard, NonFiniteLossError
-from mlr_lightning.config import ConfigError, load_config
+from mlr_lightning.config import ConfigError
+from mlr_lightning.domains import load_config
 from mlr_lightning.data.frames import FRAMES, assemble_stacks
 from mlr_lightning.data.prioritized import PrioritizedReplay
 from mlr_lightning.data.replay import UniformReplay

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from mlr_lightning.config import load_config
+from mlr_lightning.domains import load_config
 from mlr_lightning.training.experiment import fit
 
 

@@ -5,7 +5,7 @@ import mlr_lightning  # noqa: F401
 import pytest
 
 from mlr_lightning.cli import mlr_updates, warmup_note
-from mlr_lightning.config import load_config
+from mlr_lightning.domains import load_config
 from mlr_lightning.mlr.warmup import inverse_sqrt_schedule
 
 

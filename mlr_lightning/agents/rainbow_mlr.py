@@ -41,7 +41,7 @@ from mlr_lightning.data.augment import random_intensity, random_shift
 from mlr_lightning.mlr.decoder import PixelDecoder, PredictiveLatentDecoder
 from mlr_lightning.mlr.objective import MLRObjective, MLRParts, ql1_projection
 from mlr_lightning.models.rainbow import AtariEncoder, DuelingC51Head, RainbowNetwork
-from mlr_lightning.models.targets import soft_update
+from mlr_lightning.models.weights import soft_update
 
 
 def categorical_projection(next_probs: Tensor, returns: Tensor, discount: Tensor, support: Tensor) -> Tensor:

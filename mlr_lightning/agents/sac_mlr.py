@@ -31,9 +31,8 @@ from mlr_lightning.mlr.decoder import PixelDecoder, PredictiveLatentDecoder
 from mlr_lightning.mlr.objective import MLRObjective, MLRParts, projection_mlp
 from mlr_lightning.mlr.warmup import inverse_sqrt_schedule
 from mlr_lightning.models.encoder import PixelEncoder
-from mlr_lightning.models.init import orthogonal_init, truncated_normal_init
 from mlr_lightning.models.sac import Actor, Critic
-from mlr_lightning.models.targets import soft_update
+from mlr_lightning.models.weights import orthogonal_init, soft_update, truncated_normal_init
 
 ADAM_BETA2 = 0.999  # the official configs set only beta1 (critic_beta, actor_beta, alpha_beta)
 

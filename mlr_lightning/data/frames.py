@@ -163,7 +163,7 @@ class FrameStore:
         """Rows ``[N]`` (on the host) -> their frames ``[N, C, H, W]`` uint8 on the replay's device,
         written into ``out`` when given (resized on first use)."""
         # index_select on the storage's tensor: LazyTensorStorage's own indexing is advanced indexing,
-        # ~7x slower for [N, 3, 100, 100] uint8 (1536 frames: 106 ms vs 16 ms on 2 CPU cores).
+        # several times slower for [N, 3, 100, 100] uint8 (docs/benchmarks.md).
         frames = storage_fields(self.frames)["pixels"]
         rows = rows.to(self.device, non_blocking=True)
         return frames.index_select(0, rows) if out is None else torch.index_select(frames, 0, rows, out=out)

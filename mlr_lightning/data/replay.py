@@ -203,7 +203,7 @@ class UniformReplay(Replay):
 
         Hand-written index sampling instead of a TorchRL sampler: ``RandomSampler`` cannot skip rows
         without a successor, and ``SliceSampler(slice_len=2)`` is uniform over episodes rather than
-        transitions and ~30x slower per call. Draws ``randint(number of valid rows)`` and maps the
+        transitions and much slower per call (docs/benchmarks.md). Draws ``randint(number of valid rows)`` and maps the
         rank to its row through the few invalid rows, instead of listing every valid row.
         """
         store = self.store

@@ -72,8 +72,8 @@ class StepWriter:
     """What the collector writes each agent step into (its ``replay_buffer``): the stream's replay.
 
     TorchRL's collector hands a replay buffer each step as it is made (``extend_buffer=False``)
-    instead of stacking it into a batch, copying it and yielding it (~0.2 ms of bookkeeping per
-    step). It reads ``write_count`` to know when the random seed steps are over.
+    instead of stacking it into a batch, copying it and yielding it (bookkeeping that cost a
+    sizeable share of a step, docs/benchmarks.md). It reads ``write_count`` to know when the random seed steps are over.
     """
 
     def __init__(self, stream: "ExperienceStream"):

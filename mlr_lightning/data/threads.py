@@ -10,10 +10,9 @@ import torch
 @contextmanager
 def one_intra_op_thread():
     """Run the block's torch ops on one thread. The data path's tensors are small (a step's frames,
-    a batch's row indices), and handing each op to a team of threads cost more than the op itself:
-    with torch's two intra-op threads on a busy two-core machine a 90 kB frame copy took milliseconds
-    instead of microseconds, and the index arithmetic of one batch 80 ms instead of 1.5 ms.
-    Switching costs under a microsecond; the update, and a batch's frame gather, keep every thread."""
+    a batch's row indices), and handing each op to a team of threads can cost far more than the op
+    itself on a busy machine (docs/benchmarks.md, "Figures behind design choices"). The update, and a
+    batch's frame gather, keep every thread."""
     threads = torch.get_num_threads()
     if threads == 1:
         yield

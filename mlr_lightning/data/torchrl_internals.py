@@ -19,7 +19,8 @@ def storage_fields(storage: LazyTensorStorage) -> TensorDictBase:
     """The storage's whole ``[capacity]`` TensorDict, without a copy.
 
     ``storage[index]`` goes through advanced indexing and copies; gathering frames with
-    ``index_select`` on the underlying tensor is ~7x faster, and priorities need written-or-not rows.
+    ``index_select`` on the underlying tensor is several times faster (docs/benchmarks.md), and
+    priorities need written-or-not rows.
     """
     return storage._storage
 
@@ -62,9 +63,8 @@ class RowAppender:
     ``buffer.add`` does.
 
     ``buffer.add`` builds and validates a TensorDict, indexes the storage through it and takes the
-    writer's locks: ~0.3-0.5 ms per row on this project's 2-core machine, a sixth of a
-    fast-rendered dm_control step. Here the values go straight into the storage's column tensors
-    (a few us each), with the stock bookkeeping of ``add`` and ``LazyTensorStorage.set``: the
+    writer's locks, a sixth of a fast-rendered dm_control step (docs/benchmarks.md, "Data path").
+    Here the values go straight into the storage's column tensors, with the stock bookkeeping of ``add`` and ``LazyTensorStorage.set``: the
     writer's cursor and count, the storage's last cursor, length and mutation revision (samplers
     such as ``SliceSampler`` cache what they derive from the contents until it changes), the
     ``"index"`` column, the update hooks of the samplers attached to the storage (a

@@ -1,26 +1,36 @@
-"""Domains: everything that differs between DeepMind Control and Atari-100k, behind one interface.
+"""Domains: everything that differs between DeepMind Control, Atari-100k and gymnasium pixel tasks,
+behind one interface.
 
-The experiment (:mod:`mlr_lightning.training.experiment`) looks the domain up once, by the config's
-``domain`` key, and calls only these members; no other module branches on the domain. A new domain
-(say a gymnasium pixel task) is one new module implementing :class:`Domain`, registered in
-:data:`DOMAINS`; see docs/design.md.
+Each domain module owns its config schema, bounds and checks, its reference scores and x-axis unit, and
+the factories of its environment, agent and replay. Code outside ``domains/`` asks the domain object
+(:func:`domain_of`) and never branches on a domain's name. A new domain is one new module implementing
+:class:`Domain` plus its line in :data:`DOMAINS`; see docs/design.md.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Callable, Protocol
 
 import lightning.pytorch as pl
 from omegaconf import DictConfig
 from torchrl.envs import EnvBase
 
+from mlr_lightning import config
 from mlr_lightning.agents.base import RLAgent
 from mlr_lightning.data.replay import Replay
+from mlr_lightning.domains.atari import ATARI
+from mlr_lightning.domains.dmc import DMC
+from mlr_lightning.domains.gym_pixels import GYM_PIXELS
 
 
 class Domain(Protocol):
     name: str  # the config's ``domain`` value
-    schema: type  # the config dataclass: every key with its paper default
+    schema: type  # the config dataclass (built on config.RunConfig): every key with its paper default
+    bounds: Mapping[str, tuple]  # bounds of the keys only this schema has, as config.COMMON_BOUNDS
+    optimizer_keys: Sequence[str]  # keys a resume may change with --allow-change
+    frame_channels: int  # channels of one stored frame (RGB 3, grayscale 1)
     agent_name: str  # the RL algorithm, for run tags ("sac", "rainbow")
     agent_class: type[RLAgent]  # to load a trained agent from a checkpoint
 
@@ -46,16 +56,26 @@ class Domain(Protocol):
     def callbacks(self, cfg: DictConfig, replay: Replay) -> list[pl.Callback]:
         """Domain-specific callbacks, placed before the snapshot callback."""
 
+    def normalized_score(self, task: str, score: float) -> float:
+        """A return on a common [0, 1]-ish scale for aggregation (DMC: return / 1000, Atari: HNS)."""
 
-def _registry() -> dict[str, Domain]:
-    from mlr_lightning.domains.atari import ATARI
-    from mlr_lightning.domains.dmc import DMC
-
-    return {domain.name: domain for domain in (DMC, ATARI)}
+    def paper_reference(self, task: str, algorithm: str, budget: int) -> str:
+        """The paper's number as printed, or '' where the paper reports none."""
 
 
-DOMAINS: dict[str, Domain] = _registry()
+DOMAINS: dict[str, Domain] = {domain.name: domain for domain in (DMC, ATARI, GYM_PIXELS)}
+DEFAULT_DOMAIN = DMC.name  # a config that names no domain
+
+
+def domain_named(name: str | None) -> Domain:
+    """The domain of a ``domain`` value (a run tag, a saved config); None is the default domain."""
+    return DOMAINS[name or DEFAULT_DOMAIN]
 
 
 def domain_of(cfg: DictConfig) -> Domain:
-    return DOMAINS[cfg.domain]
+    return domain_named(cfg.get("domain"))
+
+
+def load_config(paths: str | Path | Sequence[str | Path] | None = None, overrides: Sequence[str] = ()) -> DictConfig:
+    """:func:`mlr_lightning.config.load_config` with the registered domains."""
+    return config.load_config(DOMAINS, DEFAULT_DOMAIN, paths, overrides)

@@ -27,7 +27,8 @@ class ActionRepeatPixels(pixels.Wrapper):
         self._camera = None
         if fast_render:
             # No anti-aliasing, no cast shadows and a persistent camera: the image differs from the
-            # default render only by the shadow (mean abs difference ~1/255), and is 7-10x cheaper on CPU.
+            # default render only by the shadow (mean abs difference ~1/255), and is much cheaper on CPU
+            # (docs/benchmarks.md, "Environment throughput").
             env.physics.model.vis.quality.offsamples = 0
             env.physics.model.light_castshadow[:] = 0
             self._camera = Camera(env.physics, height=height, width=width, camera_id=camera_id)

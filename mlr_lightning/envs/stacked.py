@@ -8,11 +8,10 @@ Each agent step gives the stack of the last ``frame_stack`` uint8 frames ``"pixe
 
 Why not TorchRL's library wrappers and transforms, which produce the same tensors
 (``tests/test_stacked_env.py`` compares the two step by step on both domains)? Their per-step
-machinery cost about 1 ms per agent step on this project's 2-core machine, a third of a
-fast-rendered dm_control step and three Pong steps: the wrapper's read of the observation into a
-TensorDict and its device cast (on a machine without a GPU driver every cast probes NVML, ~0.3 ms),
-and one pass of key bookkeeping per transform. Here a step is one ``torch.cat`` of the frame and a
-handful of scalar tensors.
+machinery costs a large share of a cheap step (docs/benchmarks.md, "Data path"): the wrapper's read
+of the observation into a TensorDict and its device cast (on a machine without a GPU driver every
+cast probes NVML), and one pass of key bookkeeping per transform. Here a step is one ``torch.cat``
+of the frame and a handful of scalar tensors.
 """
 
 from __future__ import annotations
@@ -101,7 +100,7 @@ class FrameStackEnv(EnvBase):
         """TorchRL's step, ``step_mdp`` and reset-if-done, for this environment's fixed keys.
 
         The generic versions find the keys to carry and to reset through the specs at every step
-        (~0.1 ms, a third of a Pong step). The result is the same: the input with its ``"next"``,
+        (a third of a Pong step, docs/benchmarks.md). The result is the same: the input with its ``"next"``,
         and the observation to act on next (a fresh episode's after the last step). Other keys of
         the input, which ``step_mdp`` would carry over, are not (the policy writes only the action).
         """

@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from mlr_lightning.mlr.decoder import PredictiveLatentDecoder
 from mlr_lightning.mlr.masking import apply_mask, feature_mask, window_mask
 from mlr_lightning.models.rainbow import DuelingC51Head
-from mlr_lightning.models.targets import soft_update
+from mlr_lightning.models.weights import soft_update
 
 # ------------------------------------------------------------------------------------------ heads
 def projection_mlp(dim: int, hidden_dim: int) -> nn.Sequential:

@@ -46,6 +46,7 @@ from mlr_lightning.agents.sac_mlr import SACMLRAgent
 from mlr_lightning.data.augment import center_crop
 from mlr_lightning.domains import domain_of
 from mlr_lightning.training.evaluation import as_policy
+from mlr_lightning.training.snapshot import CHECKPOINTS, LAST_ARTIFACT
 
 
 def find_run(client: MlflowClient, experiment: str, mlr: bool, run_id: str | None = None, task: str | None = None) -> Run:
@@ -66,9 +67,9 @@ def find_run(client: MlflowClient, experiment: str, mlr: bool, run_id: str | Non
 
 def checkpoint_of(client: MlflowClient, run: Run, download_dir: str | Path | None = None) -> Path:
     """The run's final checkpoint: the uploaded artifact when there is one, else the recorded path."""
-    artifacts = [a.path for a in client.list_artifacts(run.info.run_id, "checkpoints")]
-    if "checkpoints/last.ckpt" in artifacts:
-        return Path(client.download_artifacts(run.info.run_id, "checkpoints/last.ckpt", str(download_dir) if download_dir else None))
+    artifacts = [a.path for a in client.list_artifacts(run.info.run_id, CHECKPOINTS)]
+    if LAST_ARTIFACT in artifacts:
+        return Path(client.download_artifacts(run.info.run_id, LAST_ARTIFACT, str(download_dir) if download_dir else None))
     return Path(run.data.tags["checkpoint_path"])
 
 
@@ -127,13 +128,17 @@ class _RainbowLatents:
         return frames
 
 
+# A reader per RL algorithm, by the domain's ``agent_name``: a new domain with a SAC or Rainbow agent needs none.
+LATENT_READERS = {"sac": _SACLatents, "rainbow": _RainbowLatents}
+
+
 def latents_of(agent: RLAgent) -> _SACLatents | _RainbowLatents:
     """How the analyses read an agent: ``encode`` (uint8 observations [N, C, H, W] -> latents [N, D])
     and ``view`` (windows [N, K, C, H, W] as the MLR objective's ``predict`` and ``target`` take them)."""
-    for agent_class, reader in ((SACMLRAgent, _SACLatents), (RainbowMLRAgent, _RainbowLatents)):
-        if isinstance(agent, agent_class):
-            return reader(agent)
-    raise TypeError(f"no latent reader for {type(agent).__name__}")
+    algorithm = domain_of(agent.cfg).agent_name
+    if algorithm not in LATENT_READERS:
+        raise TypeError(f"no latent reader for {algorithm} agents ({type(agent).__name__})")
+    return LATENT_READERS[algorithm](agent)
 
 
 @torch.no_grad()

@@ -17,7 +17,7 @@ import pandas as pd
 import yaml
 
 from mlr_lightning.reporting.compare import _markdown
-from mlr_lightning.reporting.reference_scores import ATARI_REFERENCE, ATARI_RESULTS, human_normalized_score
+from mlr_lightning.domains.atari import ATARI, REFERENCE, RESULTS, human_normalized_score
 
 
 def collect_runs(root: Path) -> dict[tuple[str, str], list[float]]:
@@ -26,7 +26,7 @@ def collect_runs(root: Path) -> dict[tuple[str, str], list[float]]:
     for config in sorted(Path(root).glob("*/config.yaml")):
         cfg = yaml.safe_load(config.read_text())
         metrics = config.parent / "metrics.csv"
-        if cfg.get("domain") != "atari" or not metrics.is_file():
+        if cfg.get("domain") != ATARI.name or not metrics.is_file():
             continue
         finals = [(float(r["step"]), float(r["eval/return_mean"])) for r in csv.DictReader(metrics.open())
                   if r.get("eval/return_mean")]
@@ -40,10 +40,10 @@ def collect_runs(root: Path) -> dict[tuple[str, str], list[float]]:
 def atari_table(runs: dict[tuple[str, str], list[float]] | None = None) -> pd.DataFrame:
     runs = runs or {}
     rows = []
-    for game, (random, human) in ATARI_REFERENCE.items():
+    for game, (random, human) in REFERENCE.items():
         row = {"game": game, "random": random, "human": human}
         for algorithm in ("Baseline", "MLR"):
-            paper = ATARI_RESULTS[algorithm][game]
+            paper = RESULTS[algorithm][game]
             row[f"paper {algorithm}"] = paper
             row[f"paper {algorithm} HNS"] = human_normalized_score(game, paper)
             ours = runs.get((game, algorithm))

@@ -25,8 +25,8 @@ import pandas as pd
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
-from mlr_lightning.reporting.plots import learning_curves, performance_profiles
-from mlr_lightning.reporting.reference_scores import normalized_score, paper_reference
+from mlr_lightning.domains import DEFAULT_DOMAIN, DOMAINS
+from mlr_lightning.plots import learning_curves, performance_profiles
 from mlr_lightning.run_identity import NON_RESULT_KEYS, REPLACED_TAG
 
 EVAL_METRIC = "eval/return_mean"
@@ -125,7 +125,7 @@ def fetch_runs(client: MlflowClient, experiment: str, filter_string: str = "") -
         curves.append(RunCurve(
             run_id=info.run_id,
             name=info.run_name,
-            domain=tags.get("domain", "dmc"),
+            domain=tags.get("domain", DEFAULT_DOMAIN),
             task=tags.get("task", ""),
             algorithm={"on": "MLR", "off": "Baseline"}.get(tags.get("mlr", ""), ""),
             seed=tags.get("seed", ""),
@@ -285,7 +285,7 @@ def per_task_table(curves: list[RunCurve], budgets: list[int]) -> pd.DataFrame:
                 "task": task, "algorithm": algorithm, "env_steps": budget, "runs": len(scores),
                 "seeds": ",".join(c.seed for c in reached),
                 "mean": scores.mean(), STD: scores.std(ddof=1) if len(scores) > 1 else np.nan,
-                "paper": paper_reference(group[0].domain, task, algorithm, budget),
+                "paper": DOMAINS[group[0].domain].paper_reference(task, algorithm, budget),
             })
     return pd.DataFrame(rows, columns=["task", "algorithm", "env_steps", "runs", "seeds", "mean", STD, "paper"])
 
@@ -313,7 +313,7 @@ def score_matrices(curves: list[RunCurve], budget: int, common_seeds: bool = Fal
         runs = {t: {c.seed: c for c in groups[(t, algorithm)]} for t in tasks}
         if len({len(seeds) for seeds in runs.values()}) > 1:
             runs = _common_seeds(runs, algorithm, budget, notes) if common_seeds else _refuse_unequal(runs, algorithm, budget)
-        matrices[algorithm] = np.array([[normalized_score(c.domain, t, c.score_at(budget))
+        matrices[algorithm] = np.array([[DOMAINS[c.domain].normalized_score(t, c.score_at(budget))
                                          for _, c in sorted(runs[t].items(), key=lambda item: _seed_key(item[0]))]
                                         for t in tasks]).T
     if len({m.shape[0] for m in matrices.values()}) > 1:

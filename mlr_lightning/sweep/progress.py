@@ -15,8 +15,10 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from mlr_lightning.config import config_differences
+from mlr_lightning.domains import domain_of
 from mlr_lightning.run_identity import HASH_TAG, NON_RESULT_KEYS, REPLACED_TAG, config_hash, result_differences
 from mlr_lightning.sweep.spec import SweepPlan, Trial
+from mlr_lightning.training.snapshot import has_snapshot, latest_run_agent_steps
 from mlr_lightning.training.tracking import config_params
 
 EVAL_COLUMN = "eval/return_mean"
@@ -84,10 +86,10 @@ def split_finished(plan: SweepPlan, client) -> tuple[list[Trial], list[Trial], l
         if done:
             finished.append(trial)
         elif done_other:
-            differences = (result_differences(saved, trial.cfg) if saved is not None
+            differences = (result_differences(saved, trial.cfg, domain_of(trial.cfg).schema) if saved is not None
                            else param_differences(named[0], trial))
             changed.append(Changed(trial, differences or [f"config hash {sorted(hashes)} -> {trial.config_hash}"]))
-        elif refused := (config_differences(saved, trial.cfg)
+        elif refused := (config_differences(saved, trial.cfg, domain_of(trial.cfg).schema)
                          if saved is not None and snapshot_exists(trial.run_dir) else []):
             changed.append(Changed(trial, refused))  # fit --resume would refuse it
         else:
@@ -131,31 +133,18 @@ def changed_message(changed: list[Changed], experiment: str) -> str:
 
 def has_final_snapshot(trial: Trial) -> bool:
     """Without MLflow: the newest snapshot's stream counter has reached the end of training."""
-    agent_steps = snapshot_agent_steps(trial.run_dir)
+    agent_steps = latest_run_agent_steps(trial.run_dir)
     return agent_steps is not None and agent_steps >= trial.final_agent_steps
-
-
-def snapshot_agent_steps(run_dir: Path) -> int | None:
-    """The stream counter (agent steps) of the run's newest snapshot; None without one."""
-    import torch
-
-    from mlr_lightning.training.snapshot import latest_snapshot
-
-    snapshot = latest_snapshot(Path(run_dir) / "checkpoints", verify=False)
-    if snapshot is None:
-        return None
-    return int(torch.load(snapshot / "stream-rank0.pt", weights_only=False)["counters"]["agent_steps"])
 
 
 def snapshot_env_steps(trial: Trial) -> int | None:
     """Environment steps of the trial's newest snapshot: where a resume continues from."""
-    agent_steps = snapshot_agent_steps(trial.run_dir)
+    agent_steps = latest_run_agent_steps(trial.run_dir)
     return None if agent_steps is None else agent_steps * trial.final_env_steps // max(1, trial.final_agent_steps)
 
 
 def snapshot_exists(run_dir: Path) -> bool:
-    checkpoints = Path(run_dir) / "checkpoints"
-    return checkpoints.is_dir() and any(p.name.startswith("update-") for p in checkpoints.iterdir())
+    return has_snapshot(run_dir)
 
 
 @dataclass

@@ -294,12 +294,18 @@ def _wait_for_trial_processes(plan: SweepPlan, trials: list[Trial], timeout_s: f
                     time.sleep(0.5)
 
 
+def compare_by(plan: SweepPlan) -> tuple[str, ...]:
+    """The keys whose values are the end-of-sweep comparison's arms: the sweep's axes (an ablation's
+    values, or MLR on/off); empty for a sweep without axes."""
+    return tuple(plan.sweep.axes)
+
+
 def _compare(plan: SweepPlan, client) -> None:
-    from mlr_lightning.reporting.compare import CompareError, compare
+    from mlr_lightning.reporting.compare import DEFAULT_BY, CompareError, compare
 
     out = compare_dir(plan)
     try:
-        compare(client, plan.experiment, out, plan.budgets)
+        compare(client, plan.experiment, out, plan.budgets, by=compare_by(plan) or DEFAULT_BY)
     except CompareError as err:
         print(f"compare: {err}", file=sys.stderr)
         return

@@ -21,8 +21,10 @@ from typing import Any, Sequence
 
 from omegaconf import DictConfig, OmegaConf
 
-from mlr_lightning.config import ConfigError, flatten, load_config
+from mlr_lightning.config import ConfigError, flatten
+from mlr_lightning.domains import domain_of, load_config
 from mlr_lightning.run_identity import config_hash
+from mlr_lightning.training.tracking import resolve_tracking_uri
 
 SWEEP_KEYS = ("experiment", "configs", "exclude", "seeds", "axes", "overrides", "resources", "max_failures", "budgets",
               "gpu_hours_per_trial")
@@ -278,7 +280,7 @@ def expand(sweep: Sweep, trial_overrides: Sequence[str] = ()) -> SweepPlan:
     names = _variant_names(experiment, variants, axis_keys)
     trials = []
     for (config, combo, cfg), base_name in zip(variants, names):
-        per_agent_step = 1 if cfg.get("domain", "dmc") == "atari" else cfg.env.action_repeat
+        per_agent_step = domain_of(cfg).env_steps_per_agent_step(cfg)
         for seed in sweep.seeds:
             name = f"{base_name}-s{seed}"
             seeded = cfg.copy()
@@ -293,8 +295,6 @@ def expand(sweep: Sweep, trial_overrides: Sequence[str] = ()) -> SweepPlan:
                 final_agent_steps=cfg.train.num_env_steps // per_agent_step,
                 cfg=seeded,
             ))
-    from mlr_lightning.training.tracking import resolve_tracking_uri
-
     uri = resolve_tracking_uri(first.tracking.uri, first.output_dir) if first.tracking.mlflow else None
     return SweepPlan(sweep=sweep, trials=trials, experiment=experiment, output_dir=Path(first.output_dir).resolve(),
                      tracking_uri=uri)
@@ -302,8 +302,6 @@ def expand(sweep: Sweep, trial_overrides: Sequence[str] = ()) -> SweepPlan:
 
 def check_tasks(cfgs) -> None:
     """An unknown task or game fails here, not in the middle of the sweep."""
-    from mlr_lightning.domains import domain_of
-
     seen = set()
     for cfg in cfgs:
         key = (cfg.domain, cfg.env.task, cfg.env.get("camera_id"))

@@ -16,9 +16,9 @@ import torch
 
 from mlr_lightning.agents.base import DivergedError, NonFiniteLossError, check_parameters
 from mlr_lightning.data.stream import ExperienceStream
-from mlr_lightning.reporting.plots import episode_gif, learning_curves
+from mlr_lightning.plots import episode_gif, learning_curves
 from mlr_lightning.training.evaluation import FinalEvaluationInterrupted, PeriodicEvaluation, as_policy, record_episode
-from mlr_lightning.training.snapshot import LAST, MODEL_FILE, CheckpointError, save_rank_state, snapshot_name, write_snapshot
+from mlr_lightning.training.snapshot import CHECKPOINTS, LAST, MODEL_FILE, CheckpointError, save_rank_state, snapshot_name, write_snapshot
 from mlr_lightning.training.tracking import mlflow_logger
 
 
@@ -199,7 +199,7 @@ class RunArtifacts(pl.Callback):
             weights = Path(tmp) / LAST
             save_weights_only(ckpt, weights)
             if weights.stat().st_size <= self.max_checkpoint_mb * 2**20:
-                client.log_artifact(run_id, str(weights), artifact_path="checkpoints")
+                client.log_artifact(run_id, str(weights), artifact_path=CHECKPOINTS)
 
 
 def save_weights_only(checkpoint: Path, path: Path) -> None:
@@ -208,13 +208,3 @@ def save_weights_only(checkpoint: Path, path: Path) -> None:
     keep = ("state_dict", "hyper_parameters", "hparams_name", "pytorch-lightning_version", "epoch", "global_step")
     torch.save({k: v for k, v in full.items() if k in keep}, path)
 
-
-class PriorityUpdate(pl.Callback):
-    """Writes the priorities returned by ``training_step`` (``index``, ``priority``) into this
-    rank's prioritized replay. Place it before the checkpoint callback, so that a snapshot holds them."""
-
-    def __init__(self, replay):
-        self.replay = replay
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        self.replay.update_priority(outputs["index"], outputs["priority"])

@@ -16,6 +16,8 @@ import warnings
 from datetime import timedelta
 from pathlib import Path
 
+from mlr_lightning.training.snapshot import LAST_ARTIFACT
+
 # Logged at INFO by libraries: Lightning's "GPU available", litlogger tip, model summary, `weights_only`
 # per save and "`Trainer.fit` stopped"; TorchRL's ANSI-coloured storage messages (on stdout); MLflow's
 # database migrations.
@@ -79,7 +81,7 @@ def fit_summary(run_dir: Path, wall_s: float, resumed: bool = False) -> str:
         lines.append(f"MLflow: {uri}")
     elif uri:
         lines.append(f"MLflow: mlflow ui --backend-store-uri {shlex.quote(uri)}")
-    lines.append(f"Results: {run_dir} (config.yaml, metrics.csv, checkpoints/last.ckpt)")
+    lines.append(f"Results: {run_dir} (config.yaml, metrics.csv, {LAST_ARTIFACT})")
     return "\n".join(lines)
 
 

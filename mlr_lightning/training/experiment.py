@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -33,6 +34,9 @@ from mlr_lightning.training.run_dir import lock_and_check, new_run_dir
 from mlr_lightning.training.snapshot import (
     MODEL_FILE,
     accept_resumed_config,
+    check_snapshot_belongs,
+    checkpoints_dir,
+    ensure_run_uid,
     find_resumable,
     load_rank_state,
     run_dir_of,
@@ -92,6 +96,37 @@ def collector_factory(cfg: DictConfig, domain: Domain, stream: ExperienceStream,
     return collector_from
 
 
+@dataclass
+class RunCallbacks:
+    """The run's callbacks. Lightning calls each hook on them in list order, and that order matters:
+    see :meth:`in_order` (``tests/test_experiment_wiring.py`` checks it on the built Trainer)."""
+
+    progress: EnvStepProgressBar
+    domain: list[pl.Callback]
+    evaluation: PeriodicEvaluation
+    checkpoint: UpdateCheckpoint
+    interrupt: GracefulInterrupt
+    artifacts: RunArtifacts
+
+    @classmethod
+    def of(cls, cfg: DictConfig, domain: Domain, replay: Replay, stream: ExperienceStream, run_dir: Path) -> RunCallbacks:
+        evaluation = PeriodicEvaluation(cfg.eval.every_env_steps or None, cfg.eval.num_episodes,
+                                        cfg.train.num_env_steps, seed=cfg.seed + cfg.eval.seed_offset,
+                                        extra_metrics=domain.eval_metrics(cfg))
+        checkpoint = UpdateCheckpoint(checkpoints_dir(run_dir), cfg.trainer.checkpoint_every_updates,
+                                      cfg.trainer.keep_checkpoints, stream, cfg.trainer.max_abs_weight)
+        return cls(EnvStepProgressBar(cfg.train.num_env_steps, refresh_updates=cfg.trainer.log_every_updates),
+                   domain.callbacks(cfg, replay), evaluation, checkpoint, GracefulInterrupt(),
+                   RunArtifacts(run_dir, evaluation, checkpoint, cfg.tracking.video,
+                                cfg.tracking.max_checkpoint_artifact_mb))
+
+    def in_order(self) -> list[pl.Callback]:
+        """The domain's callbacks change what a snapshot holds (Atari: priorities), and the evaluation
+        history is part of it: both run before the checkpoint. The artifacts read the evaluation and
+        the last snapshot, so they come after both."""
+        return [self.progress, *self.domain, self.evaluation, self.checkpoint, self.interrupt, self.artifacts]
+
+
 def make_trainer(cfg: DictConfig, run_dir: Path, loggers, callbacks) -> pl.Trainer:
     # find_unused_parameters: each of the 3-4 backward passes of an update reaches only part of the
     # agent (critic, actor, temperature, MLR), which DDP's reducer must be told about.
@@ -121,7 +156,7 @@ def make_trainer(cfg: DictConfig, run_dir: Path, loggers, callbacks) -> pl.Train
 def fit(cfg: DictConfig, resume: str | None = None, allow_change: Sequence[str] = ()) -> Path:
     """Train one agent as configured (or continue a snapshot, ``resume``); returns the run directory.
 
-    ``allow_change``: optimiser keys (:data:`~mlr_lightning.config.OPTIMIZER_KEYS`) that a resume may
+    ``allow_change``: optimiser keys (the domain's ``optimizer_keys``) that a resume may
     change, e.g. a smaller learning rate after a divergence.
     """
     domain_of(cfg).check_task(cfg)
@@ -130,12 +165,14 @@ def fit(cfg: DictConfig, resume: str | None = None, allow_change: Sequence[str] 
         return _train(cfg, Path(os.environ[RUN_DIR_ENV]), snapshot)
     snapshot = find_resumable(cfg, resume) if resume else None
     if snapshot is not None:
+        check_snapshot_belongs(snapshot, cfg.run_name)
         run_dir = run_dir_of(snapshot)
-        lock = lock_and_check(run_dir, lambda: accept_resumed_config(cfg, run_dir, allow_change))
+        lock = lock_and_check(run_dir, lambda: accept_resumed_config(cfg, run_dir, domain_of(cfg), allow_change))
     else:
         ensure_store_for(cfg)  # an unusable store stops a new run before its directory exists
         run_dir, lock = new_run_dir(cfg, restart=resume == "auto")
-    write_config_hash(cfg, run_dir)  # the run's identity, beside its config.yaml
+    write_config_hash(cfg, run_dir)  # what the run computes, beside its config.yaml
+    ensure_run_uid(run_dir)  # which run this is: every snapshot records it
     os.environ[RUN_DIR_ENV], os.environ[SNAPSHOT_ENV] = str(run_dir), str(snapshot or "")
     try:
         _train(cfg, run_dir, snapshot)
@@ -159,21 +196,10 @@ def _train(cfg: DictConfig, run_dir: Path, snapshot: Path | None) -> Path:
 
     replay = domain.make_replay(cfg)
     stream = make_stream(cfg, domain, replay)
-    evaluation = PeriodicEvaluation(cfg.eval.every_env_steps or None, cfg.eval.num_episodes, cfg.train.num_env_steps,
-                                    seed=cfg.seed + cfg.eval.seed_offset,
-                                    extra_metrics=domain.eval_metrics(cfg))
-    checkpoint = UpdateCheckpoint(run_dir / "checkpoints", cfg.trainer.checkpoint_every_updates,
-                                  cfg.trainer.keep_checkpoints, stream, cfg.trainer.max_abs_weight)
-    interrupt = GracefulInterrupt()
+    callbacks = RunCallbacks.of(cfg, domain, replay, stream, run_dir)
+    evaluation, checkpoint, interrupt = callbacks.evaluation, callbacks.checkpoint, callbacks.interrupt
     loggers = make_loggers(cfg, run_dir, resume_step)  # creates (or reopens) the MLflow run on rank 0
-    trainer = make_trainer(cfg, run_dir, loggers, [
-        EnvStepProgressBar(cfg.train.num_env_steps, refresh_updates=cfg.trainer.log_every_updates),
-        *domain.callbacks(cfg, replay),  # before the snapshot, which holds what they change (priorities)
-        evaluation,
-        checkpoint,
-        interrupt,
-        RunArtifacts(run_dir, evaluation, checkpoint, cfg.tracking.video, cfg.tracking.max_checkpoint_artifact_mb),
-    ])
+    trainer = make_trainer(cfg, run_dir, loggers, callbacks.in_order())
 
     pl.seed_everything(cfg.seed, workers=True, verbose=False)  # the same initial networks on every rank
     env_seed = rank_seed(cfg, trainer.global_rank)

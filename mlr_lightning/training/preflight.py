@@ -45,7 +45,11 @@ def preflight(cfg: DictConfig) -> None:
 def replay_frame_bytes(cfg: DictConfig) -> int:
     """Bytes of the frames a full replay holds on one rank (uint8; DMC: RGB, Atari: grayscale): a
     lower bound of its memory and of its part of every snapshot (snapshots write the whole capacity)."""
-    channels = 1 if cfg.domain == "atari" else 3
+    # Imported here, not at the top: the CLI imports preflight before it checks the GL backend, which
+    # the domains' environment modules must not load first.
+    from mlr_lightning.domains import domain_of
+
+    channels = domain_of(cfg).frame_channels
     return int(cfg.replay.capacity) * channels * int(cfg.env.image_size) ** 2
 
 

@@ -18,7 +18,7 @@ from typing import Callable
 from omegaconf import DictConfig
 
 from mlr_lightning.config import write_config
-from mlr_lightning.training.snapshot import latest_snapshot, runs_of_config
+from mlr_lightning.training.snapshot import checkpoints_dir, latest_snapshot, runs_of_config
 from mlr_lightning.training.tracking import mark_run
 
 LOCK_FILE = ".lock"
@@ -129,7 +129,7 @@ def _clear_for_new_run(cfg: DictConfig, run_dir: Path, restart: bool) -> None:
     leftovers = [p for p in run_dir.iterdir() if p.name not in (LOCK_FILE, PREVIOUS_ATTEMPTS)]
     if not leftovers:
         return
-    if latest_snapshot(run_dir / "checkpoints") is not None:
+    if latest_snapshot(checkpoints_dir(run_dir)) is not None:
         raise RunDirError(f"run_name={cfg.run_name!r}: {run_dir} already holds a run; continue it with "
                           "--resume auto, or choose another run_name")
     attempts = run_dir / PREVIOUS_ATTEMPTS

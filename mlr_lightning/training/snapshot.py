@@ -10,8 +10,10 @@ verified and found, and the resume policy built on it.
         stream-rank{r}.pt       rank r's ExperienceStream.state_dict(): counters, collector, the
                                 running episode inside the simulator, RNG states
         replay-rank{r}.pt       rank r's Replay.state_dict(): rows, frames, write cursor, priorities
-        MANIFEST.json           written last: every file's size, and sha256 of the small files
+        MANIFEST.json           written last: every file's size, sha256 of the small files, and
+                                the run_uid of the run that wrote it
       last.ckpt -> update-00012000/model.ckpt
+    <run_dir>/run_uid           a random id, made with the run's directory
 
 ``model.ckpt`` holds what Lightning saves of the agent and of the callbacks' ``state_dict`` (the
 evaluation schedule and history, with the evaluation environment's state). Every rank writes its
@@ -31,6 +33,7 @@ import json
 import os
 import re
 import shutil
+import uuid
 import warnings
 from pathlib import Path
 from typing import Callable, Sequence
@@ -38,17 +41,30 @@ from typing import Callable, Sequence
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from mlr_lightning.config import OPTIMIZER_KEYS, ConfigError, config_differences, to_yaml, write_config
+from mlr_lightning.config import ConfigError, config_differences, to_yaml, write_config
+from mlr_lightning.domains import Domain
 
+CHECKPOINTS = "checkpoints"  # <run_dir>/checkpoints, and the MLflow artifact folder of the final weights
 MODEL_FILE = "model.ckpt"
 MANIFEST = "MANIFEST.json"
+RUN_UID = "run_uid"  # <run_dir>/run_uid; every snapshot's manifest records it, so a resume knows whose it is
 LAST = "last.ckpt"
+LAST_ARTIFACT = f"{CHECKPOINTS}/{LAST}"  # the final weights' MLflow artifact path
 SNAPSHOT = re.compile(r"^update-(\d+)$")
 HASHED_MAX_BYTES = 256 * 2**20  # files up to this size are hashed; larger ones (replay) are size-checked
 
 
 class CheckpointError(RuntimeError):
     """A checkpoint that cannot be used or written, with what to do about it."""
+
+
+def checkpoints_dir(run_dir: Path) -> Path:
+    return Path(run_dir) / CHECKPOINTS
+
+
+def has_snapshot(run_dir: Path) -> bool:
+    """Whether the run directory holds a published snapshot (complete or not, unverified)."""
+    return bool(snapshots(checkpoints_dir(run_dir)))
 
 
 def snapshot_name(num_updates: int) -> str:
@@ -78,7 +94,7 @@ def write_snapshot(checkpoints: Path, name: str, write: Callable[[Path], None], 
         write(tmp)
         barrier()
         if is_writer:
-            _write_manifest(tmp)
+            _write_manifest(tmp, run_uid(checkpoints.parent))
             _publish(tmp, final)
             _point_last_at(checkpoints, final)
             _prune(checkpoints, keep)
@@ -100,7 +116,7 @@ def save_torch(obj, path: Path) -> None:
         handle.write(buffer.getbuffer())
 
 
-def _write_manifest(directory: Path) -> None:
+def _write_manifest(directory: Path, uid: str | None) -> None:
     files = {}
     for path in sorted(p for p in directory.rglob("*") if p.is_file()):
         entry = {"bytes": path.stat().st_size}
@@ -110,7 +126,7 @@ def _write_manifest(directory: Path) -> None:
             os.fsync(handle.fileno())
         files[str(path.relative_to(directory))] = entry
     manifest = directory / MANIFEST
-    manifest.write_text(json.dumps({"files": files}, indent=1))
+    manifest.write_text(json.dumps({"files": files, RUN_UID: uid}, indent=1))
     with open(manifest, "rb") as handle:
         os.fsync(handle.fileno())
 
@@ -144,6 +160,44 @@ def snapshots(checkpoints: Path) -> list[Path]:
 def _prune(checkpoints: Path, keep: int) -> None:
     for old in snapshots(checkpoints)[keep:]:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def ensure_run_uid(run_dir: Path) -> str:
+    """The run's id, made now for a new run directory (or one made before run ids existed)."""
+    path = Path(run_dir) / RUN_UID
+    if (uid := run_uid(run_dir)) is not None:
+        return uid
+    uid, tmp = uuid.uuid4().hex, path.with_name(f".{RUN_UID}.tmp")
+    tmp.write_text(uid + "\n")
+    os.replace(tmp, path)
+    return uid
+
+
+def run_uid(run_dir: Path) -> str | None:
+    try:
+        return (Path(run_dir) / RUN_UID).read_text().strip() or None
+    except OSError:
+        return None
+
+
+def check_snapshot_belongs(snapshot: Path, run_name: str | None) -> None:
+    """A resume continues the run that wrote the snapshot: refuse a snapshot copied in from another run
+    (its manifest's run_uid is not its run directory's) and ``--resume`` of another run than
+    ``run_name`` names. Snapshots written before run ids existed carry none and are accepted."""
+    run_dir = run_dir_of(snapshot)
+    if run_name and Path(run_dir).name != run_name:
+        raise CheckpointError(f"--resume {snapshot}: that snapshot belongs to run {Path(run_dir).name}, not to "
+                              f"run_name={run_name!r}; drop run_name to continue {Path(run_dir).name}, or drop "
+                              f"--resume to start {run_name!r}")
+    try:
+        written_by = json.loads((Path(snapshot) / MANIFEST).read_text()).get(RUN_UID)
+    except (OSError, ValueError, AttributeError):
+        return  # verify_snapshot names a damaged manifest
+    mine = run_uid(run_dir)
+    if written_by and mine and written_by != mine:
+        raise CheckpointError(f"checkpoint {snapshot} was written by another run (run_uid {written_by}, not "
+                              f"{run_dir}'s {mine}): it was copied in from elsewhere; move it out of "
+                              f"{Path(snapshot).parent} and resume again, or resume the run that wrote it")
 
 
 def verify_snapshot(snapshot: Path) -> None:
@@ -249,6 +303,12 @@ def snapshot_agent_steps(snapshot: Path) -> int:
     return torch.load(stream_file(snapshot, 0), weights_only=False)["counters"]["agent_steps"]
 
 
+def latest_run_agent_steps(run_dir: Path) -> int | None:
+    """Agent steps of the run directory's newest snapshot (unverified); None without one."""
+    snapshot = latest_snapshot(checkpoints_dir(run_dir), verify=False)
+    return None if snapshot is None else int(snapshot_agent_steps(snapshot))
+
+
 # ----------------------------------------------------------------------------- resume policy
 def find_resumable(cfg: DictConfig, resume: str) -> Path | None:
     """``--resume PATH`` -> that snapshot. ``--resume auto`` -> the newest snapshot of this config's
@@ -300,15 +360,16 @@ def run_dir_of(snapshot: Path) -> Path:
     return Path(snapshot).parent.parent
 
 
-def accept_resumed_config(cfg: DictConfig, run_dir: Path, allow_change: Sequence[str] = ()) -> None:
+def accept_resumed_config(cfg: DictConfig, run_dir: Path, domain: Domain, allow_change: Sequence[str] = ()) -> None:
     """A resumed run must be the same experiment: only bookkeeping keys may change, and optimiser keys
-    the user names (``--allow-change``). An allowed change is written into the run's config.yaml."""
-    unknown = [key for key in allow_change if key not in OPTIMIZER_KEYS]
+    (the domain's ``optimizer_keys``) the user names (``--allow-change``). An allowed change is written
+    into the run's config.yaml."""
+    unknown = [key for key in allow_change if key not in domain.optimizer_keys]
     if unknown:
         raise ConfigError(f"--allow-change {unknown[0]}: only optimiser settings may change on resume: "
-                          f"{', '.join(OPTIMIZER_KEYS)}")
+                          f"{', '.join(domain.optimizer_keys)}")
     saved = load_run_config(run_dir)
-    changed = config_differences(saved, cfg, allowed=allow_change)
+    changed = config_differences(saved, cfg, domain.schema, allowed=allow_change)
     if changed:
         raise ConfigError(f"--resume continues {run_dir}, whose config differs in: {'; '.join(changed)}. "
                           f"Resume with --config {run_dir / 'config.yaml'}, or start a new run"

@@ -34,6 +34,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from mlr_lightning.config import RESUMABLE_CHANGES, flatten
+from mlr_lightning.domains import domain_of
 from mlr_lightning.run_identity import HASH_TAG, config_hash
 
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -297,8 +298,6 @@ def git_commit() -> str:
 
 def run_tags(cfg: DictConfig) -> dict[str, str]:
     """The tags ``compare`` selects and groups runs by."""
-    from mlr_lightning.domains import domain_of
-
     agent = domain_of(cfg).agent_name
     return {
         "domain": cfg.domain,

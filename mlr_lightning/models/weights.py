@@ -1,7 +1,9 @@
-"""Weight initialisations of the official code."""
+"""How parameters are set: the official code's initialisations, and target networks that follow
+their online networks by a moving average."""
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 
 
@@ -23,3 +25,10 @@ def truncated_normal_init(module: nn.Module, std: float) -> None:
         nn.init.trunc_normal_(module.weight, std=std, a=-std, b=std)
         if module.bias is not None:
             nn.init.zeros_(module.bias)
+
+
+@torch.no_grad()
+def soft_update(target: nn.Module, online: nn.Module, tau: float) -> None:
+    """target <- tau * online + (1 - tau) * target, in fp32 whatever the autocast state."""
+    for t, o in zip(target.parameters(), online.parameters()):
+        t.lerp_(o.detach(), tau)
