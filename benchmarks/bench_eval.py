@@ -20,8 +20,7 @@ import time
 
 import torch
 
-from mlr_lightning.config import load_config
-from mlr_lightning.domains import domain_of
+from mlr_lightning.domains import domain_of, load_config
 from mlr_lightning.training.evaluation import evaluate
 
 

@@ -4,8 +4,7 @@ of environments stepped together, and nothing drawn from the generator that trai
 import pytest
 import torch
 
-from mlr_lightning.config import load_config
-from mlr_lightning.domains import domain_of
+from mlr_lightning.domains import domain_of, load_config
 from mlr_lightning.training.evaluation import evaluate
 
 
