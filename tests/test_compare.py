@@ -204,6 +204,26 @@ def in_repo(monkeypatch):
     monkeypatch.chdir(ROOT)
 
 
+def test_the_cost_table_averages_each_arms_logged_cost_and_counts_runs_without_one(tmp_path, in_repo):
+    """Per arm and task: mean wall hours and rates over the runs that logged cost/*, total GPU-hours;
+    a run from before fit measured its cost counts in ``runs`` but not in the means."""
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    exp = client.create_experiment("cost")
+    costs = {1: (2.0, 2.0, 10.0), 2: (4.0, 4.0, 20.0), 3: None}  # seed: wall hours, GPU-hours, updates/s
+    for seed, cost in costs.items():
+        run_id = log_configured_run(client, exp, [f"seed={seed}"], [0, 1, 2], 1_900_000_000_000 + seed)
+        if cost is not None:
+            for name, value in zip(("wall_hours", "device_hours", "updates_per_s"), cost):
+                client.log_metric(run_id, f"cost/{name}", value, step=100_000)
+            client.log_metric(run_id, "cost/env_steps_per_s", 8 * cost[2], step=100_000)
+    result = compare(client, "cost", tmp_path / "out", [100_000], reps=100)
+    (row,) = result["cost"].to_dict("records")
+    assert (row["algorithm"], row["task"], row["runs"], row["with cost"]) == ("MLR", "cartpole_swingup", 3, 2)
+    assert row["wall hours (mean)"] == 3.0 and row["GPU-hours (total)"] == 6.0
+    assert row["updates/s (mean)"] == 15.0 and row["env steps/s (mean)"] == 120.0
+    assert "Cost per arm and task" in (tmp_path / "out" / "summary.md").read_text()
+
+
 def test_a_rerun_of_one_seed_with_another_mask_ratio_is_not_a_duplicate_and_the_report_says_why(tmp_path, in_repo):
     """MLR seeds 1-3 at mask_ratio 0.5 (scores 600, 700, 800), then seed 1 again at 0.25 (scores 100), the
     newest: it must not supersede seed 1's 0.5 run (which would move the 0.5 mean to 533); a rerun of
@@ -295,7 +315,18 @@ def test_compare_on_real_runs(tiny_experiment, tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "Runs: 4 counted" in printed and "0 excluded" in printed
     assert "| cartpole_swingup | MLR | 320 | 2 | 1,2 |" in printed and "Optimality gap" in printed
-    for name in ("runs.csv", "per_task.csv", "per_task.md", "aggregate_320.csv", "curves_cartpole_swingup.png",
+    # The cost table: one row per arm and task, every run with its logged cost, numbers that are rates.
+    cost_table = printed.split("Cost per arm and task", 1)[1].split("\n\n")[1]
+    cost_rows = [row.strip("| ").split(" | ") for row in cost_table.splitlines()[2:]]
+    assert sorted((cells[0], cells[1]) for cells in cost_rows) == [("Baseline", "cartpole_swingup"),
+                                                                   ("MLR", "cartpole_swingup")]
+    for cells in cost_rows:
+        row = " | ".join(cells)
+        runs, with_cost, wall_hours, gpu_hours, updates_per_s, env_steps_per_s = cells[2:]
+        assert runs == with_cost == "2", row
+        assert float(wall_hours) > 0 and float(gpu_hours) == 0 and float(updates_per_s) > 0, row  # CPU: no GPU-hours
+        assert float(env_steps_per_s) > float(updates_per_s), row  # 8 env steps per agent step, 1 update per step
+    for name in ("runs.csv", "per_task.csv", "per_task.md", "cost.csv", "aggregate_320.csv", "curves_cartpole_swingup.png",
                  "performance_profile_320.png"):
         assert (tmp_path / name).stat().st_size > 0, name
     result = compare(MlflowClient(tiny_experiment["uri"]), "tiny", tmp_path, reps=100)

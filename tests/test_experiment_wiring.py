@@ -19,10 +19,13 @@ def test_callbacks_reach_the_trainer_in_their_order(config, overrides, tmp_path)
     callbacks = RunCallbacks.of(cfg, domain, replay, make_stream(cfg, domain, replay), tmp_path)
     trainer = make_trainer(cfg, tmp_path, [], callbacks.in_order())
     ours = [c for c in trainer.callbacks if c in callbacks.in_order()]
-    expected = [callbacks.progress, *callbacks.domain, callbacks.evaluation, callbacks.checkpoint,
-                callbacks.interrupt, callbacks.artifacts]
+    expected = [callbacks.cost, callbacks.progress, *callbacks.domain, callbacks.evaluation,
+                callbacks.cost.after_evaluation, callbacks.checkpoint, callbacks.interrupt, callbacks.artifacts]
     assert ours == expected  # Lightning moves no callback of ours (it reorders its Checkpoint subclasses)
     assert len(callbacks.domain) == (cfg.domain == "atari")
     # The snapshot holds what the domain's callbacks and the evaluation change: they run before it.
     assert ours.index(callbacks.checkpoint) > max(ours.index(c) for c in [*callbacks.domain, callbacks.evaluation])
     assert ours[-1] is callbacks.artifacts
+    # The cost's evaluating interval holds the evaluation and nothing else of ours.
+    assert ours[0] is callbacks.cost
+    assert ours.index(callbacks.cost.after_evaluation) == ours.index(callbacks.evaluation) + 1

@@ -42,7 +42,8 @@ def final_state(run_dir: Path) -> dict:
 
 def metrics_rows(run_dir: Path) -> list[dict]:
     with open(run_dir / "metrics.csv", newline="") as handle:
-        return [{k: v for k, v in row.items() if not k.startswith("time/")} for row in csv.DictReader(handle)]
+        return [{k: v for k, v in row.items() if not k.startswith(("time/", "cost/"))}  # timings differ run to run
+                for row in csv.DictReader(handle)]
 
 
 def mlflow_history(output_dir: Path, key: str) -> list[tuple[int, float]]:

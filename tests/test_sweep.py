@@ -142,6 +142,29 @@ def test_the_final_table_is_printed_once(tmp_path, in_repo):
     assert len(printed) == 2 and "| failed | - / 640 | - | 0 | refused its input: error: x |" in printed[1]
 
 
+def test_the_end_summary_shows_each_arms_cost_from_its_runs_cost_files(tmp_path, in_repo):
+    from mlr_lightning.sweep.progress import ProgressTable
+    from mlr_lightning.sweep.runner import end_summary
+    from mlr_lightning.sweep.spec import expand, load_sweep
+    from mlr_lightning.training.cost import CostCounters, write_cost
+
+    plan = expand(*load_sweep(QUICKSTART, [f"output_dir={tmp_path}", "seeds=[1,2]"]))
+    walls = {"mlr-s1": [3000.0, 600.0], "mlr-s2": [1800.0], "baseline-s1": [1200.0]}  # baseline-s2: no cost.json
+    for trial in plan.trials:
+        attempts = next((w for suffix, w in walls.items() if trial.name.endswith(suffix)), None)
+        if attempts is not None:
+            trial.run_dir.mkdir(parents=True)
+            write_cost(trial.run_dir, CostCounters(attempt_wall_s=attempts, device_hours=sum(attempts) / 3600,
+                                                   num_devices=1, peak_gpu_mem_bytes=2**30, updates=1800,
+                                                   env_steps=14400))
+    text = end_summary(plan, ProgressTable(plan.trials, every_s=3600), 5400.0)
+    (mlr,) = [line for line in text.splitlines() if "-mlr:" in line]
+    (baseline,) = [line for line in text.splitlines() if "-baseline:" in line]
+    # mlr: 2 runs, (3600 + 1800) / 2 s of training each, 1.5 GPU-hours, mean of 1800/3600 and 1800/1800 updates/s
+    assert "2 run(s), 45m00s of training per run, 1.500 GPU-hours in all, 0.75 updates/s, 6.0 env steps/s" in mlr
+    assert "1 run(s), 20m00s of training per run, 0.333 GPU-hours in all, 1.50 updates/s" in baseline
+
+
 # ------------------------------------------------------------------------------- real runs: helpers
 
 
@@ -333,6 +356,7 @@ def test_a_sweep_rerun_refuses_a_changed_config_and_an_input_error_is_not_retrie
     assert "1 refused their input (fit exit 2, not retried)" in first.stderr
     assert first.stdout.count("| sweep-quickstart-cartpole_swingup-mlr-s1 | finished |") == 1, "one final table"
     assert "Sweep done in " in first.stdout and "mlflow ui --backend-store-uri sqlite:///" in first.stdout
+    assert "  sweep-quickstart-cartpole_swingup-mlr: 1 run(s), " in first.stdout, "the finished trial's cost"
     tag = MlflowClient(f"sqlite:///{out / 'mlflow.db'}").search_runs(
         [MlflowClient(f"sqlite:///{out / 'mlflow.db'}").get_experiment_by_name("sweep-quickstart").experiment_id]
     )[0].data.tags["config_hash"]

@@ -39,6 +39,7 @@ from torchrl import timeit
 from torchrl.collectors import Collector
 
 from mlr_lightning.data.replay import Replay
+from mlr_lightning.data.stopwatch import Stopwatch
 from mlr_lightning.data.threads import one_intra_op_thread
 from mlr_lightning.data.torchrl_internals import collector_observation, set_collector_observation
 from mlr_lightning.envs.stacked import FrameStackEnv
@@ -118,6 +119,7 @@ class ExperienceStream(IterableDataset):
         self._worker: ThreadPoolExecutor | None = None
         self._pending: Future | None = None  # the next update's batch, being drawn by the worker
         self._generator_state: torch.Tensor | None = None  # the worker's generator before that draw
+        self.stopwatch = Stopwatch()  # this attempt's seconds acting and sampling (the run's cost)
 
     @property
     def env_steps(self) -> int:
@@ -174,7 +176,7 @@ class ExperienceStream(IterableDataset):
     def _collect(self) -> bool:
         """One agent step into the replay (False when the collector is done); a crashing environment
         is rebuilt (its episode abandoned), not fatal."""
-        with timeit("data/collect"), one_intra_op_thread():
+        with timeit("data/collect"), self.stopwatch("acting"), one_intra_op_thread():
             while True:
                 try:
                     return next(self._collecting, _DONE) is not _DONE
@@ -201,11 +203,12 @@ class ExperienceStream(IterableDataset):
     def sample(self) -> TensorDict:
         """One update's batch, with the x-axis position and the last finished episode's return."""
         progress = self.counters.agent_steps / self.total_agent_steps
-        if not self.prefetch:
-            batch = self.replay.sample(progress)
-        else:  # the batch drawn ahead (none before the first update), and the next one drawn from now on
-            batch = self.replay.sample(progress) if self._pending is None else self._pending.result()
-            self._draw_ahead(progress)
+        with self.stopwatch("sampling"):  # with prefetch: only the wait for the batch drawn ahead
+            if not self.prefetch:
+                batch = self.replay.sample(progress)
+            else:  # the batch drawn ahead (none before the first update), and the next one drawn from now on
+                batch = self.replay.sample(progress) if self._pending is None else self._pending.result()
+                self._draw_ahead(progress)
         batch["env_steps"] = torch.tensor(self.env_steps)
         batch["episode_return"] = torch.tensor(self.counters.last_episode_return)
         return batch

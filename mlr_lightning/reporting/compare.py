@@ -28,6 +28,7 @@ from mlflow.exceptions import MlflowException
 from mlr_lightning.domains import DEFAULT_DOMAIN, DOMAINS
 from mlr_lightning.plots import learning_curves, performance_profiles
 from mlr_lightning.run_identity import NON_RESULT_KEYS, REPLACED_TAG
+from mlr_lightning.training.cost import COST_PREFIX
 
 EVAL_METRIC = "eval/return_mean"
 AGGREGATES = ("IQM", "Median", "Mean", "Optimality gap")
@@ -61,6 +62,7 @@ class RunCurve:
     params: dict[str, str] = field(default_factory=dict)  # the run's config as fit logged it (dotted keys)
     replaced: str = ""  # the ``replaced`` tag of sweep --restart-changed
     method: str = ""  # "MLR" or "Baseline" from the ``mlr`` tag; ``algorithm`` becomes the run's arm label
+    cost: dict[str, float] = field(default_factory=dict)  # the run's cost/* metrics, without the prefix
 
     def __post_init__(self):
         self.method = self.method or self.algorithm
@@ -136,6 +138,8 @@ def fetch_runs(client: MlflowClient, experiment: str, filter_string: str = "") -
             start_time=info.start_time or 0,
             params=dict(run.data.params),
             replaced=tags.get(REPLACED_TAG, ""),
+            cost={key.removeprefix(COST_PREFIX): value for key, value in run.data.metrics.items()
+                  if key.startswith(COST_PREFIX)},
         ))
     if not curves:
         raise CompareError(f"experiment {experiment!r} has no runs matching filter {filter_string!r}")
@@ -288,6 +292,21 @@ def per_task_table(curves: list[RunCurve], budgets: list[int]) -> pd.DataFrame:
                 "paper": DOMAINS[group[0].domain].paper_reference(task, algorithm, budget),
             })
     return pd.DataFrame(rows, columns=["task", "algorithm", "env_steps", "runs", "seeds", "mean", STD, "paper"])
+
+
+def cost_table(curves: list[RunCurve]) -> pd.DataFrame:
+    """What each arm cost on each task (:mod:`mlr_lightning.training.cost`): runs, mean wall hours,
+    total GPU-hours, mean updates/s and env steps/s over its runs that logged a cost."""
+    rows = []
+    for (task, arm), group in sorted(_groups(curves).items(), key=lambda item: item[0][::-1]):
+        costed = [c.cost for c in group if "wall_hours" in c.cost]
+        mean = lambda key: float(np.mean([c[key] for c in costed])) if costed else float("nan")  # noqa: E731
+        rows.append({"algorithm": arm, "task": task, "runs": len(group), "with cost": len(costed),
+                     "wall hours (mean)": mean("wall_hours"),
+                     "GPU-hours (total)": float(sum(c["device_hours"] for c in costed)) if costed else float("nan"),
+                     "updates/s (mean)": mean("updates_per_s"), "env steps/s (mean)": mean("env_steps_per_s")})
+    return pd.DataFrame(rows, columns=["algorithm", "task", "runs", "with cost", "wall hours (mean)", "GPU-hours (total)",
+                                       "updates/s (mean)", "env steps/s (mean)"])
 
 
 def score_matrices(curves: list[RunCurve], budget: int, common_seeds: bool = False) -> tuple[dict[str, np.ndarray], list[str]]:
@@ -444,7 +463,10 @@ def compare(client: MlflowClient, experiment: str, out_dir: Path, budgets: list[
     per_task = per_task_table(curves, budgets)
     per_task.to_csv(out_dir / "per_task.csv", index=False)
     (out_dir / "per_task.md").write_text(_markdown(per_task))
+    cost = cost_table(curves)
+    cost.to_csv(out_dir / "cost.csv", index=False)
     result = {"runs": runs, "excluded": runs[~runs["counted"]].reset_index(drop=True), "per_task": per_task,
+              "cost": cost,
               "arms": arms.drop(columns="config"),
               "aggregate": {}, "notes": notes, "budgets": budgets, "plots": curve_plots(curves, out_dir)}
     for budget in budgets:
@@ -477,6 +499,9 @@ def summary_text(result: dict) -> str:
         parts.append("Arms: the config each stands for (every key of it in arms.csv):\n\n" + _markdown(result["arms"]))
     parts.append(f"Per task: mean and sample std (ddof=1) over seeds at each budget (env steps), beside the paper's "
                  f"mean±std:\n\n{_markdown(result['per_task'])}")
+    if "cost" in result and result["cost"]["with cost"].any():  # runs logged before fit measured cost have none
+        parts.append("Cost per arm and task (over all attempts of each counted run; GPU-hours are wall hours x GPUs, "
+                     f"0 on CPU):\n\n{_markdown(result['cost'])}")
     if result["notes"]:
         parts.append("Notes:\n" + "".join(f"- {note}\n" for note in result["notes"]))
     for budget, table in result["aggregate"].items():

@@ -28,6 +28,7 @@ from mlr_lightning.sweep.progress import (
     split_finished,
 )
 from mlr_lightning.sweep.spec import SweepError, SweepPlan, Trial
+from mlr_lightning.training.cost import read_cost
 from mlr_lightning.training.preflight import check_connects
 from mlr_lightning.training.run_dir import RunDirError, RunLock, move_to_previous_attempts
 
@@ -180,12 +181,32 @@ def end_summary(plan: SweepPlan, table: ProgressTable, wall_s: float) -> str:
              + (f"; {len(ran)} ran now, {_duration(wall_s / len(ran))} of sweep time per trial run"
                 if ran else "; nothing to run")
              + f" (resources per trial: cpus={plan.sweep.cpus:g} gpus={plan.sweep.gpus:g})."]
+    lines.extend(cost_lines(plan))
     lines.append(f"Trial table: {sweep_dir(plan) / 'trials.md'}; fit logs: {sweep_dir(plan) / 'logs'}")
     if plan.tracking_uri:
         where = (f"mlflow ui --backend-store-uri {plan.tracking_uri}" if plan.tracking_uri.startswith("sqlite:")
                  else f"open {plan.tracking_uri}")
         lines.append(f"MLflow: {where}  (experiment {plan.experiment!r})")
     return "\n".join(lines)
+
+
+def cost_lines(plan: SweepPlan) -> list[str]:
+    """What each arm (a trial's name without its seed) cost, from its runs' ``cost.json``: over all
+    attempts of every run that has one (a trial on another node's disk has none here)."""
+    arms: dict[str, list[dict]] = {}
+    for trial in plan.trials:
+        cost = read_cost(trial.run_dir)
+        if cost is not None:
+            arms.setdefault(trial.name.removesuffix(f"-s{trial.cfg.seed}"), []).append(cost)
+    if not arms:
+        return []
+    lines = ["Cost per arm (each run over all its attempts; GPU-hours are wall hours x GPUs, 0 on CPU):"]
+    for arm, costs in arms.items():
+        mean = lambda key: sum(c["metrics"][key] for c in costs) / len(costs)  # noqa: E731
+        lines.append(f"  {arm}: {len(costs)} run(s), {_duration(sum(c['wall_s'] for c in costs) / len(costs))} "
+                     f"of training per run, {sum(c['metrics']['device_hours'] for c in costs):.3f} GPU-hours in all, "
+                     f"{mean('updates_per_s'):.2f} updates/s, {mean('env_steps_per_s'):.1f} env steps/s")
+    return lines
 
 
 def _duration(seconds: float) -> str:

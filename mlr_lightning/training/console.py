@@ -16,6 +16,7 @@ import warnings
 from datetime import timedelta
 from pathlib import Path
 
+from mlr_lightning.training.cost import PHASES, read_cost
 from mlr_lightning.training.snapshot import LAST_ARTIFACT
 
 # Logged at INFO by libraries: Lightning's "GPU available", litlogger tip, model summary, `weights_only`
@@ -76,6 +77,9 @@ def fit_summary(run_dir: Path, wall_s: float, resumed: bool = False) -> str:
         lines.append(f"Final evaluation at env step {int(float(final['step']))}: return "
                      f"{float(final['eval/return_mean']):.1f} ± {float(final['eval/return_std']):.1f}{hns}")
     lines.append(f"Wall time: {timedelta(seconds=round(wall_s))}" + (" (this session)" if resumed else ""))
+    cost = read_cost(run_dir)
+    if cost is not None:
+        lines.append(cost_line(cost))
     uri = _tracking_uri(run_dir)
     if uri and uri.startswith(("http://", "https://")):
         lines.append(f"MLflow: {uri}")
@@ -83,6 +87,18 @@ def fit_summary(run_dir: Path, wall_s: float, resumed: bool = False) -> str:
         lines.append(f"MLflow: mlflow ui --backend-store-uri {shlex.quote(uri)}")
     lines.append(f"Results: {run_dir} (config.yaml, metrics.csv, {LAST_ARTIFACT})")
     return "\n".join(lines)
+
+
+def cost_line(cost: dict) -> str:
+    """One line of ``cost.json`` (:mod:`mlr_lightning.training.cost`): what the run cost, over all its attempts."""
+    metrics, attempts = cost["metrics"], len(cost["attempt_wall_s"])
+    gpu = (f"{metrics['device_hours']:.3f} GPU-hours on {cost['num_devices']} GPU(s), peak GPU memory "
+           f"{metrics['peak_gpu_mem_gib']:.2f} GiB" if cost["num_devices"] else "GPU-hours n/a (CPU)")
+    shares = ", ".join(f"{phase} {metrics[f'share_{phase}']:.0%}" for phase in PHASES)
+    return (f"Cost: {timedelta(seconds=round(cost['wall_s']))} of training"
+            + (f" over {attempts} attempts" if attempts > 1 else "")
+            + f" ({metrics['wall_hours']:.3f} h), {gpu}; {metrics['updates_per_s']:.2f} updates/s, "
+            f"{metrics['env_steps_per_s']:.1f} env steps/s; time in {shares}")
 
 
 def _final_evaluation(metrics: Path) -> dict | None:

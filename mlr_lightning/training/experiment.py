@@ -28,6 +28,7 @@ from mlr_lightning.data.stream import ExperienceStream, make_collector
 from mlr_lightning.domains import Domain, domain_of
 from mlr_lightning.run_identity import write_config_hash
 from mlr_lightning.training.callbacks import GracefulInterrupt, HardStop, RunArtifacts, UpdateCheckpoint
+from mlr_lightning.training.cost import RunCost
 from mlr_lightning.training.evaluation import PeriodicEvaluation
 from mlr_lightning.training.progress import EnvStepProgressBar
 from mlr_lightning.training.run_dir import lock_and_check, new_run_dir
@@ -101,6 +102,7 @@ class RunCallbacks:
     """The run's callbacks. Lightning calls each hook on them in list order, and that order matters:
     see :meth:`in_order` (``tests/test_experiment_wiring.py`` checks it on the built Trainer)."""
 
+    cost: RunCost
     progress: EnvStepProgressBar
     domain: list[pl.Callback]
     evaluation: PeriodicEvaluation
@@ -115,7 +117,8 @@ class RunCallbacks:
                                         extra_metrics=domain.eval_metrics(cfg))
         checkpoint = UpdateCheckpoint(checkpoints_dir(run_dir), cfg.trainer.checkpoint_every_updates,
                                       cfg.trainer.keep_checkpoints, stream, cfg.trainer.max_abs_weight)
-        return cls(EnvStepProgressBar(cfg.train.num_env_steps, refresh_updates=cfg.trainer.log_every_updates),
+        return cls(RunCost(run_dir, stream.stopwatch, lambda: stream.env_steps),
+                   EnvStepProgressBar(cfg.train.num_env_steps, refresh_updates=cfg.trainer.log_every_updates),
                    domain.callbacks(cfg, replay), evaluation, checkpoint, GracefulInterrupt(),
                    RunArtifacts(run_dir, evaluation, checkpoint, cfg.tracking.video,
                                 cfg.tracking.max_checkpoint_artifact_mb))
@@ -123,8 +126,10 @@ class RunCallbacks:
     def in_order(self) -> list[pl.Callback]:
         """The domain's callbacks change what a snapshot holds (Atari: priorities), and the evaluation
         history is part of it: both run before the checkpoint. The artifacts read the evaluation and
-        the last snapshot, so they come after both."""
-        return [self.progress, *self.domain, self.evaluation, self.checkpoint, self.interrupt, self.artifacts]
+        the last snapshot, so they come after both. The cost comes first and its end-of-evaluation mark
+        right after the evaluation: between them lies the evaluating interval (see :class:`RunCost`)."""
+        return [self.cost, self.progress, *self.domain, self.evaluation, self.cost.after_evaluation, self.checkpoint,
+                self.interrupt, self.artifacts]
 
 
 def make_trainer(cfg: DictConfig, run_dir: Path, loggers, callbacks) -> pl.Trainer:
