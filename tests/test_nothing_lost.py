@@ -34,7 +34,7 @@ def tiny(tiny_overrides, *extra):
 
 def rows(run_dir: Path) -> list[dict]:
     with open(run_dir / "metrics.csv", newline="") as handle:
-        return [{k: v for k, v in r.items() if not k.startswith("time/") and v} for r in csv.DictReader(handle)]
+        return [{k: v for k, v in r.items() if not k.startswith(("time/", "cost/")) and v} for r in csv.DictReader(handle)]
 
 
 def mlflow_runs(output_dir: Path):
