@@ -71,7 +71,8 @@ class TrainConfig:
 class EvalConfig:
     every_env_steps: int = 5000  # 0: only at the end of training
     num_episodes: int = 10
-    seed_offset: int = 100  # the evaluation environment is seeded with seed + seed_offset
+    seed_offset: int = 100  # evaluation episodes are seeded from seed + seed_offset, the env step and their index
+    num_envs: int = 1  # environments stepped together, one batched policy call per step; returns do not depend on it
 
 
 @dataclass
@@ -292,7 +293,7 @@ COMMON_BOUNDS: dict[str, tuple] = {
     **dict.fromkeys(["train.num_env_steps", "train.batch_size", "train.updates_per_step"], AT_LEAST_1),
     **dict.fromkeys(["train.init_steps", "train.max_env_restarts"], AT_LEAST_0),
     "eval.every_env_steps": (lambda v: v >= 0, ">= 0 (0: only at the end)"),
-    "eval.num_episodes": AT_LEAST_1,
+    **dict.fromkeys(["eval.num_episodes", "eval.num_envs"], AT_LEAST_1),
     "eval.seed_offset": AT_LEAST_0,
     **dict.fromkeys(["trainer.devices", "trainer.num_nodes", "trainer.checkpoint_every_updates",
                      "trainer.keep_checkpoints", "trainer.log_every_updates", "trainer.finite_check_every"], AT_LEAST_1),

@@ -34,7 +34,7 @@ def tiny(tiny_overrides, *extra):
 
 def rows(run_dir: Path) -> list[dict]:
     with open(run_dir / "metrics.csv", newline="") as handle:
-        return [{k: v for k, v in r.items() if not k.startswith("time/") and v} for r in csv.DictReader(handle)]
+        return [{k: v for k, v in r.items() if not k.startswith(("time/", "cost/")) and v} for r in csv.DictReader(handle)]
 
 
 def mlflow_runs(output_dir: Path):
@@ -267,16 +267,16 @@ def test_a_tracking_server_that_disappears_costs_seconds_and_sync_fills_mlflow_i
 # ------------------------------------------------------------------------------------- 8, 13
 def test_sigterm_during_an_evaluation_stops_after_one_episode_and_the_evaluation_is_repeated(tiny_overrides, tmp_path,
                                                                                               monkeypatch):
-    real_episode = evaluation.record_episode
+    real_seed = evaluation.episode_seed  # asked once as each episode starts
     episodes = []
 
-    def sigterm_during_the_second_evaluation(env, policy):
+    def sigterm_during_the_second_evaluation(seed, env_steps, episode):
         episodes.append(1)
         if len(episodes) == 12:  # 10 episodes at step 0, then the 2nd of the evaluation at 160
             signal.raise_signal(signal.SIGTERM)
-        return real_episode(env, policy)
+        return real_seed(seed, env_steps, episode)
 
-    monkeypatch.setattr(evaluation, "record_episode", sigterm_during_the_second_evaluation)
+    monkeypatch.setattr(evaluation, "episode_seed", sigterm_during_the_second_evaluation)
     with pytest.raises(RunInterrupted):
         fit(tiny(tiny_overrides, "eval.num_episodes=10"))
     assert len(episodes) == 12, "the stop waited for the whole evaluation"
@@ -285,9 +285,58 @@ def test_sigterm_during_an_evaluation_stops_after_one_episode_and_the_evaluation
     _, (run,) = mlflow_runs(tmp_path / "runs")
     assert run.info.status == "KILLED" and "SIGTERM" in run.data.tags["status_reason"]
 
-    monkeypatch.setattr(evaluation, "record_episode", real_episode)
+    monkeypatch.setattr(evaluation, "episode_seed", real_seed)
     fit(tiny(tiny_overrides, "eval.num_episodes=10"), resume="auto")
     assert [r["step"] for r in rows(run_dir) if r.get("eval/return_mean")] == ["0", "160", "320"]
+    _, (run,) = mlflow_runs(tmp_path / "runs")
+    assert run.info.status == "FINISHED"
+
+
+@pytest.fixture(scope="module")
+def uninterrupted_eval(tmp_path_factory, tiny_base_overrides):
+    """The tiny run with 3 evaluation episodes per evaluation, never stopped."""
+    out = tmp_path_factory.mktemp("uninterrupted_eval")
+    fit(load_config(None, tiny_base_overrides + [f"output_dir={out}", "tracking.video=false", "run_name=run",
+                                                 "eval.num_episodes=3"]))
+    return out / "run"
+
+
+@pytest.mark.parametrize("stop_at_episode, stopped_step", [(5, 160), (8, 320)], ids=["intermediate", "final"])
+def test_sigterm_during_an_evaluation_then_resume_is_identical_to_an_uninterrupted_run(
+        stop_at_episode, stopped_step, uninterrupted_eval, tiny_overrides, tmp_path, monkeypatch):
+    """Evaluations at 0, 160 and 320, 3 episodes each: a SIGTERM during the 2nd episode at 160 (the
+    5th episode of the run) or at 320, the final one. The resumed run evaluates that point again
+    with the weights it had, and ends with the same weights, optimiser, metrics.csv and returns."""
+    real_seed = evaluation.episode_seed  # asked once as each episode starts
+    episodes = []
+
+    def sigterm_during_an_episode(seed, env_steps, episode):
+        episodes.append(1)
+        if len(episodes) == stop_at_episode:
+            signal.raise_signal(signal.SIGTERM)
+        return real_seed(seed, env_steps, episode)
+
+    monkeypatch.setattr(evaluation, "episode_seed", sigterm_during_an_episode)
+    with pytest.raises(RunInterrupted):
+        fit(tiny(tiny_overrides, "eval.num_episodes=3"))
+    run_dir = tmp_path / "runs" / "run"
+    logged = [int(r["step"]) for r in rows(run_dir) if r.get("eval/return_mean")]
+    assert stopped_step not in logged and logged == [s for s in (0, 160) if s < stopped_step]
+    monkeypatch.setattr(evaluation, "episode_seed", real_seed)
+    fit(tiny(tiny_overrides, "eval.num_episodes=3"), resume="auto")
+
+    reference, resumed = (torch.load(d / "checkpoints" / "last.ckpt", weights_only=False)
+                          for d in (uninterrupted_eval, run_dir))
+    assert int(resumed["state_dict"]["num_updates"]) == UPDATES
+    assert [k for k in reference["state_dict"] if not torch.equal(reference["state_dict"][k],
+                                                                  resumed["state_dict"][k])] == []
+    for opt_a, opt_b in zip(reference["optimizer_states"], resumed["optimizer_states"]):
+        assert all(torch.equal(s["exp_avg"], opt_b["state"][p]["exp_avg"]) for p, s in opt_a["state"].items())
+    histories = [[(h["env_steps"], h["returns"]) for h in ckpt["callbacks"]["PeriodicEvaluation"]["history"]]
+                 for ckpt in (reference, resumed)]
+    assert [step for step, _ in histories[1]] == [0, 160, 320], "the final evaluation is missing or repeated"
+    assert histories[1] == histories[0], "the evaluations' returns differ from the uninterrupted run's"
+    assert rows(run_dir) == rows(uninterrupted_eval), "metrics.csv differs from the uninterrupted run's"
     _, (run,) = mlflow_runs(tmp_path / "runs")
     assert run.info.status == "FINISHED"
 

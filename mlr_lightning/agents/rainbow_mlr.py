@@ -72,14 +72,21 @@ class RainbowPolicy(nn.Module):
         self.network, self.eval_epsilon = network, eval_epsilon
         self.register_buffer("support", support, persistent=False)
 
-    def forward(self, pixels: Tensor) -> Tensor:
+    def forward(self, pixels: Tensor, eval_noise: Tensor | None = None) -> Tensor:
+        """``eval_noise`` ``[(N,) 2]`` uniform in [0, 1): the evaluation's draws per row (explore?, which
+        action), from each episode's own generator, so that a row's action does not depend on the
+        other rows of the batch; without it they come from torch's generator."""
         unbatched = pixels.dim() == 3
         obs = pixels[None] if unbatched else pixels
         q = q_values(self.network(obs), self.support)  # [N, A]
         action = q.argmax(-1)
         if exploration_type() not in (ExplorationType.RANDOM, None):
-            explore = torch.rand(action.shape, device=action.device) < self.eval_epsilon
-            action = torch.where(explore, torch.randint_like(action, q.shape[-1]), action)
+            num_actions = q.shape[-1]
+            if eval_noise is None:
+                eval_noise = torch.rand(*action.shape, 2, device=action.device)
+            noise = eval_noise.reshape(*action.shape, 2).to(action.device)
+            uniform_action = (noise[..., 1] * num_actions).long().clamp(max=num_actions - 1)
+            action = torch.where(noise[..., 0] < self.eval_epsilon, uniform_action, action)
         one_hot = F.one_hot(action, q.shape[-1])
         return one_hot[0] if unbatched else one_hot
 

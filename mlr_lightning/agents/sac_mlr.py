@@ -45,7 +45,8 @@ class SACPolicy(nn.Module):
         super().__init__()
         self.actor, self.crop_size = actor, crop_size
 
-    def forward(self, pixels: Tensor) -> Tensor:
+    def forward(self, pixels: Tensor, eval_noise: Tensor | None = None) -> Tensor:
+        """``eval_noise``: unused (the mean action draws nothing); the evaluation's interface."""
         unbatched = pixels.dim() == 3
         obs = center_crop(pixels[None] if unbatched else pixels, self.crop_size)
         mu, pi, _ = self.actor(obs)

@@ -17,15 +17,15 @@ import torch
 from mlr_lightning.agents.base import DivergedError, NonFiniteLossError, check_parameters
 from mlr_lightning.data.stream import ExperienceStream
 from mlr_lightning.plots import episode_gif, learning_curves
-from mlr_lightning.training.evaluation import PeriodicEvaluation, as_policy, record_episode
+from mlr_lightning.training.evaluation import FinalEvaluationInterrupted, PeriodicEvaluation, as_policy, record_episode
 from mlr_lightning.training.snapshot import CHECKPOINTS, LAST, MODEL_FILE, CheckpointError, save_rank_state, snapshot_name, write_snapshot
 from mlr_lightning.training.tracking import mlflow_logger
 
 
 class UpdateCheckpoint(pl.Callback):
     """Full-state snapshots (see :mod:`mlr_lightning.training.snapshot`) of the agent and this rank's
-    ``stream`` every ``every_updates`` agent updates, at the end of training, on SIGTERM/Ctrl-C and
-    on a crash.
+    ``stream`` every ``every_updates`` agent updates, after the last update (before the final
+    evaluation), at the end of training, on SIGTERM/Ctrl-C and on a crash.
 
     Lightning's ``ModelCheckpoint(every_n_train_steps=...)`` counts optimizer steps, which under
     manual optimization with 3-4 optimizers per update is not a meaningful unit here; and it saves
@@ -58,7 +58,10 @@ class UpdateCheckpoint(pl.Callback):
                               barrier=trainer.strategy.barrier)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        if int(pl_module.num_updates) % self.every == 0:
+        # Also after the last update: the state before the end-of-training evaluations, which a stop
+        # during them resumes from (the snapshot of on_train_end has Lightning's loop finished).
+        updates = int(pl_module.num_updates)
+        if updates % self.every == 0 or updates == len(self.stream):
             flush_logs(trainer)
             try:
                 self.save(trainer, pl_module)
@@ -74,9 +77,11 @@ class UpdateCheckpoint(pl.Callback):
             warnings.warn(f"the final snapshot failed; the run is complete and resumable from the last one: {err}")
 
     def on_exception(self, trainer, pl_module, exception):
-        if isinstance(exception, (NonFiniteLossError, DivergedError, CheckpointError, HardStop)):
-            # non-finite or diverged weights, a disk that just refused a snapshot, or a second Ctrl-C
-            # that may have landed mid-update: keep the last good snapshot as it is.
+        if isinstance(exception, (NonFiniteLossError, DivergedError, CheckpointError, HardStop,
+                                  FinalEvaluationInterrupted)):
+            # non-finite or diverged weights, a disk that just refused a snapshot, a second Ctrl-C
+            # that may have landed mid-update, or a stop in the final evaluation (the snapshot of the
+            # last update is the state before it): keep the last good snapshot as it is.
             return
         if self.stream.counters.agent_steps == 0:
             return  # failed before collecting anything: there is nothing to save
@@ -176,7 +181,7 @@ class RunArtifacts(pl.Callback):
                  learning_curves({self.run_dir.name: (steps, mean, mean - std, mean + std)},
                                  self.run_dir / "learning_curve.png", title="evaluation return (mean ± std over episodes)")]
         if self.video:
-            _, frames = record_episode(self.evaluation.env, as_policy(pl_module))
+            _, frames = record_episode(self.evaluation.envs[0], as_policy(pl_module))
             files.append(episode_gif(frames.numpy(), self.run_dir / "eval_episode.gif"))
         logger = mlflow_logger(trainer.loggers)
         if logger is None:

@@ -5,16 +5,18 @@ from __future__ import annotations
 import statistics
 import sys
 import warnings
-from typing import Callable
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
 
 import lightning.pytorch as pl
 from lightning.pytorch.utilities.exceptions import SIGTERMException
+import numpy as np
 import torch
 from tensordict import TensorDictBase
 from tensordict.nn import TensorDictModule
 from torch import Tensor
 from torchrl.envs import EnvBase
-from torchrl.envs.utils import ExplorationType, set_exploration_type
+from torchrl.envs.utils import ExplorationType, set_exploration_type, step_mdp
 
 
 MAX_EPISODE_STEPS = 10**7  # episodes end through the environment's own time limit
@@ -24,17 +26,69 @@ class EvaluationInterrupted(Exception):
     """A stop (SIGTERM, Ctrl-C) arrived between two evaluation episodes."""
 
 
+class FinalEvaluationInterrupted(SIGTERMException):
+    """A stop during the evaluations at the end of training: the run stops without a new snapshot
+    and resumes from the one of its last update, taken before these evaluations."""
+
+
+def episode_seed(seed: int, env_steps: int, episode: int) -> int:
+    """The seed of one evaluation episode: a function of the run's evaluation seed, the evaluation
+    point and the episode's index only, so an evaluation repeated after a stop, or run on any number
+    of environments, plays the same episodes."""
+    return int(np.random.SeedSequence([seed, env_steps, episode]).generate_state(1)[0])
+
+
+@dataclass
+class _Episode:
+    index: int
+    observation: TensorDictBase  # what the policy acts on next
+    noise: torch.Generator  # the policy's draws (Atari's evaluation epsilon)
+    rewards: list[Tensor] = field(default_factory=list)
+
+
 @torch.no_grad()
-def evaluate(env: EnvBase, policy: TensorDictModule, num_episodes: int,
-             should_stop: Callable[[], bool] = lambda: False) -> list[float]:
-    """Returns of ``num_episodes`` episodes with the mean action (exploration off); ``should_stop``
-    is asked before each episode, so a stop waits for one episode, not for the whole evaluation."""
-    returns = []
-    for _ in range(num_episodes):
-        if should_stop():
-            raise EvaluationInterrupted
-        returns.append(record_episode(env, policy)[0])
-    return returns
+def evaluate(envs: Sequence[EnvBase], policy: Callable[[Tensor, Tensor], Tensor], seed: int, env_steps: int,
+             num_episodes: int, should_stop: Callable[[], bool] = lambda: False,
+             device: torch.device = torch.device("cpu")) -> list[float]:
+    """Returns of the ``num_episodes`` episodes of the evaluation at ``env_steps`` (exploration off), in
+    episode order.
+
+    The environments step together, one batched policy call per step (``pixels [N, S*C, H, W]``,
+    ``eval_noise [N, 2]`` -> actions ``[N, ...]``); each takes the next episode when its own ends.
+    Episode ``i`` starts from the state of :func:`episode_seed` ``(seed, env_steps, i)`` and draws
+    from a generator of that seed, so its return is the same on any number of environments.
+    ``should_stop`` is asked before each episode: a stop abandons the running ones (nothing is kept)
+    instead of waiting for the whole evaluation.
+    """
+    returns: list[float | None] = [None] * num_episodes
+    running: dict[int, _Episode] = {}
+    upcoming = iter(range(num_episodes))
+    # Nothing here should draw from torch's global generator; fork_rng makes sure training never sees it.
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), \
+            set_exploration_type(ExplorationType.DETERMINISTIC):
+        while True:
+            for slot, env in enumerate(envs):
+                if slot not in running and (episode := next(upcoming, None)) is not None:
+                    if should_stop():
+                        raise EvaluationInterrupted
+                    episode_seed_ = episode_seed(seed, env_steps, episode)
+                    env.set_seed(episode_seed_)
+                    running[slot] = _Episode(episode, env.reset(), torch.Generator().manual_seed(episode_seed_))
+            if not running:
+                return returns
+            slots = sorted(running)
+            pixels = torch.stack([running[slot].observation["pixels"] for slot in slots]).to(device)
+            noise = torch.stack([torch.rand(2, generator=running[slot].noise) for slot in slots])
+            actions = policy(pixels, noise.to(device)).cpu()
+            for slot, action in zip(slots, actions):
+                episode = running[slot]
+                step = envs[slot].step(episode.observation.set("action", action))
+                episode.rewards.append(step["next", "reward"])
+                if step["next", "done"].item():
+                    returns[episode.index] = float(torch.cat(episode.rewards).sum())
+                    del running[slot]
+                else:
+                    episode.observation = step_mdp(step)
 
 
 @torch.no_grad()
@@ -59,62 +113,93 @@ class PeriodicEvaluation(pl.Callback):
 
     Environment steps are the paper's x-axis (DMC: agent steps x action repeat; Atari: agent steps). Evaluation points that
     fall inside the random seed phase (no update yet) are evaluated with the untrained policy when
-    the first update arrives, so none is skipped. Under DDP only global rank 0 has an ``env`` and
-    evaluates; the others pass ``None``.
+    the first update arrives, so none is skipped. Under DDP only global rank 0 has ``envs`` (``eval.num_envs``
+    of them, stepped together) and evaluates; the others have none.
 
-    A SIGTERM or Ctrl-C during an evaluation stops it after the running episode: the evaluation
-    environment is put back as it was before the evaluation, nothing is recorded, and the resumed
-    run evaluates that point again (with the same episodes). During the final evaluation the stop
-    is raised at once; otherwise after the current update, as Lightning does.
+    An evaluation is a function of the weights and of its env step alone (:func:`evaluate`): it holds no state and draws nothing that training draws, so a stopped
+    evaluation (SIGTERM or Ctrl-C, after its running episode) is simply done again by the resumed
+    run, which then goes on exactly as an uninterrupted one:
+
+    - a stop in an intermediate evaluation is recorded as *pending*, with the weights it evaluates;
+      Lightning finishes the update already under way and snapshots after it, and the resumed run
+      evaluates the pending point with those weights first;
+    - a stop in the end-of-training evaluations saves nothing (:class:`FinalEvaluationInterrupted`):
+      the run resumes from the snapshot of its last update, taken before them (see
+      :class:`~mlr_lightning.training.callbacks.UpdateCheckpoint`), and evaluates them again. A run is
+      finished only with its final evaluation logged.
     """
 
-    def __init__(self, every_env_steps: int | None, num_episodes: int, final_env_steps: int,
-                 extra_metrics: Callable[[list[float]], dict] | None = None, env: EnvBase | None = None,
-                 rebuild_env: Callable[[], EnvBase] | None = None):
-        # every_env_steps=None: only at the end of training. extra_metrics: returns -> more metrics (Atari HNS).
-        self.env, self.every, self.num_episodes, self.final = env, every_env_steps, num_episodes, final_env_steps
-        self.rebuild_env, self.extra_metrics = rebuild_env, extra_metrics
+    def __init__(self, every_env_steps: int | None, num_episodes: int, final_env_steps: int, seed: int = 0,
+                 extra_metrics: Callable[[list[float]], dict] | None = None, envs: Sequence[EnvBase] = (),
+                 rebuild_envs: Callable[[], list[EnvBase]] | None = None):
+        # every_env_steps=None: only at the end of training. seed: the evaluation episodes' (with
+        # the env step and the episode index). extra_metrics: returns -> more metrics (Atari HNS).
+        self.envs, self.every, self.num_episodes, self.final = list(envs), every_env_steps, num_episodes, final_env_steps
+        self.seed, self.rebuild_envs, self.extra_metrics = seed, rebuild_envs, extra_metrics
         self.env_restarts = 0
         self.next_eval = 0 if every_env_steps else final_env_steps
         self.history: list[dict] = []
+        # Stopped intermediate evaluations: {"env_steps": [X, ...], "weights": the module's state_dict they evaluate}.
+        self.pending: dict | None = None
+
+    def on_train_start(self, trainer, pl_module):
+        """A resumed run first repeats the evaluations a stop interrupted, with the weights they had."""
+        if not self.envs or self.pending is None:
+            return
+        current = {k: v.clone() for k, v in pl_module.state_dict().items()}
+        pl_module.load_state_dict(self.pending["weights"])
+        try:
+            while self.pending["env_steps"]:
+                if not self._evaluate(trainer, pl_module, self.pending["env_steps"][0]):
+                    raise SIGTERMException  # stopped again: the snapshot keeps them pending
+                self.pending["env_steps"].pop(0)
+        finally:
+            pl_module.load_state_dict(current)
+        self.pending = None
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        if self.env is None:  # not the evaluating rank
+        if not self.envs:  # not the evaluating rank
             return
+        due = []
         while self.every and self.next_eval <= batch["env_steps"]:
-            if not self._evaluate(trainer, pl_module, self.next_eval):
-                return  # stopped: Lightning ends the run after this update
+            due.append(self.next_eval)
             self.next_eval += self.every
+        for i, env_steps in enumerate(due):
+            if not self._evaluate(trainer, pl_module, env_steps):
+                # Lightning runs this update, then stops: these evaluations keep the weights from before it.
+                self.pending = {"env_steps": due[i:],
+                                "weights": {k: v.detach().cpu().clone() for k, v in pl_module.state_dict().items()}}
+                return
 
     def on_train_end(self, trainer, pl_module):
-        if self.env is None:
+        if not self.envs:
             return
         while self.every and self.next_eval <= self.final:
             if not self._evaluate(trainer, pl_module, self.next_eval):
-                raise SIGTERMException
+                raise FinalEvaluationInterrupted
             self.next_eval += self.every
         if not self.history or self.history[-1]["env_steps"] != self.final:
             if not self._evaluate(trainer, pl_module, self.final):
-                raise SIGTERMException
+                raise FinalEvaluationInterrupted
 
     def _evaluate(self, trainer: pl.Trainer, pl_module, env_steps: int) -> bool:
-        """Evaluate and log; False if a stop interrupted it (then nothing changed)."""
-        before = self.env.get_state()
+        """Evaluate and log; False if a stop interrupted it (then nothing is recorded)."""
         stop = lambda: bool(getattr(trainer, "received_sigterm", False))  # noqa: E731
+        run = lambda: evaluate(self.envs, pl_module.policy, self.seed, env_steps,  # noqa: E731
+                               self.num_episodes, stop, pl_module.device)
         try:
             try:
-                returns = evaluate(self.env, as_policy(pl_module), self.num_episodes, stop)
+                returns = run()
             except EvaluationInterrupted:
                 raise
             except Exception as err:  # a renderer or simulator failure: rebuild the env, evaluate again once
-                if self.rebuild_env is None:
+                if self.rebuild_envs is None:
                     raise
                 warnings.warn(f"evaluation environment crashed at env step {env_steps} ({err!r}); rebuilding it")
                 self.env_restarts += 1
-                self.env = self.rebuild_env()
-                returns = evaluate(self.env, as_policy(pl_module), self.num_episodes, stop)
+                self.envs = self.rebuild_envs()
+                returns = run()
         except EvaluationInterrupted:
-            self.env.set_state(before)
             print(f"Stopping: the evaluation at env step {env_steps} was interrupted; the resumed run repeats it.",
                   file=sys.stderr, flush=True)
             return False
@@ -133,18 +218,16 @@ class PeriodicEvaluation(pl.Callback):
         return True
 
     def state_dict(self) -> dict:
-        if self.env is None:
+        if not self.envs:
             return {}
-        # The evaluation environment's RNG decides the next evaluation episodes' initial states.
         return {"next_eval": self.next_eval, "history": self.history, "env_restarts": self.env_restarts,
-                "env": self.env.get_state()}
+                "pending": self.pending}  # snapshots before this version held the evaluation env's state; unused
 
     def load_state_dict(self, state_dict: dict) -> None:
-        if self.env is None:
+        if not self.envs:
             return
         self.next_eval, self.history = state_dict["next_eval"], state_dict["history"]
-        self.env_restarts = state_dict["env_restarts"]
-        self.env.set_state(state_dict["env"])
+        self.env_restarts, self.pending = state_dict["env_restarts"], state_dict.get("pending")
 
 
 def as_policy(pl_module) -> TensorDictModule:

@@ -114,7 +114,8 @@ class RunCallbacks:
     @classmethod
     def of(cls, cfg: DictConfig, domain: Domain, replay: Replay, stream: ExperienceStream, run_dir: Path) -> RunCallbacks:
         evaluation = PeriodicEvaluation(cfg.eval.every_env_steps or None, cfg.eval.num_episodes,
-                                        cfg.train.num_env_steps, extra_metrics=domain.eval_metrics(cfg))
+                                        cfg.train.num_env_steps, seed=cfg.seed + cfg.eval.seed_offset,
+                                        extra_metrics=domain.eval_metrics(cfg))
         checkpoint = UpdateCheckpoint(checkpoints_dir(run_dir), cfg.trainer.checkpoint_every_updates,
                                       cfg.trainer.keep_checkpoints, stream, cfg.trainer.max_abs_weight)
         return cls(RunCost(run_dir, stream.stopwatch, lambda: stream.env_steps),
@@ -216,8 +217,10 @@ def _train(cfg: DictConfig, run_dir: Path, snapshot: Path | None) -> Path:
         load_pretrained_encoder(cfg, agent)  # encoder.init_from, if set
     pl.seed_everything(env_seed, workers=True, verbose=False)  # each rank explores and samples its own way
     if trainer.is_global_zero:  # evaluation and logging happen once
-        evaluation.rebuild_env = lambda: domain.make_env(cfg, cfg.seed + cfg.eval.seed_offset, train=False)
-        evaluation.env = evaluation.rebuild_env()
+        # Every episode seeds its environment (evaluation.episode_seed): the seed here is a placeholder.
+        evaluation.rebuild_envs = lambda: [domain.make_env(cfg, cfg.seed + cfg.eval.seed_offset, train=False)
+                                           for _ in range(cfg.eval.num_envs)]
+        evaluation.envs = evaluation.rebuild_envs()
     stream.make_collector = collector_factory(cfg, domain, stream, agent, env, env_seed)
     if snapshot is not None:
         load_rank_state(snapshot, trainer.global_rank, stream)
