@@ -128,7 +128,9 @@ class RunCost(pl.Callback):
             num_devices=self._num_devices,
             peak_gpu_mem_bytes=peak,
             updates=int(pl_module.num_updates),
-            env_steps=int(self.env_steps()),
+            # The stream counts from the snapshot once it runs again; a run resumed straight into its
+            # final evaluation never does, so the snapshot's own count stands.
+            env_steps=max(int(self.env_steps()), done.env_steps),
         )
 
     def state_dict(self) -> dict:
