@@ -130,6 +130,7 @@ class AtariExperimentConfig(RunConfig):
     train: AtariTrainConfig = field(default_factory=AtariTrainConfig)
     eval: AtariEvalConfig = field(default_factory=AtariEvalConfig)
 
+
 # Bounds of the keys only this schema has (config.COMMON_BOUNDS holds the shared ones).
 BOUNDS: dict[str, tuple] = {
     **dict.fromkeys(["env.frame_skip", "env.max_episode_frames"], AT_LEAST_1),

@@ -68,8 +68,6 @@ class SACConfig:
     official_crop_range: bool = False
 
 
-
-
 @dataclass
 class MLRConfig(MLRBaseConfig):
     patch_size: int = 10  # 10x10 grid on the 100x100 frame
@@ -105,8 +103,6 @@ class ReplayConfig:
     prefetch: bool = False
 
 
-
-
 @dataclass
 class ExperimentConfig(RunConfig):
     domain: str = "dmc"
@@ -117,6 +113,7 @@ class ExperimentConfig(RunConfig):
     replay: ReplayConfig = field(default_factory=ReplayConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+
 
 # Bounds of the keys only this schema has (config.COMMON_BOUNDS holds the shared ones).
 BOUNDS: dict[str, tuple] = {
