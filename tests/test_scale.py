@@ -8,6 +8,7 @@ import torch
 from mlflow import MlflowClient
 
 from mlr_lightning.agents import sac_mlr
+from mlr_lightning.mlr import objective
 from mlr_lightning.training.snapshot import LAST, snapshots
 from mlr_lightning.domains import load_config
 from mlr_lightning.data.frames import FrameStore
@@ -46,14 +47,14 @@ def test_ddp_ranks_average_gradients_and_collect_their_own_data(tiny_overrides, 
 @pytest.mark.parametrize("precision", ["bf16-mixed", "16-mixed"])
 def test_mixed_precision_keeps_losses_distributions_and_weights_in_fp32(precision, tiny_overrides, monkeypatch):
     seen = []
-    real_loss = sac_mlr.mlr_loss
+    real_loss = objective.latent_loss
 
-    def recording_loss(prediction, target, eps):
-        loss = real_loss(prediction, target, eps)
+    def recording_loss(prediction, target, kind, eps):
+        loss = real_loss(prediction, target, kind, eps)
         seen.append((prediction.dtype, loss.dtype))
         return loss
 
-    monkeypatch.setattr(sac_mlr, "mlr_loss", recording_loss)
+    monkeypatch.setattr(objective, "latent_loss", recording_loss)
     cfg = load_config(None, tiny_overrides + [f"trainer.precision={precision}", "tracking.mlflow=false",
                                               "tracking.video=false", "train.num_env_steps=240",
                                               "eval.every_env_steps=240"])  # 10 updates: bf16 is slow on CPU
