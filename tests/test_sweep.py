@@ -19,6 +19,7 @@ import ray
 from mlflow import MlflowClient
 
 from mlr_lightning.cli import main
+from mlr_lightning.reporting.analysis_run import ANALYSIS_TAG
 from tests.conftest import with_repo_on_path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -212,15 +213,21 @@ def assert_steps_continuous(run_dir: Path, final: int, eval_every: int = 320, lo
     with open(run_dir / "metrics.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
     evals = [int(float(r["step"])) for r in rows if r.get("eval/return_mean")]
-    train = [int(float(r["step"])) for r in rows if not r.get("eval/return_mean")]
+    train = [int(float(r["step"])) for r in rows  # less the cost row logged once at the end
+             if not r.get("eval/return_mean") and not any(v for k, v in r.items() if k.startswith("cost/"))]
     assert evals == list(range(0, final + 1, eval_every))
     assert train == list(range(train[0], train[-1] + 1, log_every)) and final - log_every < train[-1] <= final
 
 
-def active_runs(client: MlflowClient, experiment: str) -> dict[str, list]:
+def training_runs(client: MlflowClient, experiment: str) -> list:
+    """The experiment's fit runs, less the analysis runs ``compare`` logs its report in."""
     exp = client.get_experiment_by_name(experiment)
+    return [r for r in client.search_runs([exp.experiment_id]) if ANALYSIS_TAG not in r.data.tags]
+
+
+def active_runs(client: MlflowClient, experiment: str) -> dict[str, list]:
     runs = {}
-    for run in client.search_runs([exp.experiment_id]):
+    for run in training_runs(client, experiment):
         runs.setdefault(run.info.run_name, []).append(run)
     return runs
 
@@ -319,9 +326,8 @@ def test_quickstart_sweep_on_the_local_instance_stops_on_ctrl_c_and_the_same_com
 def run_state(out: Path, experiment: str) -> dict:
     """Every MLflow run of the experiment (id, status, tags, params) and every run directory's files."""
     client = MlflowClient(f"sqlite:///{out / 'mlflow.db'}")
-    exp = client.get_experiment_by_name(experiment)
     runs = {r.info.run_id: (r.info.status, r.info.end_time, r.data.tags, r.data.params)
-            for r in client.search_runs([exp.experiment_id])}
+            for r in training_runs(client, experiment)}
     files = {str(p.relative_to(out)): p.read_bytes() for d in out.glob(f"{experiment}-*") for p in d.rglob("*")
              if p.is_file() and p.name != ".lock"}
     return {"runs": runs, "files": files}
@@ -357,9 +363,8 @@ def test_a_sweep_rerun_refuses_a_changed_config_and_an_input_error_is_not_retrie
     assert first.stdout.count("| sweep-quickstart-cartpole_swingup-mlr-s1 | finished |") == 1, "one final table"
     assert "Sweep done in " in first.stdout and "mlflow ui --backend-store-uri sqlite:///" in first.stdout
     assert "  sweep-quickstart-cartpole_swingup-mlr: 1 run(s), " in first.stdout, "the finished trial's cost"
-    tag = MlflowClient(f"sqlite:///{out / 'mlflow.db'}").search_runs(
-        [MlflowClient(f"sqlite:///{out / 'mlflow.db'}").get_experiment_by_name("sweep-quickstart").experiment_id]
-    )[0].data.tags["config_hash"]
+    tag, = [r.data.tags["config_hash"] for r in training_runs(MlflowClient(f"sqlite:///{out / 'mlflow.db'}"),
+                                                               "sweep-quickstart")]
     assert (mlr_dir / "config_hash").read_text().strip() == tag
 
     monkeypatch.chdir(ROOT)
@@ -397,7 +402,7 @@ def test_a_sweep_rerun_refuses_a_changed_config_and_an_input_error_is_not_retrie
     kept = mlr_dir / "previous-attempts" / "1"
     assert (kept / "metrics.csv").read_bytes() == before["files"][f"{mlr_dir.name}/metrics.csv"]
     assert not (mlr_dir / "config.yaml").exists()
-    old_run, = client.search_runs([client.get_experiment_by_name("sweep-quickstart").experiment_id])
+    old_run, = training_runs(client, "sweep-quickstart")
     assert old_run.info.status == "FINISHED" and old_run.data.tags["replaced"].startswith("by a fresh start")
     with pytest.raises(CompareError, match="replaced by a fresh start"):  # its only run: nothing left to count
         compare(client, "sweep-quickstart", tmp_path / "compare", reps=10)
