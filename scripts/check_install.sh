@@ -6,6 +6,9 @@
 set -euo pipefail
 CONF="$(cd "$(dirname "$0")/.." && pwd)/conf"
 PY=${1:?usage: check_install.sh PYTHON [OUT]}
+# A relative interpreter path would break below, where this script moves to OUT (a venv's python must
+# keep its path, not be resolved to the interpreter it links to).
+case "$PY" in */*) PY="$(cd "$(dirname "$PY")" && pwd)/$(basename "$PY")" ;; esac
 OUT=${2:-$(mktemp -d /tmp/mlr-check-install.XXXXXX)}
 mkdir -p "$OUT"
 cd "$OUT"
