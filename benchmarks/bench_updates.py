@@ -260,7 +260,7 @@ def collected_rate(make_env, policy, make_replay, agent_steps: int, env_steps_pe
     building the collector and resetting the environment."""
     def run(steps: int) -> float:
         env = make_env()
-        stream = ExperienceStream(lambda start, writer: make_collector(env, policy(env), writer, steps - start, steps, "cpu"),
+        stream = ExperienceStream(lambda start, restarts, writer: make_collector(env, policy(env), writer, steps - start, steps, "cpu"),
                                   make_replay(), steps, steps, 1, env_steps_per_agent_step, 0)
         t0 = time.perf_counter()
         for _ in stream:

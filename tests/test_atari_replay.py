@@ -85,7 +85,7 @@ def test_priorities_follow_the_loss(tmp_path):
     agent = RainbowMLRAgent(OmegaConf.to_container(cfg), num_actions=env.action_spec.shape[-1])
     replay = ATARI.make_replay(cfg)
     policy = TensorDictModule(agent.policy, in_keys=["pixels"], out_keys=["action"])
-    stream = ExperienceStream(lambda start, writer: make_collector(env, policy, writer, 40 - start, 40, "cpu"), replay,
+    stream = ExperienceStream(lambda start, restarts, writer: make_collector(env, policy, writer, 40 - start, 40, "cpu"), replay,
                               total_agent_steps=40, init_steps=20, updates_per_step=1, env_steps_per_agent_step=1,
                               max_env_restarts=0)
     batch = assemble_stacks(next(iter(stream)))

@@ -50,12 +50,15 @@ def test_a_nan_loss_stops_the_run_naming_the_update_the_loss_and_the_last_good_s
 def test_a_crashing_renderer_is_rebuilt_and_counted(tiny_overrides, tmp_path, monkeypatch):
     """The training environment fails on its 30th render, the evaluation environment on its 5th."""
     real_render = ActionRepeatPixels._add_pixel_observation
-    renders = {}  # per environment, in the order they were built: training, evaluation, rebuilt ones
+    # Per environment, in the order they were built: the one the agent's shapes are read off (rendered
+    # once, at its reset), the evaluation's (as fit sets up), the training one (as the stream starts),
+    # then the rebuilt ones.
+    renders = {}
 
     def render_fails_once(self, time_step):
         renders.setdefault(id(self), []).append(1)
         order, count = list(renders).index(id(self)), len(renders[id(self)])
-        if (order, count) in ((0, 30), (1, 5)):
+        if (order, count) in ((2, 30), (1, 5)):
             raise RuntimeError("EGL context lost")
         return real_render(self, time_step)
 
@@ -65,7 +68,7 @@ def test_a_crashing_renderer_is_rebuilt_and_counted(tiny_overrides, tmp_path, mo
     messages = [str(w.message) for w in warned]
     assert any(re.match(r"environment crashed at agent step \d+ .*EGL context lost.*restart 1/10", m) for m in messages)
     assert any(m.startswith("evaluation environment crashed") for m in messages)
-    assert len(renders) == 4, "each crashed environment is replaced by exactly one new one"
+    assert len(renders) == 5, "each crashed environment is replaced by exactly one new one"
     counters = stream_counters(snapshots(run_dir / "checkpoints")[0])
     assert counters["env_restarts"] == 1
     assert counters["agent_steps"] == 320 // 8, "the run did not complete its steps after the rebuild"

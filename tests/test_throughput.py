@@ -145,7 +145,7 @@ def tiny_stream(cfg, prefetch, replay=None):
     policy = TensorDictModule(lambda pixels: torch.rand(1) * 2 - 1, in_keys=["pixels"], out_keys=["action"])
     replay = replay or DMC.make_replay(cfg)
     total = cfg.train.num_env_steps // cfg.env.action_repeat
-    return ExperienceStream(lambda start, writer: make_collector(env, policy, writer, total - start, max(0, cfg.train.init_steps - start), "cpu"),
+    return ExperienceStream(lambda start, restarts, writer: make_collector(env, policy, writer, total - start, max(0, cfg.train.init_steps - start), "cpu"),
                             replay, total, cfg.train.init_steps, 1, cfg.env.action_repeat, 0, prefetch=prefetch)
 
 
@@ -161,8 +161,8 @@ def test_only_environment_errors_inside_a_collection_step_rebuild_the_environmen
     stream = tiny_stream(tiny_cfg, prefetch=False)
     build = stream.make_collector
 
-    def faulty_collector(start, writer):
-        collector = build(start, writer)
+    def faulty_collector(start, restarts, writer):
+        collector = build(start, restarts, writer)
         if fault == "replay write":
             stream.replay.add = lambda step, episode: (_ for _ in ()).throw(ValueError("row too wide"))
         else:

@@ -92,14 +92,15 @@ class StepWriter:
             raise ReplayWriteError(f"storing agent step {self.stream.counters.agent_steps} failed: {err!r}") from err
 
 
-# Builds a fresh environment and a collector writing into the given writer, for the agent steps from ``start`` on.
-CollectorFactory = Callable[[int, StepWriter], Collector]
+# (start, env_restarts, writer) -> a collector over a new environment, writing into ``writer``, for the agent
+# steps from ``start`` on; ``env_restarts`` (the crashes survived so far) lets a rebuilt environment be seeded apart.
+CollectorFactory = Callable[[int, int, StepWriter], Collector]
 
 
 class ExperienceStream(IterableDataset):
     def __init__(
         self,
-        make_collector: CollectorFactory | None,
+        make_collector: CollectorFactory,
         replay: Replay,
         total_agent_steps: int,
         init_steps: int,
@@ -170,7 +171,7 @@ class ExperienceStream(IterableDataset):
     def _new_collector(self, start: int) -> None:
         """Replace the collector (and its environment) by one for the agent steps from ``start`` on."""
         self.close()
-        self.collector = self.make_collector(start, StepWriter(self))
+        self.collector = self.make_collector(start, self.counters.env_restarts, StepWriter(self))
         self._collecting = iter(self.collector)
 
     def _collect(self) -> bool:

@@ -113,8 +113,9 @@ class PeriodicEvaluation(pl.Callback):
 
     Environment steps are the paper's x-axis (DMC: agent steps x action repeat; Atari: agent steps). Evaluation points that
     fall inside the random seed phase (no update yet) are evaluated with the untrained policy when
-    the first update arrives, so none is skipped. Under DDP only global rank 0 has ``envs`` (``eval.num_envs``
-    of them, stepped together) and evaluates; the others have none.
+    the first update arrives, so none is skipped. Under DDP only global rank 0 evaluates: it builds its
+    environments (``make_envs``: ``eval.num_envs`` of them, stepped together) in :meth:`setup`, when
+    the Trainer knows the ranks; the other ranks have none.
 
     An evaluation is a function of the weights and of its env step alone (:func:`evaluate`): it holds no state and draws nothing that training draws, so a stopped
     evaluation (SIGTERM or Ctrl-C, after its running episode) is simply done again by the resumed
@@ -129,18 +130,29 @@ class PeriodicEvaluation(pl.Callback):
       finished only with its final evaluation logged.
     """
 
-    def __init__(self, every_env_steps: int | None, num_episodes: int, final_env_steps: int, seed: int = 0,
-                 extra_metrics: Callable[[list[float]], dict] | None = None, envs: Sequence[EnvBase] = (),
-                 rebuild_envs: Callable[[], list[EnvBase]] | None = None):
-        # every_env_steps=None: only at the end of training. seed: the evaluation episodes' (with
-        # the env step and the episode index). extra_metrics: returns -> more metrics (Atari HNS).
-        self.envs, self.every, self.num_episodes, self.final = list(envs), every_env_steps, num_episodes, final_env_steps
-        self.seed, self.rebuild_envs, self.extra_metrics = seed, rebuild_envs, extra_metrics
+    def __init__(self, make_envs: Callable[[], list[EnvBase]], every_env_steps: int | None, num_episodes: int,
+                 final_env_steps: int, seed: int = 0, extra_metrics: Callable[[list[float]], dict] | None = None):
+        # make_envs: also rebuilds them after a crash. every_env_steps=None: only at the end of training.
+        # seed: the evaluation episodes' (with the env step and the episode index). extra_metrics:
+        # returns -> more metrics (Atari HNS).
+        self.make_envs, self.every, self.num_episodes, self.final = make_envs, every_env_steps, num_episodes, final_env_steps
+        self.seed, self.extra_metrics = seed, extra_metrics
+        self.envs: list[EnvBase] = []  # built by setup, on the evaluating rank only
         self.env_restarts = 0
         self.next_eval = 0 if every_env_steps else final_env_steps
         self.history: list[dict] = []
         # Stopped intermediate evaluations: {"env_steps": [X, ...], "weights": the module's state_dict they evaluate}.
         self.pending: dict | None = None
+
+    def setup(self, trainer, pl_module, stage):
+        # Before Lightning restores a snapshot: load_state_dict needs to know whether this rank evaluates.
+        if trainer.is_global_zero and not self.envs:
+            self.envs = self.make_envs()
+
+    def teardown(self, trainer, pl_module, stage):
+        for env in self.envs:
+            env.close()
+        self.envs = []
 
     def on_train_start(self, trainer, pl_module):
         """A resumed run first repeats the evaluations a stop interrupted, with the weights they had."""
@@ -193,11 +205,9 @@ class PeriodicEvaluation(pl.Callback):
             except EvaluationInterrupted:
                 raise
             except Exception as err:  # a renderer or simulator failure: rebuild the env, evaluate again once
-                if self.rebuild_envs is None:
-                    raise
                 warnings.warn(f"evaluation environment crashed at env step {env_steps} ({err!r}); rebuilding it")
                 self.env_restarts += 1
-                self.envs = self.rebuild_envs()
+                self.envs = self.make_envs()
                 returns = run()
         except EvaluationInterrupted:
             print(f"Stopping: the evaluation at env step {env_steps} was interrupted; the resumed run repeats it.",

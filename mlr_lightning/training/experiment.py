@@ -21,10 +21,11 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig
 from tensordict.nn import TensorDictModule
 from torch.utils.data import DataLoader
+from torchrl.collectors import Collector
 
 from mlr_lightning.agents.base import DivergedError, NonFiniteLossError, RLAgent
 from mlr_lightning.data.replay import Replay
-from mlr_lightning.data.stream import ExperienceStream, make_collector
+from mlr_lightning.data.stream import CollectorFactory, ExperienceStream, StepWriter, make_collector
 from mlr_lightning.domains import Domain, domain_of
 from mlr_lightning.run_identity import write_config_hash
 from mlr_lightning.training.callbacks import GracefulInterrupt, HardStop, RunArtifacts, UpdateCheckpoint
@@ -74,28 +75,41 @@ def _as_is(batch):
     return batch
 
 
-def make_stream(cfg: DictConfig, domain: Domain, replay: Replay) -> ExperienceStream:
-    """This rank's stream; its collectors come from :func:`collector_factory` once the agent exists."""
-    per_agent_step = domain.env_steps_per_agent_step(cfg)
-    return ExperienceStream(None, replay, cfg.train.num_env_steps // per_agent_step, cfg.train.init_steps,
-                            cfg.train.updates_per_step, per_agent_step, cfg.train.max_env_restarts,
-                            prefetch=cfg.replay.get("prefetch", False))
+def make_agent(cfg: DictConfig, domain: Domain, fresh: bool) -> tuple[RLAgent, torch.Size]:
+    """The agent (the same initial networks on every rank: seeded by ``cfg.seed``) and the shape of
+    one stored observation, both read off an environment built for its specs alone (the collectors
+    build their own, seeded by rank). ``fresh``: not a resume, which restores its own weights."""
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    specs = domain.make_env(cfg, cfg.seed)  # draws nothing from the global generators
+    agent, pixels_shape = domain.make_agent(cfg, specs), specs.observation_spec["pixels"].shape  # [C*k, H, W]
+    specs.close()
+    if fresh:
+        load_pretrained_encoder(cfg, agent)  # encoder.init_from, if set
+    return agent, pixels_shape
 
 
-def collector_factory(cfg: DictConfig, domain: Domain, stream: ExperienceStream, agent: RLAgent, env, env_seed: int):
-    """Collectors for the agent steps from ``start`` on: the first over ``env`` (built for the agent's
-    specs); a rebuild after an environment crash gets a new environment, seeded apart so that it does
-    not replay the same episodes."""
+def collector_factory(cfg: DictConfig, domain: Domain, agent: RLAgent) -> CollectorFactory:
+    """Collectors for the agent steps from ``start`` on, each over a new environment seeded by the rank
+    (:func:`rank_seed`) and moved by the restarts so far, so that an environment rebuilt after a crash
+    does not replay the same episodes."""
     policy = TensorDictModule(agent.policy, in_keys=["pixels"], out_keys=["action"])
-    first_env = [env]
+    total = cfg.train.num_env_steps // domain.env_steps_per_agent_step(cfg)
 
-    def collector_from(start: int, writer):
-        env = first_env.pop() if first_env else domain.make_env(cfg, env_seed + stream.counters.env_restarts)
-        total = stream.total_agent_steps
-        # agent.device is read here, at iteration time, after Lightning has placed the agent.
+    def collector_from(start: int, env_restarts: int, writer: StepWriter) -> Collector:
+        # Called as the stream starts, inside fit: by then the Trainer holds the agent, so its rank and
+        # device are known.
+        env = domain.make_env(cfg, rank_seed(cfg, agent.global_rank) + env_restarts)
         return make_collector(env, policy, writer, total - start, max(0, cfg.train.init_steps - start), agent.device)
 
     return collector_from
+
+
+def make_stream(cfg: DictConfig, domain: Domain, replay: Replay, agent: RLAgent) -> ExperienceStream:
+    """This rank's stream: the agent acts through it and learns from what it samples."""
+    per_agent_step = domain.env_steps_per_agent_step(cfg)
+    return ExperienceStream(collector_factory(cfg, domain, agent), replay, cfg.train.num_env_steps // per_agent_step,
+                            cfg.train.init_steps, cfg.train.updates_per_step, per_agent_step,
+                            cfg.train.max_env_restarts, prefetch=cfg.replay.get("prefetch", False))
 
 
 @dataclass
@@ -113,7 +127,10 @@ class RunCallbacks:
 
     @classmethod
     def of(cls, cfg: DictConfig, domain: Domain, replay: Replay, stream: ExperienceStream, run_dir: Path) -> RunCallbacks:
-        evaluation = PeriodicEvaluation(cfg.eval.every_env_steps or None, cfg.eval.num_episodes,
+        # Every episode seeds its environment (evaluation.episode_seed): the seed here is a placeholder.
+        make_envs = lambda: [domain.make_env(cfg, cfg.seed + cfg.eval.seed_offset, train=False)  # noqa: E731
+                             for _ in range(cfg.eval.num_envs)]
+        evaluation = PeriodicEvaluation(make_envs, cfg.eval.every_env_steps or None, cfg.eval.num_episodes,
                                         cfg.train.num_env_steps, seed=cfg.seed + cfg.eval.seed_offset,
                                         extra_metrics=domain.eval_metrics(cfg))
         checkpoint = UpdateCheckpoint(checkpoints_dir(run_dir), cfg.trainer.checkpoint_every_updates,
@@ -202,26 +219,16 @@ def _train(cfg: DictConfig, run_dir: Path, snapshot: Path | None) -> Path:
     resume_step = snapshot_agent_steps(snapshot) * per_agent_step if snapshot is not None else None
 
     replay = domain.make_replay(cfg)
-    stream = make_stream(cfg, domain, replay)
-    callbacks = RunCallbacks.of(cfg, domain, replay, stream, run_dir)
-    evaluation, checkpoint, interrupt = callbacks.evaluation, callbacks.checkpoint, callbacks.interrupt
     loggers = make_loggers(cfg, run_dir, resume_step)  # creates (or reopens) the MLflow run on rank 0
+    agent, pixels_shape = make_agent(cfg, domain, fresh=snapshot is None)
+    stream = make_stream(cfg, domain, replay, agent)
+    callbacks = RunCallbacks.of(cfg, domain, replay, stream, run_dir)
+    checkpoint, interrupt = callbacks.checkpoint, callbacks.interrupt
     trainer = make_trainer(cfg, run_dir, loggers, callbacks.in_order())
 
-    pl.seed_everything(cfg.seed, workers=True, verbose=False)  # the same initial networks on every rank
-    env_seed = rank_seed(cfg, trainer.global_rank)
-    env = domain.make_env(cfg, env_seed)
-    replay.place(cfg.replay.device, trainer.strategy.root_device, env.observation_spec["pixels"].shape)
-    agent = domain.make_agent(cfg, env)
-    if snapshot is None:  # a resume restores its own weights
-        load_pretrained_encoder(cfg, agent)  # encoder.init_from, if set
-    pl.seed_everything(env_seed, workers=True, verbose=False)  # each rank explores and samples its own way
-    if trainer.is_global_zero:  # evaluation and logging happen once
-        # Every episode seeds its environment (evaluation.episode_seed): the seed here is a placeholder.
-        evaluation.rebuild_envs = lambda: [domain.make_env(cfg, cfg.seed + cfg.eval.seed_offset, train=False)
-                                           for _ in range(cfg.eval.num_envs)]
-        evaluation.envs = evaluation.rebuild_envs()
-    stream.make_collector = collector_factory(cfg, domain, stream, agent, env, env_seed)
+    replay.place(cfg.replay.device, trainer.strategy.root_device, pixels_shape)
+    # Each rank explores and samples its own way (its collectors' environments too: collector_factory).
+    pl.seed_everything(rank_seed(cfg, trainer.global_rank), workers=True, verbose=False)
     if snapshot is not None:
         load_rank_state(snapshot, trainer.global_rank, stream)
     # batch_size=None: the stream yields ready batches; num_workers=0: the collector shares the live
