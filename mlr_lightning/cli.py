@@ -86,7 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
                    description="Log the rows of <run_dir>/metrics.csv that its MLflow run is missing "
                                "(e.g. after the tracking server was down during training).")
     sync.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
-    sync.add_argument("--tracking-uri", help="default: the store recorded in <run_dir>/mlflow_run.json")
+    sync.add_argument("--tracking-uri", help="default: the store recorded in <run_dir>/mlflow_run.json; a store "
+                      "that lacks the run (a new one, or a run trained without MLflow) gets it anew")
 
     grid = command("grid", GRID_EXAMPLES, help="run seeds x overrides into one MLflow experiment",
                    description="Run every combination of --seeds and --vary, one after the other, "
@@ -289,8 +290,8 @@ def run_sync(args) -> int:
     from mlr_lightning.training.run_dir import in_use
     from mlr_lightning.training.tracking import TrackingStoreError, sync_run
 
-    if args.tracking_uri:  # a bounded connection attempt, one line if it fails
-        check_tracking_uri(args.tracking_uri, f"--tracking-uri {args.tracking_uri}", must_exist=True)
+    if args.tracking_uri:  # a bounded connection attempt, one line if it fails; the store may be new (sync_run)
+        check_tracking_uri(args.tracking_uri, f"--tracking-uri {args.tracking_uri}")
     for run_dir in args.run_dirs:
         if not Path(run_dir, "metrics.csv").is_file():
             return usage_error(f"{run_dir} is not a run directory (no metrics.csv)")

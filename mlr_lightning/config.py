@@ -126,10 +126,12 @@ class RunConfig:
 PRECISIONS = ("32-true", "bf16-mixed", "16-mixed")
 STRATEGIES = ("auto", "ddp")
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps")
-# Keys a resumed run may change: they affect bookkeeping, not the experiment.
+# Keys a resumed run may change: they affect bookkeeping, not the experiment. The tracking settings
+# among them let a run whose MLflow store moved, or broke, continue into another one (or into none).
 RESUMABLE_CHANGES = ("run_name", "output_dir", "trainer.checkpoint_every_updates", "trainer.keep_checkpoints",
                      "trainer.log_every_updates", "trainer.compile", "trainer.cudagraphs", "trainer.finite_check_every",
-                     "replay.device")
+                     "replay.device", "tracking.mlflow", "tracking.uri", "tracking.experiment",
+                     "tracking.max_checkpoint_artifact_mb", "tracking.video")
 # Optimiser settings a resume may change when the user names them (``fit --resume ... --allow-change KEY``)
 # are the domain's ``optimizer_keys``, e.g. to continue a diverging run with a smaller learning rate.
 MAX_SEED = 2**32 - 1  # numpy's (and so Lightning's) seed range

@@ -17,11 +17,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from mlr_lightning.config import RESUMABLE_CHANGES, config_differences, flatten
 
-# Keys that do not change what a run learns or scores: the bookkeeping a resume may change
-# (names, paths, cadences, compilation, where the replay lives), and where the run is tracked.
-TRACKING_KEYS = ("tracking.mlflow", "tracking.uri", "tracking.experiment", "tracking.max_checkpoint_artifact_mb",
-                 "tracking.video")
-NON_RESULT_KEYS = (*RESUMABLE_CHANGES, *TRACKING_KEYS)
+# Keys that do not change what a run learns or scores: the bookkeeping a resume may change (names,
+# paths, cadences, compilation, where the replay lives, where the run is tracked).
+NON_RESULT_KEYS = RESUMABLE_CHANGES
 HASH_TAG = "config_hash"  # the MLflow tag
 HASH_FILE = "config_hash"  # in the run directory, beside config.yaml
 # An MLflow tag on a run whose sweep trial was started afresh with another config (sweep --restart-changed).

@@ -1,6 +1,7 @@
 """Nothing a user ran is lost, whatever the user or the machine does: the faults of a hostile run,
 each reproduced on a real tiny run (real rendering, real Lightning, a real MLflow store)."""
 
+import contextlib
 import csv
 import json
 import multiprocessing
@@ -131,6 +132,34 @@ def test_a_resume_may_change_bookkeeping_keys_and_a_copied_runs_directory_uses_i
     _, (original,) = mlflow_runs(finished)
     assert original.data.tags["cfg.trainer.checkpoint_every_updates"] == "10", \
         "the resume of the copy wrote into the original store"
+
+
+@pytest.mark.parametrize("store", ["moved", "none"])
+def test_a_resume_may_name_another_store_or_none_when_its_own_is_damaged(finished, tmp_path, store, capsys):
+    run_dir = copy_without_newest_snapshot(finished, tmp_path / "copy")
+    own = tmp_path / "copy" / "mlflow.db"
+    own.write_bytes(b"\0" * own.stat().st_size)  # the store beside the run is damaged
+    command = ["fit", "--config", str(run_dir / "config.yaml"), "--resume", str(run_dir), f"output_dir={tmp_path / 'copy'}"]
+    assert main(command) == 2
+    assert f"the MLflow store {own} is damaged" in capsys.readouterr().err
+    moved = tmp_path / "moved" / "mlflow.db"
+    change = f"tracking.uri=sqlite:///{moved}" if store == "moved" else "tracking.mlflow=false"
+    hash_before = (run_dir / "config_hash").read_text()
+    with pytest.warns(UserWarning, match="does not hold") if store == "moved" else contextlib.nullcontext():
+        assert main([*command, change]) == 0
+    assert rows(run_dir) == rows(finished / "run"), "the resumed history differs from the uninterrupted one"
+    assert (run_dir / "config_hash").read_text() == hash_before, "where a run is tracked changed its identity"
+    saved = load_config(run_dir / "config.yaml").tracking
+    assert (saved.uri, saved.mlflow) == ((f"sqlite:///{moved}", True) if store == "moved" else (None, False))
+    if store == "none":  # MLflow is filled in later, into a new store
+        assert main(["sync", str(run_dir), "--tracking-uri", f"sqlite:///{moved}"]) == 0
+    client, (run,) = mlflow_runs(moved.parent)
+    assert run.info.status == "FINISHED" and run.info.run_name == "run"
+    assert run.data.params["mlr.mask_ratio"] == "0.5" and run.data.tags["algorithm"] == "sac_mlr"
+    evals = sorted(m.step for m in client.get_metric_history(run.info.run_id, "eval/return_mean"))
+    assert evals == [0, 160, 320], "the new store lacks the history from before the resume"
+    record = json.loads((run_dir / "mlflow_run.json").read_text())
+    assert (record["run_id"], record["tracking_uri"]) == (run.info.run_id, f"sqlite:///{moved}")
 
 
 # --------------------------------------------------------------------------------------- 4

@@ -36,6 +36,7 @@ from omegaconf import DictConfig, OmegaConf
 from mlr_lightning.config import RESUMABLE_CHANGES, flatten
 from mlr_lightning.domains import domain_of
 from mlr_lightning.run_identity import HASH_TAG, config_hash
+from mlr_lightning.training.snapshot import load_run_config
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 # The user's MLFLOW_TRACKING_URI, read once at import: mlflow.set_tracking_uri() (which Lightning's
@@ -285,7 +286,8 @@ def check_embedded_store(path: Path) -> None:
 def _damaged_store(path: Path, err: Exception) -> TrackingStoreError:
     return TrackingStoreError(f"the MLflow store {path} is damaged ({err}): move it aside (mv {path} {path}.damaged); "
                               "the next run creates a new one, and `python -m mlr_lightning sync RUN_DIR` refills it "
-                              "from each run's metrics.csv")
+                              "from each run's metrics.csv (or resume with tracking.uri=<another store> or "
+                              "tracking.mlflow=false)")
 
 
 def git_commit() -> str:
@@ -403,9 +405,11 @@ def read_run_record(run_dir: Path) -> dict:
     return record
 
 
-def write_run_record(run_dir: Path, run_id: str, uri: str) -> None:
+def write_run_record(run_dir: Path, run_id: str, uri: str, status: Mapping[str, str] | None = None) -> None:
+    """``status``: the run's recorded outcome (see :func:`record_status`), if it has one."""
     embedded = uri == f"sqlite:///{default_store(Path(run_dir).parent)}"
     record = {"run_id": run_id, "store": "embedded"} if embedded else {"run_id": run_id, "tracking_uri": uri}
+    record |= status or {}
     tmp = Path(run_dir) / f".{RUN_ID_FILE}.tmp"
     tmp.write_text(json.dumps(record))
     os.replace(tmp, Path(run_dir) / RUN_ID_FILE)
@@ -420,7 +424,8 @@ def make_loggers(cfg: DictConfig, run_dir: Path, resume_step: int | None = None)
     for key, value in BOUNDED_RETRIES.items():
         os.environ.setdefault(key, value)
     saved = read_run_record(run_dir)
-    uri = saved.get("tracking_uri") or resolve_tracking_uri(cfg.tracking.uri, cfg.output_dir)
+    # A tracking.uri in the config wins over the record's store: a resume may name the store moved to.
+    uri = cfg.tracking.uri or saved.get("tracking_uri") or resolve_tracking_uri(None, cfg.output_dir)
     embedded = uri.startswith("sqlite:///")
     if rank_zero_only.rank == 0:
         ensure_store(uri)
@@ -490,9 +495,9 @@ def resumable_run(uri: str, run_id: str, run_dir: Path, step: int, forgets: bool
     except MlflowException as err:
         if err.error_code != "RESOURCE_DOES_NOT_EXIST":
             return run_id, None  # MLflow down: make_loggers' own calls warn about it
-        warnings.warn(f"{run_dir / RUN_ID_FILE} names MLflow run {run_id}, which {uri} does not hold (was the run "
-                      "directory moved from another output_dir?): continuing in a new MLflow run there, filled in "
-                      "from metrics.csv")
+        warnings.warn(f"{run_dir / RUN_ID_FILE} names MLflow run {run_id}, which {uri} does not hold (a run "
+                      "directory moved from another output_dir, or another tracking.uri?): continuing in a new MLflow "
+                      "run there, filled in from metrics.csv")
         return None, None
     except Exception:  # noqa: BLE001  (MLflow down: make_loggers' own calls warn about it)
         return run_id, None
@@ -537,6 +542,35 @@ def sync_metrics(client, run_id: str, metrics_csv: Path) -> int:
     return max([last] + [int(float(r["step"])) for r in rows])
 
 
+def holds_run(client, run_id: str) -> bool:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client.get_run(run_id)
+    except MlflowException as err:
+        if err.error_code == "RESOURCE_DOES_NOT_EXIST":
+            return False
+        raise
+    return True
+
+
+def create_run_for(client, uri: str, run_dir: Path) -> str:
+    """A new MLflow run for ``run_dir``, as ``fit`` would have made it: its name, the experiment, tags
+    and params of its ``config.yaml``. Its metrics come after (:func:`sync_metrics`)."""
+    cfg = load_run_config(run_dir)
+    experiment = client.get_experiment_by_name(cfg.tracking.experiment)
+    if experiment is None:
+        embedded = uri.startswith("sqlite:///")
+        artifacts = (Path(uri.removeprefix("sqlite:///")).parent / "mlartifacts").as_uri() if embedded else None
+        experiment_id = client.create_experiment(cfg.tracking.experiment, artifact_location=artifacts)
+    else:
+        experiment_id = experiment.experiment_id
+    tags = run_tags(cfg) | {"git_commit": "unknown", "recorded_by": f"sync of {Path(run_dir).resolve()}"}
+    run_id = client.create_run(experiment_id, run_name=Path(run_dir).name, tags=tags).info.run_id
+    log_config(client, run_id, cfg)
+    return run_id
+
+
 def ensure_store(uri: str) -> None:
     """An embedded (sqlite) store at ``uri`` created or checked (:func:`ensure_embedded_store`); a
     server's store is the server's."""
@@ -559,12 +593,17 @@ def sync_run(run_dir: Path, uri: str | None = None, in_use: bool = False) -> tup
 
     run_dir = Path(run_dir)
     record = read_run_record(run_dir)
-    if "run_id" not in record:
-        raise TrackingStoreError(f"{run_dir} has no {RUN_ID_FILE}: it was never recorded in MLflow")
-    uri = uri or record["tracking_uri"]
+    uri = uri or record.get("tracking_uri")
+    if uri is None:
+        raise TrackingStoreError(f"{run_dir} has no {RUN_ID_FILE}: it was never recorded in MLflow; name the store "
+                                 "to record it in with --tracking-uri")
     ensure_store(uri)
     client = MlflowClient(uri)
-    run_id = record["run_id"]
+    run_id = record.get("run_id")
+    if run_id is None or not holds_run(client, run_id):
+        # A store moved aside or replaced, or a run trained without MLflow: the run is recorded anew.
+        run_id = create_run_for(client, uri, run_dir)
+        write_run_record(run_dir, run_id, uri, status={k: record[k] for k in ("status", "status_reason") if k in record})
     last = sync_metrics(client, run_id, run_dir / METRICS_FILE)
     status = None if in_use else record.get("status")
     if not in_use and status is None and client.get_run(run_id).info.status == "RUNNING":
