@@ -2,6 +2,7 @@
 prints progress and a summary, and no library chatter."""
 
 import dataclasses
+import signal
 import subprocess
 import socket
 import time
@@ -292,3 +293,16 @@ def test_overrides_may_follow_options(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "seed: 5\n" in printed.splitlines(keepends=True) and "run_name: late\n" in printed.splitlines(keepends=True)
 
+
+
+@pytest.mark.parametrize("after_s", [0.3, 1.5, 3.0])  # while torch imports, the CLI loads, the config is checked
+def test_ctrl_c_during_start_up_is_one_line_without_a_traceback(after_s, start_cli, tmp_path):
+    process = start_cli("fit", "--config", QUICKSTART, f"output_dir={tmp_path / 'runs'}")
+    time.sleep(after_s)
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=120)
+    # Python may end by SIGINT itself (the convention for a Ctrl-C: a shell reads 130 either way).
+    assert process.returncode in (130, -signal.SIGINT), err
+    assert "Traceback" not in err
+    if "Training:" not in err:  # it stopped before training: one line
+        assert len(err.strip().splitlines()) == 1 and err.startswith("interrupted during start-up: "), err
