@@ -9,6 +9,7 @@ import argparse
 import signal
 import sys
 import time
+import traceback
 from pathlib import Path
 
 from mlr_lightning.config import ConfigError, to_yaml
@@ -202,6 +203,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:  # before training started (training handles its own Ctrl-C): nothing to keep
         print(f"interrupted during start-up: {args.command} trained nothing yet; run the same command again", file=sys.stderr)
         return 128 + signal.SIGINT
+    except Exception as err:  # a bug, or a failure of the machine: the whole traceback, then one line to act on
+        traceback.print_exc()
+        where = " ".join(getattr(err, "__notes__", []))  # fit's: where the traceback is kept
+        print(f"error: {args.command} stopped on an unexpected {type(err).__name__} (traceback above). "
+              + (where or "Please report it with that traceback."), file=sys.stderr)
+        return 1
 
 
 def usage_error(message: str) -> int:

@@ -370,19 +370,27 @@ def test_sigterm_during_an_evaluation_then_resume_is_identical_to_an_uninterrupt
     assert run.info.status == "FINISHED"
 
 
-def test_a_crash_at_start_up_marks_the_mlflow_run_failed_with_its_reason(tiny_overrides, tmp_path, monkeypatch, recwarn):
+def test_a_crash_at_start_up_marks_the_mlflow_run_failed_and_keeps_its_traceback(tiny_overrides, tmp_path, monkeypatch, recwarn,
+                                                                                 capsys):
     def broken_agent(*args, **kwargs):
         raise RuntimeError("the agent could not be built")
 
     from mlr_lightning.domains.dmc import DMC
 
     monkeypatch.setattr(DMC, "make_agent", broken_agent)
-    with pytest.raises(RuntimeError):
-        fit(tiny(tiny_overrides))
+    assert main(["fit", "--config", "conf/quickstart.yaml", *tiny_overrides, "run_name=run"]) == 1
     client, (run,) = mlflow_runs(tmp_path / "runs")
     assert run.info.status == "FAILED"
     assert "the agent could not be built" in run.data.tags["status_reason"]
     assert not [w for w in recwarn if "could not save a checkpoint" in str(w.message)]
+    # The traceback reaches the terminal and the run directory; the last line says where.
+    err = capsys.readouterr().err
+    log = tmp_path / "runs" / "run" / "error.log"
+    assert "Traceback" in err and "RuntimeError: the agent could not be built" in err
+    assert err.strip().splitlines()[-1] == (f"error: fit stopped on an unexpected RuntimeError (traceback above). The "
+                                            f"traceback is also in {log}; the run has no snapshot yet: the same "
+                                            "command with --resume auto starts it again")
+    assert "in broken_agent" in log.read_text() and "RuntimeError: the agent could not be built" in log.read_text()
 
 
 def test_a_deleted_run_record_continues_the_same_mlflow_run(finished, tmp_path):

@@ -33,7 +33,7 @@ from mlr_lightning.training.cost import RunCost
 from mlr_lightning.training.evaluation import PeriodicEvaluation
 from mlr_lightning.training.progress import EnvStepProgressBar
 from mlr_lightning.training.pretrained import check_pretrained_encoder, load_pretrained_encoder
-from mlr_lightning.training.run_dir import lock_and_check, new_run_dir
+from mlr_lightning.training.run_dir import lock_and_check, log_error, new_run_dir
 from mlr_lightning.training.snapshot import (
     MODEL_FILE,
     accept_resumed_config,
@@ -44,6 +44,7 @@ from mlr_lightning.training.snapshot import (
     load_rank_state,
     run_dir_of,
     snapshot_agent_steps,
+    snapshots,
 )
 from mlr_lightning.training.tracking import ensure_store_for, make_loggers, mark_run, record_status
 
@@ -207,6 +208,11 @@ def fit(cfg: DictConfig, resume: str | None = None, allow_change: Sequence[str] 
         raise
     except BaseException as err:  # the MLflow run says why it failed, also for failures before training
         mark_run(run_dir, "FAILED", f"{type(err).__name__}: {err}")
+        if (log := log_error(run_dir, err)) is not None:
+            resume = (f"the run continues from its last snapshot with --resume {run_dir}"
+                      if snapshots(checkpoints_dir(run_dir)) else
+                      "the run has no snapshot yet: the same command with --resume auto starts it again")
+            err.add_note(f"The traceback is also in {log}; {resume}")
         raise
     finally:  # the next fit in this process (grid) starts its own run
         del os.environ[RUN_DIR_ENV], os.environ[SNAPSHOT_ENV]

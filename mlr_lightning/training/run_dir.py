@@ -12,6 +12,7 @@ import fcntl
 import os
 import shutil
 import time
+import traceback
 from pathlib import Path
 from typing import Callable
 
@@ -23,6 +24,7 @@ from mlr_lightning.training.tracking import mark_run
 
 LOCK_FILE = ".lock"
 PREVIOUS_ATTEMPTS = "previous-attempts"
+ERROR_LOG = "error.log"  # the traceback of every attempt that failed, oldest first
 
 
 class RunDirError(RuntimeError):
@@ -70,6 +72,19 @@ def in_use(run_dir: Path) -> bool:
             return True
         fcntl.flock(handle, fcntl.LOCK_UN)
     return False
+
+
+def log_error(run_dir: Path, err: BaseException) -> Path | None:
+    """Append the traceback of ``err`` to the run's :data:`ERROR_LOG` (a batch job's own output may be
+    gone by the time someone looks); returns its path, or None where it cannot be written."""
+    path = Path(run_dir) / ERROR_LOG
+    try:
+        with open(path, "a") as log:
+            log.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')}, process {os.getpid()}\n")
+            log.write("".join(traceback.format_exception(err)))
+    except OSError:  # a full or read-only disk: the traceback still reaches the terminal
+        return None
+    return path
 
 
 def lock_and_check(run_dir: Path, check: Callable[[], None]) -> RunLock:
