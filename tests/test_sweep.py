@@ -276,6 +276,32 @@ def test_grid_refuses_a_changed_config_and_restart_changed_starts_it_afresh(tmp_
 
 
 @pytest.mark.slow
+def test_a_run_left_running_by_a_killed_process_is_closed_when_its_grid_starts_again(tmp_path, in_repo, capsys):
+    """A SIGKILL leaves the trial's MLflow run RUNNING with no process behind it; the next grid (or
+    sweep) over that store says so and closes it (KILLED, metrics filled in), then resumes the trial."""
+    from tests.conftest import TINY_OVERRIDES
+
+    grid = ["grid", "--config", "conf/quickstart.yaml", "--seeds", "1", "--experiment", "g", *TINY_OVERRIDES,
+            "train.num_env_steps=1600", f"output_dir={tmp_path}", "tracking.video=false"]
+    run_dir = tmp_path / "g-cartpole_swingup-mlr-s1"
+    killed = subprocess.Popen([sys.executable, "-m", "mlr_lightning", *grid], cwd=ROOT, env=cli_env(),
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        wait_for(lambda: has_snapshot(run_dir), killed, 300, "the trial had a snapshot")
+    finally:
+        stop(killed)
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    (orphan,) = client.search_runs([client.get_experiment_by_name("g").experiment_id])
+    assert orphan.info.status == "RUNNING"
+    assert main(grid) == 0
+    out = capsys.readouterr().out
+    assert "closed 1 MLflow run(s) left RUNNING by a process that is gone: g-cartpole_swingup-mlr-s1 (KILLED)" in out
+    assert out.index("closed 1 MLflow run") < out.index("[1/1]"), "closed after the trial started again"
+    (run,) = client.search_runs([client.get_experiment_by_name("g").experiment_id])
+    assert run.info.run_id == orphan.info.run_id and run.info.status == "FINISHED"
+
+
+@pytest.mark.slow
 def test_quickstart_sweep_on_the_local_instance_stops_on_ctrl_c_and_the_same_command_finishes_it(tmp_path):
     """The shipped quickstart sweep with one seed (MLR and Baseline, side by side), 3,200 environment
     steps long so that both still run when Ctrl-C comes (its 640 take seconds): Ctrl-C (SIGINT to

@@ -10,7 +10,9 @@ import os
 from urllib.parse import urlparse
 
 from mlr_lightning.run_identity import REPLACED_TAG
-from mlr_lightning.sweep.spec import SweepError, SweepPlan
+from mlr_lightning.sweep.spec import SweepError, SweepPlan, Trial
+from mlr_lightning.training.run_dir import in_use
+from mlr_lightning.training.tracking import read_run_record, sync_run
 
 
 
@@ -72,3 +74,34 @@ def tag_replaced(client, experiment: str, run_name: str, new_hash: str) -> None:
     for run in runs:
         if REPLACED_TAG not in run.data.tags:
             client.set_tag(run.info.run_id, REPLACED_TAG, f"by a fresh start with config hash {new_hash}")
+
+
+def close_orphans(client, experiment: str, trials: list[Trial]) -> list[str]:
+    """The trials' MLflow runs left RUNNING by a process that is gone (a SIGKILL, a lost node: no
+    process holds the run directory) get the status the run directory recorded, else KILLED, and their
+    metrics are filled in from ``metrics.csv`` (:func:`~mlr_lightning.training.tracking.sync_run`);
+    a trial's older runs, which its directory no longer records, become KILLED. Returns
+    ``"name (STATUS)"`` per run closed."""
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        return []
+    by_name = {t.name: t for t in trials}
+    closed = []
+    for run in client.search_runs([exp.experiment_id], filter_string="attributes.status = 'RUNNING'",
+                                  max_results=10000):
+        trial = by_name.get(run.info.run_name)
+        if trial is None or in_use(trial.run_dir):
+            continue
+        status = None
+        if read_run_record(trial.run_dir).get("run_id") == run.info.run_id:
+            try:
+                status = sync_run(trial.run_dir, client.tracking_uri)[2]
+            except Exception:  # noqa: BLE001  (a damaged metrics.csv, say: the trial's resume names it)
+                status = None
+        if status is None:
+            client.set_tag(run.info.run_id, "status_reason", "left RUNNING by a process that is gone; found by the "
+                                                             "sweep at its start")
+            client.set_terminated(run.info.run_id, "KILLED")
+            status = "KILLED"
+        closed.append(f"{trial.name} ({status})")
+    return closed

@@ -17,7 +17,7 @@ import sys
 import time
 from pathlib import Path
 
-from mlr_lightning.sweep.mlflow_store import is_local_uri, open_store, tag_replaced
+from mlr_lightning.sweep.mlflow_store import close_orphans, is_local_uri, open_store, tag_replaced
 from mlr_lightning.sweep.progress import (
     INPUT_ERROR_PREFIX,
     ProgressTable,
@@ -152,7 +152,11 @@ def run_on_ray(plan: SweepPlan, address: str | None = None, progress_every_s: fl
 def settle_existing_runs(plan: SweepPlan, client, restart_changed: bool) -> tuple[list[Trial], list[Trial]]:
     """(finished trials, trials to run). A trial whose existing run has another config stops the sweep
     with a SweepError before anything runs, or with ``restart_changed`` starts afresh: its run
-    directory's files move to ``previous-attempts/`` and its MLflow runs are tagged replaced."""
+    directory's files move to ``previous-attempts/`` and its MLflow runs are tagged replaced. First, the
+    trials' runs left RUNNING by a process that is gone are closed (:func:`close_orphans`), saying so."""
+    if client is not None and (closed := close_orphans(client, plan.experiment, plan.trials)):
+        print(f"closed {len(closed)} MLflow run(s) left RUNNING by a process that is gone: {', '.join(closed)}",
+              flush=True)
     finished, todo, changed = split_finished(plan, client)
     if changed and not restart_changed:
         raise SweepError(changed_message(changed, plan.experiment))
