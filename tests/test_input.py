@@ -303,6 +303,6 @@ def test_ctrl_c_during_start_up_is_one_line_without_a_traceback(after_s, start_c
     _, err = process.communicate(timeout=120)
     # Python may end by SIGINT itself (the convention for a Ctrl-C: a shell reads 130 either way).
     assert process.returncode in (130, -signal.SIGINT), err
-    assert "Traceback" not in err
-    if "Training:" not in err:  # it stopped before training: one line
+    assert "Traceback" not in err, err
+    if "Training:" not in err and "SIGINT: stopped at env step" not in err:  # it stopped before training: one line
         assert len(err.strip().splitlines()) == 1 and err.startswith("interrupted during start-up: "), err

@@ -393,6 +393,21 @@ def test_a_crash_at_start_up_marks_the_mlflow_run_failed_and_keeps_its_traceback
     assert "in broken_agent" in log.read_text() and "RuntimeError: the agent could not be built" in log.read_text()
 
 
+def test_ctrl_c_at_start_up_marks_the_mlflow_run_killed_in_one_line(tiny_overrides, tmp_path, monkeypatch, capsys):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    from mlr_lightning.domains.dmc import DMC
+
+    monkeypatch.setattr(DMC, "make_agent", interrupted)
+    assert main(["fit", "--config", "conf/quickstart.yaml", *tiny_overrides, "run_name=run"]) == 130
+    assert capsys.readouterr().err.strip().splitlines()[-1] == ("interrupted during start-up: fit trained nothing "
+                                                                "yet; run the same command again")
+    _, (run,) = mlflow_runs(tmp_path / "runs")
+    assert run.info.status == "KILLED" and "interrupted during start-up" in run.data.tags["status_reason"]
+    assert not (tmp_path / "runs" / "run" / "error.log").exists(), "a Ctrl-C is a stop, not an error"
+
+
 def test_a_deleted_run_record_continues_the_same_mlflow_run(finished, tmp_path):
     run_dir = copy_without_newest_snapshot(finished, tmp_path / "out")
     (run_dir / "mlflow_run.json").unlink()

@@ -206,6 +206,9 @@ def fit(cfg: DictConfig, resume: str | None = None, allow_change: Sequence[str] 
     except RunInterrupted as stop:
         mark_run(run_dir, "KILLED", f"{stop.signal_name} at env step {stop.env_steps}; resume with --resume {run_dir}")
         raise
+    except KeyboardInterrupt:  # Ctrl-C before training started (training turns it into RunInterrupted)
+        mark_run(run_dir, "KILLED", "interrupted during start-up; run the same command again")
+        raise
     except BaseException as err:  # the MLflow run says why it failed, also for failures before training
         mark_run(run_dir, "FAILED", f"{type(err).__name__}: {err}")
         if (log := log_error(run_dir, err)) is not None:
