@@ -20,7 +20,7 @@ from typing import Any, Protocol, Sequence
 
 import yaml
 from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
-from omegaconf.errors import (ConfigAttributeError, ConfigKeyError, MissingMandatoryValue, OmegaConfBaseException,
+from omegaconf.errors import (ConfigAttributeError, ConfigKeyError, OmegaConfBaseException,
                               ValidationError)
 
 
@@ -472,9 +472,14 @@ def to_yaml(cfg: DictConfig) -> str:
     return OmegaConf.to_yaml(cfg, resolve=True)
 
 
-def write_config(cfg: DictConfig, path: Path) -> None:
-    """Replace ``path`` with ``cfg`` as YAML atomically: a crash leaves the old file or the new one."""
+def replace_text(path: Path, text: str) -> None:
+    """Replace ``path``'s content with ``text`` atomically: a crash leaves the old file or the new one."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(to_yaml(cfg))
+    tmp.write_text(text)
     os.replace(tmp, path)
+
+
+def write_config(cfg: DictConfig, path: Path) -> None:
+    """Replace ``path`` with ``cfg`` as YAML, atomically (:func:`replace_text`)."""
+    replace_text(path, to_yaml(cfg))

@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from mlr_lightning.config import RESUMABLE_CHANGES, config_differences, flatten
+from mlr_lightning.config import RESUMABLE_CHANGES, config_differences, flatten, replace_text
 
 # Keys that do not change what a run learns or scores: the bookkeeping a resume may change (names,
 # paths, cadences, compilation, where the replay lives, where the run is tracked).
@@ -45,7 +44,4 @@ def result_differences(saved: DictConfig, current: DictConfig, schema: type) -> 
 
 def write_config_hash(cfg: DictConfig, run_dir: Path) -> None:
     """``<run_dir>/config_hash``, replaced atomically (a crash leaves the old file or the new one)."""
-    path = Path(run_dir) / HASH_FILE
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(config_hash(cfg) + "\n")
-    os.replace(tmp, path)
+    replace_text(Path(run_dir) / HASH_FILE, config_hash(cfg) + "\n")

@@ -7,7 +7,6 @@ import pytest
 import torch
 
 from mlr_lightning.agents.sac_mlr import SACMLRAgent
-from mlr_lightning.data.augment import random_crop
 from mlr_lightning.domains import load_config
 from mlr_lightning.mlr.decoder import PredictiveLatentDecoder
 from mlr_lightning.mlr.objective import latent_loss

@@ -16,7 +16,7 @@ import lightning.pytorch as pl
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 from mlr_lightning.agents.rainbow_mlr import RainbowMLRAgent
-from mlr_lightning.config import (ADAM_BETA, AT_LEAST_0, AT_LEAST_1, POSITIVE, RATE, UNIT, UNIT_ABOVE_0, EvalConfig,
+from mlr_lightning.config import (AT_LEAST_0, AT_LEAST_1, POSITIVE, RATE, UNIT, UNIT_ABOVE_0, EvalConfig,
                                   MLRBaseConfig, RunConfig, TrainConfig, conv_size, require, validate_common)
 from mlr_lightning.data.prioritized import PrioritizedReplay
 from mlr_lightning.envs.atari import check_game, make_atari_env

@@ -16,7 +16,6 @@ work), so they sum to at most 1 on any device.
 from __future__ import annotations
 
 import json
-import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -26,6 +25,7 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.accelerators import CUDAAccelerator
 
+from mlr_lightning.config import replace_text
 from mlr_lightning.data.stopwatch import Stopwatch
 
 COST_FILE = "cost.json"
@@ -163,10 +163,8 @@ class _AfterEvaluation(pl.Callback):
 def write_cost(run_dir: Path, counters: CostCounters) -> None:
     """``<run_dir>/cost.json``: the counters and their metrics, written atomically."""
     record = asdict(counters) | {"wall_s": counters.wall_s, "metrics": counters.metrics()}
-    tmp = Path(run_dir) / f".{COST_FILE}.tmp"
     try:
-        tmp.write_text(json.dumps(record, indent=1))
-        os.replace(tmp, Path(run_dir) / COST_FILE)
+        replace_text(Path(run_dir) / COST_FILE, json.dumps(record, indent=1))
     except OSError:  # a full or read-only disk: the metrics are logged; the file is a convenience
         pass
 

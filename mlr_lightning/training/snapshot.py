@@ -41,7 +41,7 @@ from typing import Callable, Sequence
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from mlr_lightning.config import ConfigError, config_differences, to_yaml, write_config
+from mlr_lightning.config import ConfigError, config_differences, replace_text, to_yaml, write_config
 from mlr_lightning.domains import Domain
 
 CHECKPOINTS = "checkpoints"  # <run_dir>/checkpoints, and the MLflow artifact folder of the final weights
@@ -174,12 +174,10 @@ def _prune(checkpoints: Path, keep: int) -> None:
 
 def ensure_run_uid(run_dir: Path) -> str:
     """The run's id, made now for a new run directory (or one made before run ids existed)."""
-    path = Path(run_dir) / RUN_UID
     if (uid := run_uid(run_dir)) is not None:
         return uid
-    uid, tmp = uuid.uuid4().hex, path.with_name(f".{RUN_UID}.tmp")
-    tmp.write_text(uid + "\n")
-    os.replace(tmp, path)
+    uid = uuid.uuid4().hex
+    replace_text(Path(run_dir) / RUN_UID, uid + "\n")
     return uid
 
 

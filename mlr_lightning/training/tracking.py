@@ -33,7 +33,7 @@ from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
-from mlr_lightning.config import RESUMABLE_CHANGES, flatten
+from mlr_lightning.config import RESUMABLE_CHANGES, flatten, replace_text
 from mlr_lightning.domains import domain_of
 from mlr_lightning.run_identity import HASH_TAG, config_hash
 from mlr_lightning.training.snapshot import load_run_config
@@ -238,9 +238,7 @@ def ensure_embedded_store(path: Path) -> None:
     """Create the sqlite store at ``path`` atomically, under a lock, or check that the existing one
     is complete. MLflow creates its tables by running ~50 schema migrations; interrupted, they leave
     a store that breaks every later run, and two first runs at once race on them."""
-    from mlflow.store.db.utils import _get_latest_schema_revision, _get_schema_version
     from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
-    from sqlalchemy import create_engine
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -410,9 +408,7 @@ def write_run_record(run_dir: Path, run_id: str, uri: str, status: Mapping[str, 
     embedded = uri == f"sqlite:///{default_store(Path(run_dir).parent)}"
     record = {"run_id": run_id, "store": "embedded"} if embedded else {"run_id": run_id, "tracking_uri": uri}
     record |= status or {}
-    tmp = Path(run_dir) / f".{RUN_ID_FILE}.tmp"
-    tmp.write_text(json.dumps(record))
-    os.replace(tmp, Path(run_dir) / RUN_ID_FILE)
+    replace_text(Path(run_dir) / RUN_ID_FILE, json.dumps(record))
 
 
 def make_loggers(cfg: DictConfig, run_dir: Path, resume_step: int | None = None) -> list[Logger]:
@@ -622,9 +618,7 @@ def record_status(run_dir: Path, status: str, reason: str = "") -> None:
     try:
         record = json.loads(path.read_text())
         record |= {"status": status, "status_reason": reason}
-        tmp = path.with_name(f".{RUN_ID_FILE}.tmp")
-        tmp.write_text(json.dumps(record))
-        os.replace(tmp, path)
+        replace_text(path, json.dumps(record))
     except (OSError, ValueError):  # no record (MLflow off or never reached) or an unwritable disk
         pass
 
