@@ -29,18 +29,15 @@ def open_store(plan: SweepPlan):
         return None
     from mlflow import MlflowClient
 
-    from mlr_lightning.training.tracking import default_store, ensure_store
+    from mlr_lightning.training.tracking import artifact_location, ensure_store
 
     ensure_store(plan.tracking_uri)  # an embedded store is created and migrated atomically, under a lock
     saved = {k: os.environ.get(k) for k in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT")}
     os.environ.update(MLFLOW_HTTP_REQUEST_MAX_RETRIES="0", MLFLOW_HTTP_REQUEST_TIMEOUT="20")  # unreachable: say so now
     try:
         client = MlflowClient(plan.tracking_uri)
-        if client.get_experiment_by_name(plan.experiment) is None:
-            # Where fit's logger would put the artifacts: beside the embedded store, or the server's choice.
-            embedded = plan.tracking_uri.startswith("sqlite:")
-            artifacts = (default_store(plan.output_dir).parent / "mlartifacts").as_uri() if embedded else None
-            client.create_experiment(plan.experiment, artifact_location=artifacts)
+        if client.get_experiment_by_name(plan.experiment) is None:  # with the artifacts where fit's would be
+            client.create_experiment(plan.experiment, artifact_location=artifact_location(plan.tracking_uri))
     except Exception as err:  # noqa: BLE001  (whatever the cause, the store cannot be used)
         first_line = (str(err).splitlines() or [""])[0]
         raise SweepError(f"tracking.uri {plan.tracking_uri}: cannot open the MLflow store ({type(err).__name__}: "
@@ -97,7 +94,7 @@ def close_orphans(client, experiment: str, trials: list[Trial]) -> list[str]:
             try:
                 status = sync_run(trial.run_dir, client.tracking_uri)[2]
             except Exception:  # noqa: BLE001  (a damaged metrics.csv, say: the trial's resume names it)
-                status = None
+                pass
         if status is None:
             client.set_tag(run.info.run_id, "status_reason", "left RUNNING by a process that is gone; found by the "
                                                              "sweep at its start")

@@ -90,7 +90,7 @@ def split_finished(plan: SweepPlan, client) -> tuple[list[Trial], list[Trial], l
                            else param_differences(named[0], trial))
             changed.append(Changed(trial, differences or [f"config hash {sorted(hashes)} -> {trial.config_hash}"]))
         elif refused := (config_differences(saved, trial.cfg, domain_of(trial.cfg).schema)
-                         if saved is not None and snapshot_exists(trial.run_dir) else []):
+                         if saved is not None and has_snapshot(trial.run_dir) else []):
             changed.append(Changed(trial, refused))  # fit --resume would refuse it
         else:
             todo.append(trial)
@@ -141,10 +141,6 @@ def snapshot_env_steps(trial: Trial) -> int | None:
     """Environment steps of the trial's newest snapshot: where a resume continues from."""
     agent_steps = latest_run_agent_steps(trial.run_dir)
     return None if agent_steps is None else agent_steps * trial.final_env_steps // max(1, trial.final_agent_steps)
-
-
-def snapshot_exists(run_dir: Path) -> bool:
-    return has_snapshot(run_dir)
 
 
 @dataclass

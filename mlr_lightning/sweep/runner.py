@@ -24,13 +24,13 @@ from mlr_lightning.sweep.progress import (
     changed_message,
     read_progress,
     snapshot_env_steps,
-    snapshot_exists,
     split_finished,
 )
 from mlr_lightning.sweep.spec import SweepError, SweepPlan, Trial
 from mlr_lightning.training.cost import read_cost
 from mlr_lightning.training.preflight import check_connects
 from mlr_lightning.training.run_dir import RunDirError, RunLock, move_to_previous_attempts
+from mlr_lightning.training.snapshot import has_snapshot
 
 STOP_TIMEOUT_S = 600.0  # after Ctrl-C, how long the driver waits for the stopped trials to save
 PACKAGE_ROOT = Path(__file__).resolve().parents[2]
@@ -114,7 +114,7 @@ def run_on_ray(plan: SweepPlan, address: str | None = None, progress_every_s: fl
         env_steps, eval_return = read_progress(trial.run_dir)
         table.set(trial.name, "finished", env_steps=env_steps, eval_return=eval_return, note="done earlier")
     for trial in todo:
-        if snapshot_exists(trial.run_dir):
+        if has_snapshot(trial.run_dir):
             table.set(trial.name, env_steps=snapshot_env_steps(trial), note="resumes from its snapshot")
     print(f"Sweep {plan.sweep.source}: {len(plan.trials)} trials into MLflow experiment {plan.experiment!r} "
           f"({plan.tracking_uri or 'MLflow off'}); {len(finished)} finished earlier, {len(todo)} to run, "

@@ -234,6 +234,12 @@ def resolve_tracking_uri(uri: str | None, output_dir: str | Path) -> str:
     return uri or USER_TRACKING_URI or f"sqlite:///{default_store(output_dir)}"
 
 
+def artifact_location(uri: str) -> str | None:
+    """Where an experiment made in the store ``uri`` keeps its artifacts: beside an embedded (sqlite)
+    store rather than in ./mlruns of the working directory; a server's own choice otherwise."""
+    return (Path(uri.removeprefix("sqlite:///")).parent / "mlartifacts").as_uri() if uri.startswith("sqlite:///") else None
+
+
 def ensure_embedded_store(path: Path) -> None:
     """Create the sqlite store at ``path`` atomically, under a lock, or check that the existing one
     is complete. MLflow creates its tables by running ~50 schema migrations; interrupted, they leave
@@ -433,10 +439,9 @@ def make_loggers(cfg: DictConfig, run_dir: Path, resume_step: int | None = None)
     superseded = None
     if resume_step is not None and run_id is not None and rank_zero_only.rank == 0:
         run_id, superseded = resumable_run(uri, run_id, run_dir, resume_step, forgets=embedded)
-    # With the embedded store, keep artifacts beside the database rather than in ./mlruns of the CWD.
-    artifacts = (Path(uri.removeprefix("sqlite:///")).parent / "mlartifacts").as_uri() if embedded else None
     logger = EnvStepMLFlowLogger(cfg, run_dir, experiment_name=cfg.tracking.experiment, run_name=run_dir.name,
-                                 tracking_uri=uri, tags=run_tags(cfg), artifact_location=artifacts, run_id=run_id)
+                                 tracking_uri=uri, tags=run_tags(cfg), artifact_location=artifact_location(uri),
+                                 run_id=run_id)
     loggers.append(logger)
     if rank_zero_only.rank != 0:
         return loggers
@@ -556,9 +561,7 @@ def create_run_for(client, uri: str, run_dir: Path) -> str:
     cfg = load_run_config(run_dir)
     experiment = client.get_experiment_by_name(cfg.tracking.experiment)
     if experiment is None:
-        embedded = uri.startswith("sqlite:///")
-        artifacts = (Path(uri.removeprefix("sqlite:///")).parent / "mlartifacts").as_uri() if embedded else None
-        experiment_id = client.create_experiment(cfg.tracking.experiment, artifact_location=artifacts)
+        experiment_id = client.create_experiment(cfg.tracking.experiment, artifact_location=artifact_location(uri))
     else:
         experiment_id = experiment.experiment_id
     tags = run_tags(cfg) | {"git_commit": "unknown", "recorded_by": f"sync of {Path(run_dir).resolve()}"}
